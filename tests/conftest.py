@@ -1,0 +1,40 @@
+"""Shared fixtures: a micro world (the tiny world's builder at test scale), built once per session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def micro_world_config(out_dir: str, seed: int = 0):
+    """The tiny world's builder with test-sized corpus and budgets (seconds, not minutes)."""
+    from w2s.world.config import ModelShape, WorldConfig
+
+    return WorldConfig(
+        out_dir=out_dir,
+        seed=seed,
+        num_train=300,
+        num_align=300,
+        num_cache=40,
+        num_test=16,
+        vocab_size=400,
+        weak=ModelShape(hidden_size=64, num_layers=1, steps=8, lr=3e-3),
+        strong=ModelShape(hidden_size=128, num_layers=2, steps=8, lr=3e-3),
+        align_steps=4,
+        batch_size=8,
+        eval_examples=8,
+    )
+
+
+@pytest.fixture(scope="session")
+def micro_world(tmp_path_factory):
+    """Path of a micro world built once for the whole test session."""
+    from w2s.world.build import build_world
+
+    out_dir = tmp_path_factory.mktemp("world") / "world"
+    build_world(micro_world_config(str(out_dir)))
+    return out_dir

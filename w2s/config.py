@@ -1,0 +1,188 @@
+"""Typed configuration: one dataclass per section, YAML files, dotted `key=value` overrides.
+
+A config file is YAML whose top-level keys are section names (`world`, `cache`, `train`, `eval`, `search`).
+Each section is a plain dataclass whose fields carry a docstring right below them; those docstrings are what
+`w2s <command> --help` prints, so the help text and the code can never drift apart.
+
+Overrides on the command line use dotted paths (`world.seed=3`, `train.gamma=0.5`); values are parsed as YAML
+scalars and checked against the field's type. The resolved config is saved beside every output (`config.yaml`).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import textwrap
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from w2s.io import atomic_write_text
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema; the message names the key."""
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Reads the docstring written under each field of a dataclass (the litgpt convention)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, following in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Checks `value` against the type hint `hint`, converting ints to floats and dicts to dataclasses."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} is not a {hint}")
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return from_dict(hint, value, prefix=key)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_hint, *_) = typing.get_args(hint) or (Any,)
+        return [_coerce(item, item_hint, f"{key}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Builds dataclass `cls` from a mapping, refusing unknown keys and wrongly typed values."""
+    hints = typing.get_type_hints(cls)
+    names = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = prefix or cls.__name__
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(names)}")
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+        if field.name not in data:
+            continue
+        value = data[field.name]
+        if dataclasses.is_dataclass(hints[field.name]) and isinstance(value, dict):
+            # A partial mapping updates the field's own default (which may differ from the class defaults).
+            value = _deep_merge(_default_dict(field), value)
+        kwargs[field.name] = _coerce(value, hints[field.name], f"{prefix}.{field.name}" if prefix else field.name)
+    return cls(**kwargs)
+
+
+def _default_dict(field: dataclasses.Field) -> dict:
+    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return dataclasses.asdict(field.default_factory())  # type: ignore[misc]
+    return dataclasses.asdict(field.default) if dataclasses.is_dataclass(field.default) else {}
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def _set_dotted(data: dict, dotted: str, raw: str) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {key} is not a section")
+    node[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
+
+
+def load_config(cls: type, path: str | Path | None, overrides: list[str] = ()) -> Any:
+    """Reads a YAML file into dataclass `cls` and applies `key=value` overrides.
+
+    Args:
+        cls: the top-level config dataclass.
+        path: the YAML file; None starts from the dataclass defaults.
+        overrides: strings such as `world.seed=3`.
+
+    Raises:
+        ConfigError: naming the file and key that do not fit.
+    """
+    data: dict = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"{path}: cannot read config: {err}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"override {override!r}: expected key=value")
+        key, raw = override.split("=", 1)
+        _set_dotted(data, key.strip(), raw.strip())
+    try:
+        return from_dict(cls, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path or 'config'}: {err}") from err
+
+
+def save_config(config: Any, out_dir: str | Path) -> Path:
+    """Writes the resolved config as `config.yaml` in `out_dir` (atomically)."""
+    path = Path(out_dir) / "config.yaml"
+    atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
+    return path
+
+
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
+    """Lists (dotted key, default, help) for every field of a config dataclass, nested sections included."""
+    rows = []
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        key = f"{prefix}{field.name}"
+        if dataclasses.is_dataclass(hints[field.name]):
+            rows += describe(hints[field.name], prefix=f"{key}.")
+            continue
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
+        rows.append((key, repr(default), docs.get(field.name, "")))
+    return rows

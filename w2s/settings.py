@@ -1,0 +1,15 @@
+"""The top-level config: one typed section per stage. Later stages add their sections here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from w2s.world.config import WorldConfig
+
+
+@dataclass
+class Settings:
+    """Everything a run needs; `configs/*.yaml` files hold one mapping per section."""
+
+    world: WorldConfig = field(default_factory=WorldConfig)
+    """The embedded default task (ignored when the other sections point at real models and data)."""

@@ -1,0 +1,62 @@
+"""Settings of the tiny world: corpus sizes, model shapes and training budgets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelShape:
+    """Shape and training budget of one of the world's causal LMs (a Llama architecture)."""
+
+    hidden_size: int = 64
+    """Width of the residual stream; attention heads are 64 wide, so heads = hidden_size / 64."""
+    num_layers: int = 1
+    """Transformer blocks. One block cannot form an induction head, which is what keeps the weak model weak at
+    copying facts."""
+    steps: int = 300
+    """Optimiser steps of supervised training on the train split."""
+    lr: float = 3e-3
+    """Peak learning rate (10% warm-up, then cosine)."""
+
+
+@dataclass
+class WorldConfig:
+    """The embedded default task: a synthetic summarisation corpus, one tokenizer and three small models."""
+
+    out_dir: str = "runs/tiny/world"
+    """Where the world is written: data/, tokenizer/, weak_base/, weak_aligned/, strong_base/, world.json."""
+    seed: int = 0
+    """Fixes the corpus, the tokenizer and every model's weights."""
+    num_train: int = 4000
+    """Examples for supervised training of the weak and strong bases."""
+    num_align: int = 4000
+    """Examples the weak aligned model is drawn from (only those whose summary earns the full length reward)."""
+    num_cache: int = 1000
+    """Examples for WSPO: the prompts and responses the logit cache scores."""
+    num_test: int = 200
+    """Held-out examples for evaluation."""
+    min_facts: int = 3
+    """Fewest key facts in a document."""
+    max_facts: int = 6
+    """Most key facts in a document; a summary keeps between one and all of them."""
+    vocab_size: int = 512
+    """Size of the shared BPE vocabulary."""
+    l_min: int = 20
+    """Length reward: shortest summary (in tokens, EOS excluded) that earns the full reward."""
+    l_max: int = 30
+    """Length reward: longest summary that earns the full reward."""
+    batch_size: int = 32
+    """Examples per optimiser step for all three models."""
+    weak: ModelShape = field(default_factory=lambda: ModelShape(hidden_size=64, num_layers=1, steps=300, lr=3e-3))
+    """The weak base (and, after alignment, the weak aligned model)."""
+    strong: ModelShape = field(default_factory=lambda: ModelShape(hidden_size=128, num_layers=2, steps=1200, lr=3e-3))
+    """The strong base: wider and deeper, so it learns to copy facts from the document."""
+    align_steps: int = 150
+    """Steps of reward-filtered fine-tuning that turn the weak base into the weak aligned model."""
+    align_lr: float = 1e-3
+    """Peak learning rate of that fine-tuning."""
+    eval_examples: int = 200
+    """Test examples the post-build metrics table generates for (at most num_test)."""
+    threads: int = 2
+    """torch CPU threads; fixed so that the weights are bit-identical from one build to the next."""
