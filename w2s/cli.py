@@ -1,7 +1,8 @@
 """The `w2s` command: `w2s <command> [--config FILE] [key=value ...]`.
 
-Each command reads the YAML config (default `configs/tiny.yaml`), applies dotted overrides, saves the resolved
-config beside its output and runs one stage. `w2s <command> --help` lists every key with its docstring.
+Each stage command reads the YAML config (default `configs/tiny.yaml`), applies dotted overrides (a key with
+no dot belongs to the command's own section: `w2s cache num_shards=4` is `cache.num_shards=4`), saves the
+resolved config beside its output and runs one stage. `w2s <command> --help` lists every key with its docstring.
 """
 
 from __future__ import annotations
@@ -25,8 +26,45 @@ def run_world(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, tuple[str, Callable[[Settings, argparse.Namespace], int]]] = {
-    "world": ("build the tiny world (corpus, tokenizer, three models) and print its metrics", run_world),
+def run_cache(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action == "merge":
+        from w2s.cache.merge import merge_parts
+
+        manifest = merge_parts(args.path or settings.cache.out_dir)
+        print(f"merged {len(manifest['shards'])} shards, {manifest['totals']['rows']} rows")
+        return 0
+    from w2s.cache.build import run
+
+    run(settings.cache)
+    save_config(settings, settings.cache.out_dir)
+    return 0
+
+
+def run_inspect(settings: Settings, args: argparse.Namespace) -> int:
+    from w2s.cache.inspect import inspect_cache
+
+    inspect_cache(args.path or settings.cache.out_dir)
+    return 0
+
+
+def run_verify(settings: Settings, args: argparse.Namespace) -> int:
+    from w2s.cache.manifest import verify_cache
+
+    path = args.path or settings.cache.out_dir
+    problems = verify_cache(path)
+    for problem in problems:
+        print(f"FAIL {problem}", file=sys.stderr)
+    print(f"{path}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+    return 1 if problems else 0
+
+
+# name -> (help, runner, the config section bare keys belong to, positional arguments)
+COMMANDS: dict[str, tuple[str, Callable[[Settings, argparse.Namespace], int], str, tuple[str, ...]]] = {
+    "world": ("build the tiny world (corpus, tokenizer, three models) and print its metrics", run_world, "world", ()),
+    "cache": ("stage 1: score the dataset under the weak pair and write the cache ('merge' joins worker parts)",
+              run_cache, "cache", ("action", "path")),
+    "inspect": ("summarise a cache: rows, tokens, rewards, extreme tokens, and a PNG histogram", run_inspect, "cache", ("path",)),
+    "verify": ("check a cache's schema, row counts and checksums; exit 1 on any mismatch", run_verify, "cache", ("path",)),
 }
 
 
@@ -41,24 +79,42 @@ def _help_epilog() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="w2s", description="Weak-to-strong alignment with an offline logit cache.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (summary, _) in COMMANDS.items():
+    for name, (summary, _, _, _) in COMMANDS.items():
         command = sub.add_parser(
             name, help=summary, description=summary, epilog=_help_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter
         )
         command.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config file (default {DEFAULT_CONFIG})")
         command.add_argument("--force", action="store_true", help="redo the stage even if its output is current")
-        command.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. world.seed=3")
+        command.add_argument("words", nargs="*", help="positional arguments, then dotted key=value overrides")
     return parser
+
+
+def split_words(command: str, words: list[str]) -> tuple[dict[str, str | None], list[str]]:
+    """Separates a command's positional arguments from its key=value overrides (bare keys get its section)."""
+    _, _, section, positional = COMMANDS[command]
+    values = [w for w in words if "=" not in w]
+    overrides = [w for w in words if "=" in w]
+    if len(values) > len(positional):
+        raise ConfigError(f"w2s {command}: unexpected argument(s) {values[len(positional):]}")
+    named = dict(zip(positional, values + [None] * (len(positional) - len(values))))
+    if command == "cache" and named.get("action") not in (None, "merge"):
+        named["path"], named["action"] = named["action"], None
+    sections = set(Settings.__dataclass_fields__)
+    qualified = [o if o.split("=", 1)[0].split(".")[0] in sections else f"{section}.{o}" for o in overrides]
+    return named, qualified
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config_path = args.config if Path(args.config).exists() or args.config != DEFAULT_CONFIG else None
     try:
-        settings = load_config(Settings, config_path, args.overrides)
+        named, overrides = split_words(args.command, args.words)
+        settings = load_config(Settings, config_path, overrides)
     except ConfigError as err:
         print(f"w2s {args.command}: {err}", file=sys.stderr)
         return 2
+    for key, value in named.items():
+        setattr(args, key, value)
     return COMMANDS[args.command][1](settings, args)
 
 

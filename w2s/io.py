@@ -53,6 +53,6 @@ def sha256_dir(path: str | Path, pattern: str = "*") -> str:
     digest = hashlib.sha256()
     for file in sorted(Path(path).glob(pattern)):
         if file.is_file():
-            digest.update(file.name.encode())
+            digest.update(file.relative_to(path).as_posix().encode())
             digest.update(sha256_file(file).encode())
     return digest.hexdigest()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from w2s.cache.config import CacheConfig
 from w2s.world.config import WorldConfig
 
 
@@ -13,3 +14,5 @@ class Settings:
 
     world: WorldConfig = field(default_factory=WorldConfig)
     """The embedded default task (ignored when the other sections point at real models and data)."""
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    """Stage 1: the logit cache."""

@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from w2s.world.tokenizer import render_prompt
+from w2s.tokens import EncodingError, encode_example
 
 IGNORE = -100
 
@@ -20,22 +20,21 @@ IGNORE = -100
 def encode_pairs(
     tokenizer: PreTrainedTokenizerBase, examples: list[dict], max_len: int
 ) -> list[tuple[list[int], int]]:
-    """Tokenises each example as chat prompt + response + EOS.
+    """Tokenises each example as chat prompt + response + EOS, exactly as the cache does.
 
     Returns:
         (input_ids, prompt_len) per example.
 
     Raises:
-        ValueError: naming the example when it does not fit in `max_len` tokens.
+        EncodingError: naming the example when it cannot be encoded within `max_len` tokens.
     """
     encoded = []
     for example in examples:
-        prompt_ids = tokenizer(render_prompt(tokenizer, example["prompt"]), add_special_tokens=False)["input_ids"]
-        response_ids = tokenizer(example["response"], add_special_tokens=False)["input_ids"]
-        ids = prompt_ids + response_ids + [tokenizer.eos_token_id]
-        if len(ids) > max_len:
-            raise ValueError(f"example {example['example_id']}: {len(ids)} tokens exceed max_len={max_len}")
-        encoded.append((ids, len(prompt_ids)))
+        try:
+            item = encode_example(tokenizer, example["prompt"], example["response"], max_len)
+        except EncodingError as err:
+            raise EncodingError(f"example {example['example_id']}: {err}") from err
+        encoded.append((item.input_ids, item.prompt_len))
     return encoded
 
 

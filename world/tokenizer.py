@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from w2s.tokens import render_chat_prompt
+
 EOS = "<|endoftext|>"
 USER = "<|user|>"
 ASSISTANT = "<|assistant|>"
@@ -56,6 +58,4 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
 
 def render_prompt(tokenizer: PreTrainedTokenizerFast, prompt: str) -> str:
     """The prompt as the models see it: the chat template with the generation marker appended."""
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-    )
+    return render_chat_prompt(tokenizer, prompt)

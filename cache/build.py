@@ -1,0 +1,293 @@
+"""Stage 1, `w2s cache`: scores a dataset's responses under the weak pair and writes the sharded store.
+
+Reads top to bottom: `setup()` validates and tokenises every row and loads the scorers; `build_cache()` then
+loops over this worker's shards, skipping those the ledger shows finished, and writes the manifest last.
+
+Resume: each finished shard is renamed into place and then recorded in this worker's `ledger-*.json` (itself
+written atomically); a restarted build keeps the recorded shards whose checksums still match and redoes the rest.
+Shards are deterministic (rows sorted by length within a shard, fixed batches), so a resumed store is
+byte-identical to an uninterrupted one.
+
+Scale-out: shard c (rows [c*R, (c+1)*R)) belongs to worker c % num_shards. With one worker the manifest is
+written at once; with several, each writes a part manifest and `w2s cache merge` joins them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from tqdm import tqdm
+from transformers import AutoTokenizer
+
+from w2s.cache.backends import Scorer, make_scorer, vllm_usable
+from w2s.cache.config import CacheConfig
+from w2s.cache.data import DataError, Row, encode_rows, load_rows
+from w2s.cache.manifest import (
+    MANIFEST,
+    CacheMismatch,
+    check_entry,
+    code_version,
+    file_entry,
+    model_fingerprint,
+    tokenizer_fingerprint,
+)
+from w2s.cache.store import ShardData, write_parquet, write_zarr
+from w2s.io import atomic_write_json
+from w2s.schemas.cache import FORMATS, SCHEMA_VERSION, shard_name
+
+ROLES = ("weak_base", "weak_aligned", "strong_ref")
+
+
+@dataclass
+class CacheJob:
+    """Everything the shard loop needs, prepared by `setup()`."""
+
+    config: CacheConfig
+    out_dir: Path
+    rows: list[Row]
+    provenance: dict
+    my_shards: list[int]
+    scorers: dict[str, Scorer] | None = None
+
+
+def model_paths(config: CacheConfig) -> dict[str, str]:
+    paths = {"weak_base": config.weak_base, "weak_aligned": config.weak_aligned, "strong_ref": config.strong_ref}
+    return {role: path for role, path in paths.items() if path}
+
+
+def load_shared_tokenizer(paths: dict[str, str]):
+    """The models' shared tokenizer; refuses models whose tokenizers differ, naming them."""
+    tokenizers = {role: AutoTokenizer.from_pretrained(path) for role, path in paths.items()}
+    prints = {role: tokenizer_fingerprint(tok) for role, tok in tokenizers.items()}
+    first = next(iter(prints))
+    differ = [role for role in prints if prints[role] != prints[first]]
+    if differ:
+        names = ", ".join(f"{role} ({paths[role]})" for role in differ)
+        raise CacheMismatch(
+            f"the tokenizer of {names} differs from that of {first} ({paths[first]}): token-level log-ratios need one "
+            "shared tokenizer"
+        )
+    return tokenizers[first], prints[first]
+
+
+def resolved_backend(config: CacheConfig) -> str:
+    if config.backend == "auto":
+        return "vllm" if vllm_usable() else "transformers"
+    return config.backend
+
+
+def make_provenance(config: CacheConfig, tokenizer, tokenizer_sha: str, dataset_fingerprint: str, rows: list[Row]) -> dict:
+    """What made this cache: models, tokenizer, dataset, settings and code."""
+    paths = model_paths(config)
+    fields = {k: getattr(config, k) for k in ("prompt_field", "response_field", "messages_field", "id_field")}
+    return {
+        "models": {role: model_fingerprint(path) for role, path in paths.items()},
+        "tokenizer_sha256": tokenizer_sha,
+        "chat_template": getattr(tokenizer, "chat_template", None) if config.use_chat_template else None,
+        "dataset": {"source": config.dataset, "split": config.split, "fingerprint": dataset_fingerprint, "fields": fields,
+                    "rows": len(rows)},
+        "backend": resolved_backend(config),
+        "model_dtype": config.model_dtype,
+        "storage_dtype": config.storage_dtype,
+        "format": config.format,
+        "max_len": config.max_len,
+        "truncation": config.truncation,
+        "truncated_rows": sum(row.truncated for row in rows),
+        "rows_per_shard": config.rows_per_shard,
+        "num_shards": config.num_shards,
+        "code_version": code_version(),
+    }
+
+
+def provenance_key(provenance: dict) -> str:
+    """Hash of the provenance that fixes the shards' content (code version and backend name aside)."""
+    fixed = {k: v for k, v in provenance.items() if k not in ("code_version",)}
+    return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()
+
+
+def check_config(config: CacheConfig) -> None:
+    if config.format not in FORMATS:
+        raise ValueError(f"cache.format: {config.format!r} is not one of {FORMATS}")
+    if not 0 <= config.shard_index < config.num_shards:
+        raise ValueError(f"cache.shard_index={config.shard_index} is outside [0, num_shards={config.num_shards})")
+    if config.rows_per_shard < 1:
+        raise ValueError("cache.rows_per_shard must be at least 1")
+
+
+def setup(config: CacheConfig, load_models: bool = True) -> CacheJob:
+    """Validates the settings, reads and tokenises every row, fingerprints the inputs and loads the scorers.
+
+    Raises:
+        DataError, CacheMismatch, ValueError: before anything is written.
+    """
+    check_config(config)
+    paths = model_paths(config)
+    tokenizer, tokenizer_sha = load_shared_tokenizer(paths)
+    dataset, fingerprint = load_rows(config.dataset, config.split)
+    fields = {k: getattr(config, k) for k in ("prompt_field", "response_field", "messages_field", "id_field")}
+    rows = encode_rows(dataset, config.dataset, tokenizer, fields, config.max_len, config.truncation, config.use_chat_template)
+    provenance = make_provenance(config, tokenizer, tokenizer_sha, fingerprint, rows)
+    num_shards_total = -(-len(rows) // config.rows_per_shard)
+    my_shards = [c for c in range(num_shards_total) if c % config.num_shards == config.shard_index]
+    job = CacheJob(config, Path(config.out_dir), rows, provenance, my_shards)
+    if load_models:
+        backend = provenance["backend"]
+        job.scorers = {
+            role: make_scorer(backend, path, config.model_dtype, config.batch_tokens, config.device,
+                              config.tensor_parallel_size, config.max_len, len(paths))
+            for role, path in paths.items()
+        }
+    return job
+
+
+def score_shard(job: CacheJob, shard_rows: list[Row]) -> ShardData:
+    """Runs every scorer over one shard's rows and assembles the columnar shard (float32 arithmetic)."""
+    sequences = [row.input_ids for row in shard_rows]
+    prompt_lens = [row.prompt_len for row in shard_rows]
+    logps = {role: scorer.response_logprobs(sequences, prompt_lens) for role, scorer in job.scorers.items()}
+    base, aligned = logps["weak_base"], logps["weak_aligned"]
+    ratios = [a - b for a, b in zip(aligned, base)]  # float32 - float32: stored ratio is exact before any down-cast
+    token_values = {"logp_weak_base": np.concatenate(base), "logp_weak_aligned": np.concatenate(aligned),
+                    "weak_log_ratio": np.concatenate(ratios)}
+    if "strong_ref" in logps:
+        token_values["logp_strong_ref"] = np.concatenate(logps["strong_ref"])
+    response_len = np.array([len(r) for r in ratios], dtype=np.int32)
+    return ShardData(
+        row_id=np.array([row.row_id for row in shard_rows], dtype=np.int64),
+        example_id=[row.example_id for row in shard_rows],
+        input_ids=np.concatenate([np.asarray(s, dtype=np.int32) for s in sequences]),
+        input_offsets=np.concatenate([[0], np.cumsum([len(s) for s in sequences])]).astype(np.int64),
+        prompt_len=np.array(prompt_lens, dtype=np.int32),
+        response_len=response_len,
+        weak_seq_reward=np.array([r.sum(dtype=np.float32) for r in ratios], dtype=np.float32),
+        token_values=token_values,
+        offsets=np.concatenate([[0], np.cumsum(response_len)]).astype(np.int64),
+    )
+
+
+def write_shard(job: CacheJob, index: int, shard: ShardData) -> dict:
+    """Writes one shard in the configured formats; returns its manifest entry."""
+    files = {}
+    for fmt in ("parquet", "zarr"):
+        if job.config.format in (fmt, "both"):
+            path = job.out_dir / shard_name(index, fmt)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            writer = write_parquet if fmt == "parquet" else write_zarr
+            writer(shard, path, job.config.storage_dtype)
+            files[fmt] = file_entry(path)
+    return {"index": index, "row_start": int(shard.row_id[0]), "rows": shard.num_rows,
+            "tokens": int(shard.input_offsets[-1]), "response_tokens": shard.num_tokens, "files": files}
+
+
+def ledger_path(job: CacheJob) -> Path:
+    """Each worker keeps its own ledger, so workers sharing one folder never write the same file."""
+    return job.out_dir / f"ledger-{job.config.shard_index:05d}-of-{job.config.num_shards:05d}.json"
+
+
+def remove_stale_temporaries(job: CacheJob) -> None:
+    """Deletes temporary files a killed run of this worker left behind (never another worker's)."""
+    for index in job.my_shards:
+        for stale in job.out_dir.glob(f"*/.shard-{index:05d}.*.tmp-*"):
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+
+
+def load_ledger(job: CacheJob) -> dict[int, dict]:
+    """Shards a previous run of this same job finished and whose files still match; refuses foreign ledgers."""
+    path = ledger_path(job)
+    if not path.exists():
+        return {}
+    ledger = json.loads(path.read_text())
+    if ledger["provenance_key"] != provenance_key(job.provenance):
+        raise CacheMismatch(
+            f"{job.out_dir}: holds an unfinished cache built from different inputs or settings; "
+            "use another out_dir, or delete the folder to start over"
+        )
+    return {
+        int(index): entry for index, entry in ledger["shards"].items()
+        if all(check_entry(job.out_dir, f) is None for f in entry["files"].values())
+    }
+
+
+def save_ledger(job: CacheJob, done: dict[int, dict]) -> None:
+    atomic_write_json(ledger_path(job), {"provenance_key": provenance_key(job.provenance),
+                                             "shards": {str(k): v for k, v in sorted(done.items())}})
+
+
+def manifest_body(provenance: dict, shards: list[dict], config: CacheConfig) -> dict:
+    shards = sorted(shards, key=lambda s: s["index"])
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "provenance": provenance,
+        "config": asdict(config),
+        "totals": {"rows": sum(s["rows"] for s in shards), "tokens": sum(s["tokens"] for s in shards),
+                   "response_tokens": sum(s["response_tokens"] for s in shards),
+                   "bytes": sum(f["bytes"] for s in shards for f in s["files"].values())},
+        "shards": shards,
+    }
+
+
+def part_manifest_name(config: CacheConfig) -> str:
+    return f"manifest.part-{config.shard_index:05d}-of-{config.num_shards:05d}.json"
+
+
+def finished_manifest(job: CacheJob) -> dict | None:
+    """This worker's finished manifest when one exists for the same inputs; refuses one from other inputs."""
+    path = job.out_dir / (MANIFEST if job.config.num_shards == 1 else part_manifest_name(job.config))
+    if not path.exists():
+        return None
+    body = json.loads(path.read_text())
+    if provenance_key(body["provenance"]) != provenance_key(job.provenance):
+        raise CacheMismatch(f"{path}: a finished cache from different inputs or settings is there; "
+                            "use another out_dir, or delete it to rebuild")
+    return body
+
+
+def build_cache(job: CacheJob) -> dict:
+    """Scores and writes this worker's shards (resuming where a killed run stopped); writes the manifest."""
+    config, started = job.config, time.time()
+    finished = finished_manifest(job)
+    if finished is not None:
+        return {**finished, "seconds": 0.0, "scored_now": 0}
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(job)
+    done = load_ledger(job)
+    todo = [c for c in job.my_shards if c not in done]
+    bar = tqdm(total=sum(len(job.rows[c * config.rows_per_shard:(c + 1) * config.rows_per_shard]) for c in job.my_shards),
+               initial=sum(done[c]["rows"] for c in done if c in job.my_shards), desc="cache rows", unit="row")
+    for index in todo:
+        shard_rows = job.rows[index * config.rows_per_shard:(index + 1) * config.rows_per_shard]
+        done[index] = write_shard(job, index, score_shard(job, shard_rows))
+        save_ledger(job, done)
+        bar.update(len(shard_rows))
+    bar.close()
+    body = manifest_body(job.provenance, [done[c] for c in job.my_shards], config)
+    name = MANIFEST if config.num_shards == 1 else part_manifest_name(config)
+    atomic_write_json(job.out_dir / name, body)
+    ledger_path(job).unlink(missing_ok=True)
+    body["seconds"] = time.time() - started
+    body["scored_now"] = len(todo)
+    return body
+
+
+def run(config: CacheConfig) -> dict:
+    """`w2s cache`: setup, build, and a one-screen summary."""
+    try:
+        job = setup(config)
+    except (DataError, CacheMismatch) as err:
+        raise SystemExit(f"w2s cache: {err}") from err
+    body = build_cache(job)
+    Console().print(
+        f"[green]cache written[/green] to {job.out_dir}: {body['totals']['rows']} rows, "
+        f"{body['totals']['response_tokens']} response tokens in {len(body['shards'])} shards "
+        f"({body['scored_now']} scored now) by {job.provenance['backend']} in {body['seconds']:.1f} s; "
+        f"{body['totals']['bytes'] / max(1, body['totals']['response_tokens']):.1f} bytes per response token on disk"
+    )
+    return body

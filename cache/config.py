@@ -1,0 +1,57 @@
+"""Settings of stage 1, the logit cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class CacheConfig:
+    """Which data and models to score, how, and where the store goes."""
+
+    out_dir: str = "runs/tiny/cache"
+    """Cache folder (any local path; shards, manifest.json, ledger)."""
+    dataset: str = "runs/tiny/world/data/cache.jsonl"
+    """Local jsonl/json/parquet/arrow file (or folder of them), or a hub dataset name when online."""
+    split: str = "train"
+    """Dataset split to read (local files load as 'train')."""
+    prompt_field: str = "prompt"
+    """Field holding the prompt text (ignored when messages_field is set)."""
+    response_field: str = "response"
+    """Field holding the response text (ignored when messages_field is set)."""
+    messages_field: str = ""
+    """Field holding chat messages; the last one (assistant) is the response, the others the prompt."""
+    id_field: str = "example_id"
+    """Field holding a unique example id; rows without the field get 'row-<n>'."""
+    use_chat_template: bool = True
+    """Render prompts through the tokenizer's chat template."""
+    weak_base: str = "runs/tiny/world/weak_base"
+    """Weak model before alignment (path or hub id)."""
+    weak_aligned: str = "runs/tiny/world/weak_aligned"
+    """Weak model after alignment (path or hub id)."""
+    strong_ref: str = ""
+    """Optional strong reference to cache as well (logp_strong_ref), so training can hold only the policy."""
+    backend: str = "auto"
+    """'transformers', 'vllm', or 'auto' (vllm when importable and a GPU is present)."""
+    model_dtype: str = "float32"
+    """Compute dtype of the models: float32, bfloat16 or float16."""
+    storage_dtype: str = "float32"
+    """How per-token values are stored: float32 (default) or float16."""
+    format: str = "both"
+    """Stores to write from the one pass: parquet, zarr or both."""
+    max_len: int = 256
+    """Most tokens of prompt + response + EOS."""
+    truncation: bool = False
+    """Cut over-long responses to fit max_len (recorded in the manifest) instead of refusing them."""
+    rows_per_shard: int = 256
+    """Rows per shard; the unit of resume and of work split between workers."""
+    batch_tokens: int = 8192
+    """Token budget of one forward batch (rows are sorted by length within a shard to limit padding)."""
+    num_shards: int = 1
+    """Number of workers the build is split between (one per GPU or node)."""
+    shard_index: int = 0
+    """This worker's index in [0, num_shards)."""
+    tensor_parallel_size: int = 1
+    """vLLM tensor parallel size."""
+    device: str = "auto"
+    """transformers backend device: auto (cuda when present), cpu, cuda, cuda:1, ..."""

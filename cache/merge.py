@@ -1,0 +1,51 @@
+"""`w2s cache merge`: joins the part manifests of a sharded build under one manifest.
+
+Workers of one build write their shards into the same folder (any filesystem they all reach) and a part
+manifest each. Merging checks that every part is there, that all parts were made from the same inputs, and
+that together they hold every shard exactly once; then it writes `manifest.json` (atomically, last).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from w2s.cache.build import manifest_body
+from w2s.cache.config import CacheConfig
+from w2s.cache.manifest import MANIFEST, CacheMismatch, check_entry
+from w2s.config import from_dict
+from w2s.io import atomic_write_json
+
+
+def merge_parts(cache_dir: str | Path) -> dict:
+    """Writes `manifest.json` from the part manifests in `cache_dir`; returns it.
+
+    Raises:
+        CacheMismatch: a missing part, parts from different inputs, or a missing or doubled shard.
+    """
+    cache_dir = Path(cache_dir)
+    parts = sorted(cache_dir.glob("manifest.part-*-of-*.json"))
+    if not parts:
+        raise CacheMismatch(f"{cache_dir}: no part manifests (manifest.part-*-of-*.json) to merge")
+    bodies = [json.loads(p.read_text()) for p in parts]
+    expected = bodies[0]["provenance"]["num_shards"]
+    indices = sorted(b["config"]["shard_index"] for b in bodies)
+    if indices != list(range(expected)):
+        raise CacheMismatch(f"{cache_dir}: parts {indices} found, a build of {expected} workers needs 0..{expected - 1}")
+    for part, body in zip(parts[1:], bodies[1:]):
+        if body["provenance"] != bodies[0]["provenance"]:
+            differ = sorted(k for k in body["provenance"] if body["provenance"][k] != bodies[0]["provenance"].get(k))
+            raise CacheMismatch(f"{part}: made from different inputs than {parts[0].name} (differs in {differ})")
+    shards = [shard for body in bodies for shard in body["shards"]]
+    seen = sorted(s["index"] for s in shards)
+    if seen != list(range(len(seen))):
+        raise CacheMismatch(f"{cache_dir}: the parts hold shards {seen}, not each of 0..{len(seen) - 1} once")
+    for shard in shards:
+        for entry in shard["files"].values():
+            problem = check_entry(cache_dir, entry)
+            if problem:
+                raise CacheMismatch(problem)
+    config = from_dict(CacheConfig, {**bodies[0]["config"], "shard_index": 0})
+    manifest = manifest_body(bodies[0]["provenance"], shards, config)
+    atomic_write_json(cache_dir / MANIFEST, manifest)
+    return manifest
