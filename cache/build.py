@@ -279,10 +279,7 @@ def build_cache(job: CacheJob) -> dict:
 
 def run(config: CacheConfig) -> dict:
     """`w2s cache`: setup, build, and a one-screen summary."""
-    try:
-        job = setup(config)
-    except (DataError, CacheMismatch) as err:
-        raise SystemExit(f"w2s cache: {err}") from err
+    job = setup(config)
     body = build_cache(job)
     Console().print(
         f"[green]cache written[/green] to {job.out_dir}: {body['totals']['rows']} rows, "

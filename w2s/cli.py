@@ -40,6 +40,15 @@ def run_cache(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train(settings: Settings, args: argparse.Namespace) -> int:
+    from w2s.train.recipe import run
+
+    Path(settings.train.out_dir).mkdir(parents=True, exist_ok=True)
+    save_config(settings, settings.train.out_dir)
+    run(settings.train)
+    return 0
+
+
 def run_inspect(settings: Settings, args: argparse.Namespace) -> int:
     from w2s.cache.inspect import inspect_cache
 
@@ -63,6 +72,7 @@ COMMANDS: dict[str, tuple[str, Callable[[Settings, argparse.Namespace], int], st
     "world": ("build the tiny world (corpus, tokenizer, three models) and print its metrics", run_world, "world", ()),
     "cache": ("stage 1: score the dataset under the weak pair and write the cache ('merge' joins worker parts)",
               run_cache, "cache", ("action", "path")),
+    "train": ("stage 2: WSPO training of the strong model on the cache (gammas=[...] sweeps gamma)", run_train, "train", ()),
     "inspect": ("summarise a cache: rows, tokens, rewards, extreme tokens, and a PNG histogram", run_inspect, "cache", ("path",)),
     "verify": ("check a cache's schema, row counts and checksums; exit 1 on any mismatch", run_verify, "cache", ("path",)),
 }
@@ -115,7 +125,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for key, value in named.items():
         setattr(args, key, value)
-    return COMMANDS[args.command][1](settings, args)
+    from w2s.cache.data import DataError
+    from w2s.cache.manifest import CacheMismatch
+
+    try:
+        return COMMANDS[args.command][1](settings, args)
+    except (ConfigError, DataError, CacheMismatch) as err:
+        print(f"w2s {args.command}: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -80,8 +80,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return dict(value)
     if hint is Any:
         return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)  # YAML 1.1 reads 1e-3 as a string
+        except ValueError as err:
+            raise ConfigError(f"{key}: expected float, got {value!r}") from err
     if hint is bool and not isinstance(value, bool):
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if isinstance(hint, type) and not isinstance(value, hint):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from w2s.cache.config import CacheConfig
+from w2s.train.config import TrainConfig
 from w2s.world.config import WorldConfig
 
 
@@ -16,3 +17,5 @@ class Settings:
     """The embedded default task (ignored when the other sections point at real models and data)."""
     cache: CacheConfig = field(default_factory=CacheConfig)
     """Stage 1: the logit cache."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Stage 2: the WSPO trainer."""

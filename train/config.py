@@ -1,0 +1,64 @@
+"""Settings of stage 2, the WSPO trainer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TrainConfig:
+    """What to train, on which cache, and how."""
+
+    out_dir: str = "runs/tiny/wspo"
+    """Output folder: checkpoints/, final/ (a Hugging Face model), metrics.jsonl, tensorboard/, curves.png."""
+    cache_dir: str = "runs/tiny/cache"
+    """The logit cache to train on (stage 1's out_dir)."""
+    cache_format: str = "parquet"
+    """Which store of the cache to stream: parquet or zarr."""
+    policy: str = "runs/tiny/world/strong_base"
+    """The strong model to train (path or hub id); its frozen copy is the reference."""
+    mode: str = "cached"
+    """'cached': weak ratios (and the reference, when cached) come from the cache; 'online': the weak pair runs in
+    the training process, as in the authors' code (the baseline the cache is measured against)."""
+    use_cached_ref: bool = True
+    """Read logp_strong_ref from the cache when it is there; false runs the frozen reference beside the policy."""
+    gamma: float = 0.1
+    """WSPO gamma: the strong log-ratio is pushed toward weak_log_ratio / gamma."""
+    gammas: list[float] = field(default_factory=list)
+    """Gamma sweep: train once per value on the same cache, into out_dir/gamma-<value>/ (overrides gamma)."""
+    lr: float = 1e-5
+    """Peak learning rate (linear warm-up, then cosine to zero)."""
+    warmup_ratio: float = 0.1
+    """Share of the optimiser steps spent warming up."""
+    epochs: int = 1
+    """Passes over the cache."""
+    max_steps: int = 0
+    """Stop after this many optimiser steps (0: run all epochs)."""
+    micro_batch_size: int = 8
+    """Rows per process per forward pass."""
+    grad_accum: int = 1
+    """Micro-batches per optimiser step."""
+    clip: float = 1.0
+    """Gradient norm clipping."""
+    weight_decay: float = 0.0
+    """Adam weight decay."""
+    seed: int = 0
+    """Fixes the data order and any initialisation."""
+    deepspeed_config: str = "configs/ds_zero0.json"
+    """DeepSpeed JSON (ZeRO stage etc.); batch size, accumulation, clipping and lr are filled from this section."""
+    precision: str = "auto"
+    """'auto' (bf16 where the hardware has it, else fp32), 'bf16' or 'fp32'."""
+    lora: bool = False
+    """Train LoRA adapters (peft) instead of all weights; the final model is saved merged."""
+    lora_rank: int = 8
+    """LoRA rank."""
+    lora_alpha: int = 16
+    """LoRA alpha."""
+    save_every: int = 0
+    """Checkpoint every N optimiser steps (0: only at the end); a rerun of the same command resumes."""
+    log_every: int = 1
+    """Print and log metrics every N optimiser steps."""
+    check_rows: int = 16
+    """Rows of the cache to re-tokenise with the policy's tokenizer at start (0 skips the check)."""
+    block_shards: int = 4
+    """Cache shards shuffled together (and held in memory at once) by the reader."""

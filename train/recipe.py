@@ -1,0 +1,265 @@
+"""Stage 2, `w2s train`: WSPO on a DeepSpeed engine, streaming the logit cache beside the policy's forwards.
+
+Reads top to bottom: `setup()` checks the cache against the policy, loads the models (the weak pair only in
+`online` mode, the reference only when the cache lacks it) and the DeepSpeed engine, and restores a checkpoint
+when one is there; `train()` is a plain loop of micro-batches and optimiser steps; `finish()` saves the final
+Hugging Face model, the curves and a summary. One process on a CPU by default; `deepspeed` or `torchrun`
+launch many processes and nodes with the same command.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import deepspeed
+import torch
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from w2s.cache.manifest import CacheMismatch
+from w2s.io import atomic_write_json
+from w2s.train.checks import check_cache
+from w2s.train.config import TrainConfig
+from w2s.train.metrics import MetricsLog, summarise
+from w2s.train.losses import response_logps, wspo_loss
+from w2s.train.reader import CacheReader, Position
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class Run:
+    """What the loop needs, made by `setup()`."""
+
+    config: TrainConfig
+    out_dir: Path
+    engine: object
+    reader: CacheReader
+    tokenizer: object
+    provenance: dict
+    total_steps: int
+    reference: torch.nn.Module | None = None
+    weak: dict = field(default_factory=dict)
+    step: int = 0
+    position: Position = field(default_factory=Position)
+
+
+def init_distributed() -> None:
+    """One plain `python` process gets a world of one; launchers (deepspeed, torchrun) set these themselves."""
+    if "WORLD_SIZE" not in os.environ:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def use_bf16(precision: str) -> bool:
+    if precision == "auto":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return precision == "bf16"
+
+
+def load_policy(config: TrainConfig) -> torch.nn.Module:
+    model = AutoModelForCausalLM.from_pretrained(config.policy, dtype=torch.float32)
+    if config.lora:
+        from peft import LoraConfig, get_peft_model
+
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
+        model = get_peft_model(model, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules=targets))
+    return model
+
+
+def frozen(path: str, device: torch.device) -> torch.nn.Module:
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    model.requires_grad_(False)
+    return model
+
+
+def deepspeed_settings(config: TrainConfig, world_size: int) -> dict:
+    """The JSON config with batch, accumulation, clipping, lr and precision filled from the train section."""
+    settings = json.loads(Path(config.deepspeed_config).read_text())
+    settings.update(train_micro_batch_size_per_gpu=config.micro_batch_size, gradient_accumulation_steps=config.grad_accum,
+                    train_batch_size=config.micro_batch_size * config.grad_accum * world_size, gradient_clipping=config.clip)
+    settings.setdefault("optimizer", {"type": "Adam", "params": {"torch_adam": True}})
+    settings["optimizer"]["params"].update(lr=config.lr, weight_decay=config.weight_decay)
+    settings["bf16"] = {"enabled": use_bf16(config.precision)}
+    return settings
+
+
+def cosine_schedule(total_steps: int, warmup_ratio: float):
+    warmup = max(1, int(total_steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
+
+    return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def run_provenance(config: TrainConfig, manifest: dict) -> dict:
+    """What makes a checkpoint: the cache's provenance and the settings that change the result."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("out_dir", "gammas", "save_every", "log_every")}
+    return {"cache": manifest["provenance"], "cache_totals": manifest["totals"], "train": settings}
+
+
+def setup(config: TrainConfig) -> Run:
+    """Checks inputs, loads models and engine, and resumes from the last checkpoint of the same run."""
+    init_distributed()
+    torch.manual_seed(config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(config.policy)
+    manifest = check_cache(config.cache_dir, tokenizer, config.policy, config.check_rows)
+    rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    reader = CacheReader(config.cache_dir, config.cache_format, config.seed, rank, world_size, config.micro_batch_size,
+                         config.block_shards)
+    per_epoch = reader.steps_per_epoch() // config.grad_accum
+    if per_epoch == 0:
+        raise ValueError(f"{config.cache_dir}: {reader.rows} rows are fewer than one optimiser step needs "
+                         f"({reader.global_batch * config.grad_accum})")
+    total_steps = min(config.max_steps or per_epoch * config.epochs, per_epoch * config.epochs)
+    zero_stage = json.loads(Path(config.deepspeed_config).read_text()).get("zero_optimization", {}).get("stage", 0)
+    if config.lora and zero_stage == 3:
+        raise ValueError("train.lora with ZeRO stage 3 is not supported: use stage 0 to 2 for LoRA")
+    model = load_policy(config)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+                                      config=deepspeed_settings(config, world_size),
+                                      lr_scheduler=cosine_schedule(total_steps, config.warmup_ratio))
+    run = Run(config, Path(config.out_dir), engine, reader, tokenizer, run_provenance(config, manifest), total_steps)
+    has_ref = "strong_ref" in manifest["provenance"]["models"]
+    if config.mode == "online" or not (config.use_cached_ref and has_ref):
+        run.reference = None if config.lora else frozen(config.policy, engine.device)
+    if config.mode == "online":
+        models = manifest["provenance"]["models"]
+        run.weak = {role: frozen(models[role]["name_or_path"], engine.device) for role in ("weak_base", "weak_aligned")}
+    elif config.mode != "cached":
+        raise ValueError(f"train.mode: {config.mode!r} is not 'cached' or 'online'")
+    resume(run)
+    return run
+
+
+def resume(run: Run) -> None:
+    """Loads the latest checkpoint of this run, refusing one made from other inputs."""
+    folder = run.out_dir / CHECKPOINTS
+    saved = run.out_dir / "provenance.json"
+    if (folder / "latest").exists():
+        recorded = json.loads(saved.read_text())
+        if recorded != json.loads(json.dumps(run.provenance)):
+            differ = sorted(k for k in recorded["train"] if recorded["train"][k] != run.provenance["train"].get(k))
+            raise CacheMismatch(f"{run.out_dir}: holds checkpoints of a different run (cache or settings differ: "
+                                f"{differ or ['cache']}); use another out_dir")
+        _, state = run.engine.load_checkpoint(str(folder))
+        run.step, run.position = state["step"], Position(state["epoch"], state["consumed"])
+    elif torch.distributed.get_rank() == 0:
+        atomic_write_json(saved, run.provenance)
+
+
+def sequence_logps(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """Per-target-token log-probs of a model on a batch, `[batch, seq - 1]`."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return response_logps(logits, batch["input_ids"])
+
+
+def batch_terms(run: Run, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Policy log-probs (with grad), reference log-probs and weak ratios for one micro-batch."""
+    policy = sequence_logps(run.engine, batch)
+    with torch.no_grad():
+        if "logp_strong_ref" in batch and run.reference is None and not run.config.lora:
+            ref = batch["logp_strong_ref"]
+        elif run.config.lora:
+            with run.engine.module.disable_adapter():
+                ref = sequence_logps(run.engine.module, batch)
+        else:
+            ref = sequence_logps(run.reference, batch)
+        if run.weak:
+            weak = sequence_logps(run.weak["weak_aligned"], batch) - sequence_logps(run.weak["weak_base"], batch)
+        else:
+            weak = batch["weak_log_ratio"]
+    return policy, ref.float(), weak.float()
+
+
+def micro_batches(run: Run):
+    """Micro-batches from the saved position on, across epochs, each with the position after it."""
+    position = run.position
+    while position.epoch < run.config.epochs:
+        yield from run.reader.micro_batches(position)
+        position = Position(position.epoch + 1, 0)
+
+
+def train(run: Run) -> MetricsLog:
+    """The loop: grad_accum micro-batches per optimiser step, metrics every step, checkpoints every N."""
+    config, log = run.config, MetricsLog(run.out_dir, enabled=torch.distributed.get_rank() == 0)
+    stream = micro_batches(run)
+    bar = tqdm(total=run.total_steps, initial=run.step, desc=f"wspo gamma={config.gamma}", unit="step")
+    while run.step < run.total_steps:
+        started, read_seconds, sums = time.perf_counter(), 0.0, {}
+        for _ in range(config.grad_accum):
+            tick = time.perf_counter()
+            batch, run.position = next(stream)
+            batch = {k: v.to(run.engine.device) for k, v in batch.items()}
+            read_seconds += time.perf_counter() - tick
+            policy, ref, weak = batch_terms(run, batch)
+            loss, metrics = wspo_loss(policy, ref, weak, batch["mask"], config.gamma)
+            run.engine.backward(loss)
+            run.engine.step()
+            for key, value in {"loss": loss.item(), **metrics}.items():
+                sums[key] = sums.get(key, 0.0) + value / config.grad_accum
+        run.step += 1
+        sums.update(step=run.step, lr=run.engine.get_lr()[0], epoch=run.position.epoch, consumed=run.position.consumed,
+                    step_seconds=time.perf_counter() - started, read_seconds=read_seconds)
+        log.write(sums, log_now=run.step % config.log_every == 0)
+        bar.update(1)
+        bar.set_postfix(loss=f"{sums['loss']:.4f}")
+        if config.save_every and run.step % config.save_every == 0 and run.step < run.total_steps:
+            save_checkpoint(run)
+    bar.close()
+    return log
+
+
+def save_checkpoint(run: Run) -> None:
+    state = {"step": run.step, "epoch": run.position.epoch, "consumed": run.position.consumed}
+    run.engine.save_checkpoint(str(run.out_dir / CHECKPOINTS), tag=f"step-{run.step}", client_state=state)
+
+
+def save_final(run: Run, final: Path) -> None:
+    """The trained model as a Hugging Face folder (weights gathered under ZeRO-3, LoRA adapters merged)."""
+    gathered = run.engine._zero3_consolidated_16bit_state_dict() if run.engine.zero_optimization_stage() == 3 else None
+    if torch.distributed.get_rank() != 0:
+        return
+    model = run.engine.module.merge_and_unload() if run.config.lora else run.engine.module
+    model.save_pretrained(final, state_dict=gathered)
+    run.tokenizer.save_pretrained(final)
+    atomic_write_json(final / "w2s_provenance.json", run.provenance)
+
+
+def finish(run: Run, log: MetricsLog) -> dict:
+    """Final checkpoint, the trained model as a Hugging Face folder, curves and a summary."""
+    save_checkpoint(run)
+    save_final(run, run.out_dir / "final")
+    return summarise(log, run.out_dir, run.config.gamma) if torch.distributed.get_rank() == 0 else {}
+
+
+def run_one(config: TrainConfig) -> dict:
+    run = setup(config)
+    if run.step >= run.total_steps and (run.out_dir / "final" / "config.json").exists():
+        return {"out_dir": str(run.out_dir), "steps": run.step, "already_done": True}
+    log = train(run)
+    return finish(run, log)
+
+
+def run(config: TrainConfig) -> list[dict]:
+    """`w2s train`: one run, or one per gamma of `gammas`, each in its own folder, all on the same cache."""
+    if not config.gammas:
+        return [run_one(config)]
+    results = []
+    for gamma in config.gammas:
+        one = TrainConfig(**{**asdict(config), "gamma": gamma, "gammas": [], "out_dir": str(Path(config.out_dir) / f"gamma-{gamma:g}")})
+        results.append(run_one(one))
+    return results
