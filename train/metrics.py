@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from rich.console import Console  # noqa: E402
 
+from w2s.io import atomic_write_text  # noqa: E402
+
 CURVES = ("loss", "strong_ratio_mean", "weak_ratio_mean", "ratio_correlation")
 
 
@@ -39,14 +41,27 @@ class MetricsLog:
             self.writer.flush()
 
 
-def read_metrics(out_dir: Path) -> list[dict]:
-    """Every step's metrics of a run, resumed segments included (a step logged twice keeps its last line)."""
+def read_metrics(out_dir: Path, up_to_step: int | None = None) -> list[dict]:
+    """Every step's metrics of a run, resumed segments included (a step logged twice keeps its last line).
+
+    A line cut short by a killed process is skipped.
+    """
     rows: dict[int, dict] = {}
     if (out_dir / "metrics.jsonl").exists():
         for line in (out_dir / "metrics.jsonl").read_text().splitlines():
-            row = json.loads(line)
-            rows[row["step"]] = row
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if up_to_step is None or row["step"] <= up_to_step:
+                rows[row["step"]] = row
     return [rows[k] for k in sorted(rows)]
+
+
+def rewind_metrics(out_dir: Path, step: int) -> None:
+    """Keeps only the metrics of steps up to `step` (where a resumed run restarts), written atomically."""
+    rows = read_metrics(out_dir, up_to_step=step)
+    atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def plot_curves(rows: list[dict], path: Path, title: str) -> None:

@@ -26,7 +26,7 @@ from w2s.cache.manifest import CacheMismatch
 from w2s.io import atomic_write_json
 from w2s.train.checks import check_cache
 from w2s.train.config import TrainConfig
-from w2s.train.metrics import MetricsLog, summarise
+from w2s.train.metrics import MetricsLog, rewind_metrics, summarise
 from w2s.train.losses import response_logps, wspo_loss
 from w2s.train.reader import CacheReader, Position
 
@@ -157,6 +157,8 @@ def resume(run: Run) -> None:
                                 f"{differ or ['cache']}); use another out_dir")
         _, state = run.engine.load_checkpoint(str(folder))
         run.step, run.position = state["step"], Position(state["epoch"], state["consumed"])
+        if torch.distributed.get_rank() == 0:
+            rewind_metrics(run.out_dir, run.step)
     elif torch.distributed.get_rank() == 0:
         atomic_write_json(saved, run.provenance)
 
