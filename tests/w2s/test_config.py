@@ -60,3 +60,12 @@ def test_cli_help_lists_keys(capsys):
 def test_cli_reports_bad_override(capsys):
     assert main(["world", "world.nope=1"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    configs = sorted(Path("configs").glob("*.yaml"))
+    assert len(configs) >= 3
+    for path in configs:
+        load_config(Settings, path)
