@@ -49,6 +49,15 @@ def run_train(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def run_eval(settings: Settings, args: argparse.Namespace) -> int:
+    from w2s.eval.run import run
+
+    Path(settings.eval.out_dir).mkdir(parents=True, exist_ok=True)
+    save_config(settings, settings.eval.out_dir)
+    run(settings.eval)
+    return 0
+
+
 def run_inspect(settings: Settings, args: argparse.Namespace) -> int:
     from w2s.cache.inspect import inspect_cache
 
@@ -73,6 +82,8 @@ COMMANDS: dict[str, tuple[str, Callable[[Settings, argparse.Namespace], int], st
     "cache": ("stage 1: score the dataset under the weak pair and write the cache ('merge' joins worker parts)",
               run_cache, "cache", ("action", "path")),
     "train": ("stage 2: WSPO training of the strong model on the cache (gammas=[...] sweeps gamma)", run_train, "train", ()),
+    "eval": ("evaluate every system (world models, WSPO, search, BoN) on the test prompts: report, table, plots",
+             run_eval, "eval", ()),
     "inspect": ("summarise a cache: rows, tokens, rewards, extreme tokens, and a PNG histogram", run_inspect, "cache", ("path",)),
     "verify": ("check a cache's schema, row counts and checksums; exit 1 on any mismatch", run_verify, "cache", ("path",)),
 }

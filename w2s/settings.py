@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from w2s.cache.config import CacheConfig
+from w2s.eval.config import EvalConfig
 from w2s.train.config import TrainConfig
 from w2s.world.config import WorldConfig
 
@@ -19,3 +20,5 @@ class Settings:
     """Stage 1: the logit cache."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Stage 2: the WSPO trainer."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Stage 3: evaluation of every system (world models, WSPO, weak-to-strong search, BoN) in one report."""
