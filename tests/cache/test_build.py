@@ -139,3 +139,21 @@ def test_kill_9_then_resume_gives_the_same_store(micro_world, tmp_path):
     assert shard_hashes(out) == shard_hashes(reference)
     assert not list(out.glob("*/.*tmp*")) and not list(out.glob("ledger-*"))
     assert verify_cache(out) == []
+
+
+def test_inspect_and_verify_commands(cache_dir, tmp_path, capsys):
+    from w2s.cli import main
+
+    copy = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(cache_dir, copy)
+    assert main(["inspect", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert "40 rows" in out and "most positive tokens" in out
+    assert (copy / "inspect.png").stat().st_size > 5000
+    assert main(["verify", str(copy)]) == 0
+    victim = copy / "zarr" / "shard-00002.zarr" / "weak_log_ratio" / "c" / "0"
+    victim.write_bytes(victim.read_bytes()[:-1])
+    assert main(["verify", str(copy)]) == 1
+    assert "shard-00002.zarr" in capsys.readouterr().err
