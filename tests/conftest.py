@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
+VLLM_VENV = Path(__file__).resolve().parents[1] / ".venv-vllm"
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def vllm_program(name: str, checked: str) -> Path:
+    """A program (`python`, `w2s`) of .venv-vllm; fails (does not skip) when that environment is missing.
+
+    Args:
+        name: the program in .venv-vllm/bin.
+        checked: what the calling test checks, for the skip and failure messages.
+    """
+    if os.environ.get("W2S_SKIP_VLLM") == "1":
+        pytest.skip(f"W2S_SKIP_VLLM=1: {checked} not checked")
+    program = VLLM_VENV / "bin" / name
+    if not (VLLM_VENV / ".installed").exists() or not program.exists():
+        pytest.fail(f"{VLLM_VENV} is missing or unfinished: run `bash .ci/vllm-env.sh` to create it "
+                    f"(or set W2S_SKIP_VLLM=1 to skip the {checked} test)", pytrace=False)
+    return program
 
 
 def micro_world_config(out_dir: str, seed: int = 0):

@@ -17,24 +17,18 @@ import pyarrow.dataset as ds
 import pytest
 
 from tests.cache.helpers import build, cache_config
+from tests.conftest import vllm_program
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-VENV = REPO / ".venv-vllm"
 TOKEN_COLUMNS = ("logp_weak_base", "logp_weak_aligned", "weak_log_ratio")
 ATOL = 1e-4
 
 
 def vllm_w2s() -> Path:
     """The `w2s` command of .venv-vllm; fails (does not skip) when that environment is missing."""
-    if os.environ.get("W2S_SKIP_VLLM") == "1":
-        pytest.skip("W2S_SKIP_VLLM=1: vLLM parity not checked")
-    command = VENV / "bin" / "w2s"
-    if not (VENV / ".installed").exists() or not command.exists():
-        pytest.fail(f"{VENV} is missing or unfinished: run `bash .ci/vllm-env.sh` to create it "
-                    "(or set W2S_SKIP_VLLM=1 to skip the vLLM parity test)", pytrace=False)
-    return command
+    return vllm_program("w2s", "vLLM parity")
 
 
 def read_table(cache_dir: Path):

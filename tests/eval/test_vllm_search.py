@@ -17,6 +17,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tests.conftest import vllm_program
 from w2s.eval.search import WeakScorer
 from w2s.world.build import read_jsonl
 from w2s.world.tokenizer import render_prompt
@@ -24,7 +25,6 @@ from w2s.world.tokenizer import render_prompt
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-VENV = REPO / ".venv-vllm"
 WIDTH, SAMPLES, CHUNK, MAX_NEW, SEED = 2, 2, 4, 8, 11
 ATOL = 1e-4
 
@@ -84,13 +84,7 @@ SCRIPT = textwrap.dedent(
 
 def vllm_python() -> Path:
     """The python of .venv-vllm; fails (does not skip) when that environment is missing."""
-    if os.environ.get("W2S_SKIP_VLLM") == "1":
-        pytest.skip("W2S_SKIP_VLLM=1: vLLM sampling not checked")
-    python = VENV / "bin" / "python"
-    if not (VENV / ".installed").exists() or not python.exists():
-        pytest.fail(f"{VENV} is missing or unfinished: run `bash .ci/vllm-env.sh` to create it "
-                    "(or set W2S_SKIP_VLLM=1 to skip the vLLM search test)", pytrace=False)
-    return python
+    return vllm_program("python", "vLLM search")
 
 
 @torch.no_grad()
