@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+from w2s.config import require
+
+Backend = Literal["auto", "transformers", "vllm"]
+ModelDtype = Literal["float32", "bfloat16", "float16"]
+StorageDtype = Literal["float32", "float16"]
+StoreFormat = Literal["parquet", "zarr", "both"]
 
 
 @dataclass
 class CacheConfig:
     """Which data and models to score, how, and where the store goes."""
 
-    out_dir: str = "runs/tiny/cache"
-    """Cache folder (any local path; shards, manifest.json, ledger)."""
-    dataset: str = "runs/tiny/world/data/cache.jsonl"
+    out_dir: str = "{run_root}/cache"
+    """Cache folder (any local path; shards, manifest.json, ledger). Training reads it from here too."""
+    dataset: str = "{world}/data/cache.jsonl"
     """Local jsonl/json/parquet/arrow file (or folder of them), or a hub dataset name when online."""
     split: str = "train"
     """Dataset split to read (local files load as 'train')."""
@@ -25,19 +33,19 @@ class CacheConfig:
     """Field holding a unique example id; rows without the field get 'row-<n>'."""
     use_chat_template: bool = True
     """Render prompts through the tokenizer's chat template."""
-    weak_base: str = "runs/tiny/world/weak_base"
+    weak_base: str = "{world}/weak_base"
     """Weak model before alignment (path or hub id)."""
-    weak_aligned: str = "runs/tiny/world/weak_aligned"
+    weak_aligned: str = "{world}/weak_aligned"
     """Weak model after alignment (path or hub id)."""
     strong_ref: str = ""
     """Optional strong reference to cache as well (logp_strong_ref), so training can hold only the policy."""
-    backend: str = "auto"
+    backend: Backend = "auto"
     """'transformers', 'vllm', or 'auto' (vllm when importable and a GPU is present)."""
-    model_dtype: str = "float32"
+    model_dtype: ModelDtype = "float32"
     """Compute dtype of the models: float32, bfloat16 or float16."""
-    storage_dtype: str = "float32"
+    storage_dtype: StorageDtype = "float32"
     """How per-token values are stored: float32 (default) or float16."""
-    format: str = "both"
+    format: StoreFormat = "both"
     """Stores to write from the one pass: parquet, zarr or both."""
     max_len: int = 256
     """Most tokens of prompt + response + EOS."""
@@ -55,3 +63,10 @@ class CacheConfig:
     """vLLM tensor parallel size."""
     device: str = "auto"
     """transformers backend device: auto (cuda when present), cpu, cuda, cuda:1, ..."""
+
+    def __post_init__(self) -> None:
+        for key in ("rows_per_shard", "batch_tokens", "num_shards", "tensor_parallel_size"):
+            require(getattr(self, key) >= 1, f"cache.{key}", f"must be at least 1, got {getattr(self, key)}")
+        require(self.max_len >= 2, "cache.max_len", f"must be at least 2 (a prompt token and a response token), got {self.max_len}")
+        require(0 <= self.shard_index < self.num_shards, "cache.shard_index",
+                f"{self.shard_index} is outside [0, num_shards={self.num_shards})")

@@ -3,35 +3,38 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+from w2s.config import require, require_finite
 
 
 @dataclass
 class TrainConfig:
     """What to train, on which cache, and how."""
 
-    out_dir: str = "runs/tiny/wspo"
+    out_dir: str = "{run_root}/wspo"
     """Output folder: checkpoints/, final/ (a Hugging Face model), metrics.jsonl, tensorboard/, curves.png."""
-    cache_dir: str = "runs/tiny/cache"
-    """The logit cache to train on (stage 1's out_dir)."""
-    cache_format: str = "parquet"
+    cache_dir: str = "{cache}"
+    """The logit cache to train on; by default the cache section's out_dir, so a config names that folder once."""
+    cache_format: Literal["parquet", "zarr"] = "parquet"
     """Which store of the cache to stream: parquet or zarr."""
-    policy: str = "runs/tiny/world/strong_base"
+    policy: str = "{world}/strong_base"
     """The strong model to train (path or hub id); its frozen copy is the reference."""
-    mode: str = "cached"
+    mode: Literal["cached", "online"] = "cached"
     """'cached': weak ratios (and the reference, when cached) come from the cache; 'online': the weak pair runs in
     the training process, as in the authors' code (the baseline the cache is measured against)."""
     use_cached_ref: bool = True
     """Read logp_strong_ref from the cache when it is there; false runs the frozen reference beside the policy."""
     gamma: float = 0.1
-    """WSPO gamma: the strong log-ratio is pushed toward weak_log_ratio / gamma."""
+    """WSPO gamma (> 0): the strong log-ratio is pushed toward weak_log_ratio / gamma."""
     gammas: list[float] = field(default_factory=list)
     """Gamma sweep: train once per value on the same cache, into out_dir/gamma-<value>/ (overrides gamma)."""
     lr: float = 1e-5
-    """Peak learning rate (linear warm-up, then cosine to zero)."""
+    """Peak learning rate (> 0; linear warm-up, then cosine to zero)."""
     warmup_ratio: float = 0.1
-    """Share of the optimiser steps spent warming up."""
+    """Share of the optimiser steps spent warming up, in [0, 1]."""
     epochs: int = 1
-    """Passes over the cache."""
+    """Passes over the cache (at least 1)."""
     max_steps: int = 0
     """Stop after this many optimiser steps (0: run all epochs)."""
     micro_batch_size: int = 8
@@ -39,14 +42,14 @@ class TrainConfig:
     grad_accum: int = 1
     """Micro-batches per optimiser step."""
     clip: float = 1.0
-    """Gradient norm clipping."""
+    """Gradient norm clipping (0 turns it off)."""
     weight_decay: float = 0.0
     """Adam weight decay."""
     seed: int = 0
     """Fixes the data order and any initialisation."""
     deepspeed_config: str = "configs/ds_zero0.json"
     """DeepSpeed JSON (ZeRO stage etc.); batch size, accumulation, clipping and lr are filled from this section."""
-    precision: str = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     """'auto' (bf16 where the hardware has it, else fp32), 'bf16' or 'fp32'."""
     lora: bool = False
     """Train LoRA adapters (peft) instead of all weights; the final model is saved merged."""
@@ -62,3 +65,18 @@ class TrainConfig:
     """Rows of the cache to re-tokenise with the policy's tokenizer at start (0 skips the check)."""
     block_shards: int = 4
     """Cache shards shuffled together (and held in memory at once) by the reader."""
+
+    def __post_init__(self) -> None:
+        require_finite(self.gamma, "train.gamma", positive=True)
+        for index, gamma in enumerate(self.gammas):
+            require_finite(gamma, f"train.gammas[{index}]", positive=True)
+        require_finite(self.lr, "train.lr", positive=True)
+        require_finite(self.clip, "train.clip")
+        require(self.clip >= 0, "train.clip", f"must be >= 0 (0 turns clipping off), got {self.clip!r}")
+        require_finite(self.weight_decay, "train.weight_decay")
+        require_finite(self.warmup_ratio, "train.warmup_ratio")
+        require(0 <= self.warmup_ratio <= 1, "train.warmup_ratio", f"must be in [0, 1], got {self.warmup_ratio!r}")
+        for key in ("epochs", "micro_batch_size", "grad_accum", "log_every", "block_shards", "lora_rank"):
+            require(getattr(self, key) >= 1, f"train.{key}", f"must be at least 1, got {getattr(self, key)}")
+        for key in ("max_steps", "save_every", "check_rows"):
+            require(getattr(self, key) >= 0, f"train.{key}", f"must be >= 0, got {getattr(self, key)}")

@@ -53,8 +53,3 @@ def _metrics(strong_ratio: torch.Tensor, weak: torch.Tensor, mask: torch.Tensor)
         "tokens": tokens,
     }
 
-
-def response_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Log-prob of each next token: `[batch, seq, vocab]` logits -> `[batch, seq - 1]` (position t predicts t+1)."""
-    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # [batch, seq-1, vocab]
-    return logps.gather(-1, input_ids[:, 1:, None])[..., 0]  # [batch, seq-1]

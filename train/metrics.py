@@ -76,7 +76,7 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def summarise(log: MetricsLog, out_dir: Path, gamma: float) -> dict:
+def summarise(out_dir: Path, gamma: float) -> dict:
     """Writes curves.png and summary.json and prints a one-screen summary."""
     rows = read_metrics(out_dir)
     plot_curves(rows, out_dir / "curves.png", f"WSPO gamma={gamma}")

@@ -9,8 +9,8 @@ launch many processes and nodes with the same command.
 
 from __future__ import annotations
 
+import functools
 import json
-import math
 import os
 import socket
 import time
@@ -22,12 +22,14 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from w2s.cache.manifest import CacheMismatch
+from w2s.errors import CacheMismatch
 from w2s.io import atomic_write_json
+from w2s.logprobs import target_logprobs
+from w2s.schedule import cosine_lr
 from w2s.train.checks import check_cache
 from w2s.train.config import TrainConfig
 from w2s.train.metrics import MetricsLog, rewind_metrics, summarise
-from w2s.train.losses import response_logps, wspo_loss
+from w2s.train.losses import wspo_loss
 from w2s.train.reader import CacheReader, Position
 
 CHECKPOINTS = "checkpoints"
@@ -95,14 +97,14 @@ def deepspeed_settings(config: TrainConfig, world_size: int) -> dict:
 
 
 def cosine_schedule(total_steps: int, warmup_ratio: float):
+    """A LambdaLR factory for DeepSpeed: the project's one warm-up + cosine schedule, as a multiplier of lr."""
     warmup = max(1, int(total_steps * warmup_ratio))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
-
+    factor = functools.partial(_cosine_factor, total=total_steps, warmup=warmup)
     return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _cosine_factor(step: int, total: int, warmup: int) -> float:
+    return cosine_lr(step, total, 1.0, warmup)
 
 
 def run_provenance(config: TrainConfig, manifest: dict) -> dict:
@@ -165,8 +167,7 @@ def resume(run: Run) -> None:
 
 def sequence_logps(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     """Per-target-token log-probs of a model on a batch, `[batch, seq - 1]`."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return response_logps(logits, batch["input_ids"])
+    return target_logprobs(model, batch["input_ids"], batch["attention_mask"])
 
 
 def batch_terms(run: Run, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -245,7 +246,7 @@ def finish(run: Run, log: MetricsLog) -> dict:
     """Final checkpoint, the trained model as a Hugging Face folder, curves and a summary."""
     save_checkpoint(run)
     save_final(run, run.out_dir / "final")
-    return summarise(log, run.out_dir, run.config.gamma) if torch.distributed.get_rank() == 0 else {}
+    return summarise(run.out_dir, run.config.gamma) if torch.distributed.get_rank() == 0 else {}
 
 
 def run_one(config: TrainConfig) -> dict:

@@ -12,7 +12,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from w2s.config import ConfigError, describe, load_config, save_config
+from w2s.config import describe, load_config, save_config
+from w2s.errors import ConfigError, UserError
 from w2s.settings import Settings
 
 DEFAULT_CONFIG = "configs/tiny.yaml"
@@ -136,12 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for key, value in named.items():
         setattr(args, key, value)
-    from w2s.cache.data import DataError
-    from w2s.cache.manifest import CacheMismatch
-
     try:
         return COMMANDS[args.command][1](settings, args)
-    except (ConfigError, DataError, CacheMismatch) as err:
+    except UserError as err:
         print(f"w2s {args.command}: {err}", file=sys.stderr)
         return 2
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import math
 import textwrap
 import types
 import typing
@@ -21,11 +22,27 @@ from typing import Any
 
 import yaml
 
+from w2s.errors import ConfigError
 from w2s.io import atomic_write_text
 
+__all__ = ["ConfigError", "describe", "field_docs", "from_dict", "load_config", "require", "require_finite", "save_config"]
 
-class ConfigError(ValueError):
-    """A config file or override that does not fit the schema; the message names the key."""
+
+def require(condition: bool, key: str, why: str) -> None:
+    """Refuses a config value at load time: raises ConfigError("key: why") unless `condition` holds.
+
+    Sections call it from `__post_init__`, so a bad value is refused before any model loads, whether the
+    section came from YAML, an override or a direct constructor call.
+    """
+    if not condition:
+        raise ConfigError(f"{key}: {why}")
+
+
+def require_finite(value: float, key: str, positive: bool = False, nonzero: bool = False) -> None:
+    """Refuses nan and inf (and, when asked, values <= 0 or == 0), naming the key and the value."""
+    require(math.isfinite(value), key, f"must be a finite number, got {value!r}")
+    require(not positive or value > 0, key, f"must be > 0, got {value!r}")
+    require(not nonzero or value != 0, key, f"must not be 0, got {value!r}")
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -51,6 +68,11 @@ def field_docs(cls: type) -> dict[str, str]:
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Checks `value` against the type hint `hint`, converting ints to floats and dicts to dataclasses."""
     origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
+        return value
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from w2s.config import require, require_finite
+
 
 @dataclass
 class ModelShape:
@@ -19,12 +21,19 @@ class ModelShape:
     lr: float = 3e-3
     """Peak learning rate (10% warm-up, then cosine)."""
 
+    def __post_init__(self) -> None:
+        require(self.hidden_size >= 64 and self.hidden_size % 64 == 0, "world.*.hidden_size",
+                f"must be a positive multiple of 64 (heads are 64 wide), got {self.hidden_size}")
+        require(self.num_layers >= 1, "world.*.num_layers", f"must be at least 1, got {self.num_layers}")
+        require(self.steps >= 1, "world.*.steps", f"must be at least 1, got {self.steps}")
+        require_finite(self.lr, "world.*.lr", positive=True)
+
 
 @dataclass
 class WorldConfig:
     """The embedded default task: a synthetic summarisation corpus, one tokenizer and three small models."""
 
-    out_dir: str = "runs/tiny/world"
+    out_dir: str = "{run_root}/world"
     """Where the world is written: data/, tokenizer/, weak_base/, weak_aligned/, strong_base/, world.json."""
     seed: int = 0
     """Fixes the corpus, the tokenizer and every model's weights."""
@@ -60,3 +69,12 @@ class WorldConfig:
     """Test examples the post-build metrics table generates for (at most num_test)."""
     threads: int = 2
     """torch CPU threads; fixed so that the weights are bit-identical from one build to the next."""
+
+    def __post_init__(self) -> None:
+        sizes = ("num_train", "num_align", "num_cache", "num_test", "min_facts", "batch_size", "align_steps",
+                 "eval_examples", "threads")
+        for key in sizes:
+            require(getattr(self, key) >= 1, f"world.{key}", f"must be at least 1, got {getattr(self, key)}")
+        require(self.min_facts <= self.max_facts, "world.max_facts", f"must be >= min_facts={self.min_facts}")
+        require(0 <= self.l_min <= self.l_max, "world.l_max", f"must be >= l_min={self.l_min} >= 0")
+        require_finite(self.align_lr, "world.align_lr", positive=True)

@@ -6,12 +6,12 @@ Deterministic for a fixed seed and thread count: batches are drawn from a genera
 
 from __future__ import annotations
 
-import math
-
 import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from w2s.logprobs import pad_right
+from w2s.schedule import cosine_lr
 from w2s.tokens import EncodingError, encode_example
 
 IGNORE = -100
@@ -40,22 +40,11 @@ def encode_pairs(
 
 def collate(batch: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pads a batch; labels are -100 on prompt and padding."""
-    width = max(len(ids) for ids, _ in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # [batch, seq]
-    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)  # [batch, seq]
-    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)  # [batch, seq]
+    input_ids, attention_mask = pad_right([ids for ids, _ in batch], pad_id)  # each [batch, seq]
+    labels = torch.full_like(input_ids, IGNORE)  # [batch, seq]
     for row, (ids, prompt_len) in enumerate(batch):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
-        attention_mask[row, : len(ids)] = 1
+        labels[row, prompt_len : len(ids)] = input_ids[row, prompt_len : len(ids)]
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
-
-
-def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def train_sft(

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from w2s.train.losses import response_logps, wspo_loss
+from w2s.train.losses import wspo_loss
 
 
 def reference_loss(policy, ref, weak, mask, gamma):
@@ -55,8 +55,3 @@ def test_empty_response_is_refused():
     with pytest.raises(ValueError, match="no response tokens"):
         wspo_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2), gamma=0.1)
 
-
-def test_response_logps_gathers_next_token():
-    logits = torch.log(torch.tensor([[[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]]]))
-    ids = torch.tensor([[0, 1, 1]])
-    assert torch.allclose(response_logps(logits, ids), torch.log(torch.tensor([[0.5, 0.1]])))
