@@ -1,25 +1,139 @@
-"""Settings of the evaluation stage: which systems to compare, on which test prompts, with which budgets."""
+"""Settings of the evaluation stage: the task, the systems to compare (declared, not built in), and the budgets.
+
+Path defaults are templates: `{world}`, `{wspo}`, `{cache}` and `{run_root}` are replaced after loading (see
+`w2s.settings`), so a config that moves the world moves every path that lives in it. A config built directly
+in Python must pass concrete paths.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
-SYSTEMS = ("weak_base", "weak_aligned", "strong_base", "wspo", "strong_base+search", "strong_base+bon")
-"""Every system `w2s eval` knows, in report order."""
+from w2s.config import require, require_finite
+
+Generator = Literal["sample", "cbs", "bon", "eft"]
+"""How a system generates: plain sampling, chunk-level beam search, best-of-N, emulated fine-tuning."""
+Engine = Literal["hf", "vllm"]
+"""What samples the strong model: transformers (KV cache kept across chunks) or vLLM (prefix caching)."""
+
+PARAMS: dict[str, dict[str, type]] = {
+    "sample": {},
+    "cbs": {"width": int, "num_samples": int, "chunk_len": int},
+    "bon": {"n": int},
+    "eft": {"beta": float},
+}
+"""The params each generator takes (all required): cbs W, K, L; bon N; eft the weight of the weak log-ratio."""
+
+DEFAULT_TASK = {"_component_": "w2s.world.task.SummaryTask", "path": "{world}/data/test.jsonl", "l_min": 20,
+                "l_max": 30}
+"""The tiny world's test split, scored by its length reward and content score."""
+
+
+@dataclass
+class SystemConfig:
+    """One row of the report: a model and the way it generates."""
+
+    name: str
+    """Row name in the report (unique)."""
+    model: str
+    """The strong model: a Hugging Face folder or hub id."""
+    generator: Generator = "sample"
+    """sample (plain sampling), cbs (chunk-level beam search guided by the weak pair), bon (best-of-N, same
+    guide) or eft (emulated fine-tuning: strong log-probs + beta * weak log-ratio, one shared vocabulary)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """The generator's settings: cbs {width, num_samples, chunk_len}; bon {n}; eft {beta}; sample none."""
+    engine: Engine = "hf"
+    """hf (transformers) or vllm; eft needs hf (it mixes next-token distributions, which vLLM does not expose)."""
+    optional: bool = False
+    """Skip this system, with the reason in the report, when `model` has no config.json (e.g. WSPO before
+    `w2s train`); otherwise a missing model is an error."""
+
+    def __post_init__(self) -> None:
+        key = f"eval.systems[{self.name}]"
+        require(bool(self.name), "eval.systems", "every system needs a name")
+        expected = PARAMS[self.generator]
+        unknown, missing = sorted(set(self.params) - set(expected)), sorted(set(expected) - set(self.params))
+        require(not unknown and not missing, f"{key}.params",
+                f"{self.generator} takes exactly {sorted(expected)}; unknown {unknown}, missing {missing}")
+        for name, kind in expected.items():
+            value = self.params[name]
+            require(isinstance(value, (int, float)) and not isinstance(value, bool), f"{key}.params.{name}",
+                    f"must be a number, got {value!r}")
+            if kind is int:
+                whole = isinstance(value, int) or float(value).is_integer()
+                require(whole and value >= 1, f"{key}.params.{name}", f"must be an integer >= 1, got {value!r}")
+                self.params[name] = int(value)
+            else:
+                require_finite(value, f"{key}.params.{name}")
+                self.params[name] = float(value)
+        require(self.generator != "eft" or self.engine == "hf", f"{key}.engine",
+                "eft needs engine hf: it mixes next-token distributions at every step, which vLLM does not expose")
+
+
+def default_systems() -> list[SystemConfig]:
+    """The tiny world's comparison, in report order: the world's models, WSPO, then search and best-of-N.
+
+    Best-of-N's N is set so that it samples about as many strong tokens as the search (both means are
+    reported): on the tiny world W=2, K=4, L=8 draws about 204 tokens a prompt, N=9 responses about 23 each.
+    """
+    strong = "{world}/strong_base"
+    return [
+        SystemConfig("weak_base", "{world}/weak_base"),
+        SystemConfig("weak_aligned", "{world}/weak_aligned"),
+        SystemConfig("strong_base", strong),
+        SystemConfig("wspo", "{wspo}/final", optional=True),
+        SystemConfig("strong_base+search", strong, "cbs", {"width": 2, "num_samples": 4, "chunk_len": 8}),
+        SystemConfig("strong_base+bon", strong, "bon", {"n": 9}),
+    ]
+
+
+@dataclass
+class VllmOptions:
+    """How a vLLM engine is started for systems with `engine: vllm` (see `w2s.vllm_engine`)."""
+
+    max_len: int = 0
+    """Longest sequence (prompt + response) the engine holds; 0 is the model's own context length."""
+    dtype: str = "float32"
+    """Weights and activations dtype."""
+    tensor_parallel_size: int = 1
+    """GPUs one engine spans."""
+    gpu_memory_utilization: float = 0.4
+    """Share of GPU memory the engine reserves (ignored by the CPU build)."""
+
+    def __post_init__(self) -> None:
+        require(self.max_len >= 0, "eval.vllm.max_len", "must be >= 0")
+        require(self.tensor_parallel_size >= 1, "eval.vllm.tensor_parallel_size", "must be >= 1")
+        require_finite(self.gpu_memory_utilization, "eval.vllm.gpu_memory_utilization", positive=True)
+        require(self.gpu_memory_utilization <= 1, "eval.vllm.gpu_memory_utilization", "must be <= 1")
 
 
 @dataclass
 class EvalConfig:
-    """What `w2s eval` compares: the three world models, WSPO, and the strong base steered by weak-to-strong search."""
+    """What `w2s eval` compares, on which task, with which budgets."""
 
-    out_dir: str = "runs/tiny/eval"
+    out_dir: str = "{run_root}/eval"
     """Output folder: report.json, report.md, comparison.png, reward_vs_gamma.png (gamma sweep only), config.yaml."""
-    world_dir: str = "runs/tiny/world"
-    """The world: weak_base/, weak_aligned/, strong_base/ (Hugging Face folders) and data/test.jsonl."""
-    wspo_dir: str = "runs/tiny/wspo"
-    """WSPO output: wspo_dir/final is the 'wspo' system; every wspo_dir/gamma-*/final feeds the reward-vs-gamma plot."""
+    task: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_TASK))
+    """The task: `_component_` (dotted path of a w2s.eval.task.Task class) and its arguments. A mapping
+    without `_component_` updates the arguments of the default task (the tiny world's test split)."""
+    systems: list[SystemConfig] = field(default_factory=default_systems)
+    """The systems to compare, in report order: each {name, model, generator, params, engine, optional}."""
+    run: list[str] = field(default_factory=list)
+    """Names of the declared systems to run (in declared order); empty runs them all."""
+    weak_base: str = "{world}/weak_base"
+    """The weak model before alignment: the guide's denominator (cbs, bon, eft)."""
+    weak_aligned: str = "{world}/weak_aligned"
+    """The weak model after alignment: the guide's numerator; its tokenizer scores the decoded text."""
+    tokenizer: str = "{world}/tokenizer"
+    """Tokenizer for any model folder that holds none."""
+    wspo_dir: str = "{wspo}"
+    """WSPO output: every wspo_dir/gamma-*/final feeds the reward-vs-gamma plot (gamma read from
+    final/w2s_provenance.json)."""
+    gamma_sweep: bool = True
+    """Also evaluate every wspo_dir/gamma-*/final (plain sampling) and plot the task's metrics against gamma."""
     num_examples: int = 200
-    """Test prompts evaluated (the first ones of data/test.jsonl)."""
+    """Test prompts evaluated (the task's first ones)."""
     max_new_tokens: int = 64
     """Token budget of every response."""
     temperature: float = 0.7
@@ -29,28 +143,34 @@ class EvalConfig:
     top_p: float = 1.0
     """Nucleus sampling filter (1.0 keeps all tokens)."""
     seed: int = 0
-    """Seeds plain generation; search and BoN use seed + i for prompt i."""
-    width: int = 2
-    """Search W: hypotheses kept by the chunk-level beam search."""
-    num_samples: int = 4
-    """Search K: chunks the strong base samples from each hypothesis."""
-    chunk_len: int = 8
-    """Search L: tokens per sampled chunk."""
-    bon_n: int = 9
-    """Best-of-N N, set so that BoN samples about as many strong tokens as the search (both means are reported);
-    on the tiny world W=2, K=4, L=8 draws about 204 tokens a prompt, N responses about 23 each."""
-    l_min: int = 20
-    """Length reward: shortest response (tokens, EOS excluded) that earns the full reward."""
-    l_max: int = 30
-    """Length reward: longest response that earns the full reward."""
-    systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
-    """Systems to run, from: weak_base, weak_aligned, strong_base, wspo (skipped when wspo_dir/final is absent),
-    strong_base+search (CBS guided by weak_aligned/weak_base), strong_base+bon."""
-    gamma_sweep: bool = True
-    """Also evaluate every wspo_dir/gamma-*/final (plain sampling) and plot reward and content against gamma."""
+    """Seeds plain generation; search, best-of-N and EFT use seed + i for prompt i."""
     batch_size: int = 64
-    """Prompts per batch of plain generation."""
+    """Prompts per batch of plain generation (engine hf)."""
     num_shown: int = 3
     """Sample outputs per system saved in report.json (the first test prompts)."""
     threads: int = 1
     """torch CPU threads while evaluating; these tiny models run fastest on one on a shared machine."""
+    vllm: VllmOptions = field(default_factory=VllmOptions)
+    """Engine settings of systems with engine vllm."""
+
+    def __post_init__(self) -> None:
+        if "_component_" not in self.task:  # a partial mapping (e.g. one override) updates the default task
+            self.task = {**DEFAULT_TASK, **self.task}
+        require(isinstance(self.task["_component_"], str) and "." in self.task["_component_"],
+                "eval.task._component_", "must be a dotted path such as w2s.world.task.SummaryTask")
+        names = [system.name for system in self.systems]
+        require(len(set(names)) == len(names), "eval.systems", f"system names must be unique, got {names}")
+        unknown = [name for name in self.run if name not in names]
+        require(not unknown, "eval.run", f"unknown system(s) {unknown}; declared: {names}")
+        for key in ("num_examples", "max_new_tokens", "batch_size", "threads"):
+            require(getattr(self, key) >= 1, f"eval.{key}", f"must be >= 1, got {getattr(self, key)}")
+        require(self.num_shown >= 0, "eval.num_shown", "must be >= 0")
+        require_finite(self.temperature, "eval.temperature")
+        require(self.temperature >= 0, "eval.temperature", "must be >= 0 (0 is greedy)")
+        require(self.top_k >= 0, "eval.top_k", "must be >= 0 (0 keeps all tokens)")
+        require_finite(self.top_p, "eval.top_p", positive=True)
+        require(self.top_p <= 1, "eval.top_p", "must be in (0, 1]")
+
+    def selected(self) -> list[SystemConfig]:
+        """The systems `run` names (all when it is empty), in declared order."""
+        return [system for system in self.systems if not self.run or system.name in self.run]

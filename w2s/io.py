@@ -56,3 +56,9 @@ def sha256_dir(path: str | Path, pattern: str = "*") -> str:
             digest.update(file.relative_to(path).as_posix().encode())
             digest.update(sha256_file(file).encode())
     return digest.hexdigest()
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Every non-blank line of a jsonl file, parsed."""
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]

@@ -20,12 +20,11 @@ from rich.console import Console
 from rich.table import Table
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from w2s.eval.generate import generate
-from w2s.eval.metrics import length_reward
-from w2s.eval.score import score_responses
 from w2s.io import atomic_write_json, atomic_write_text, publish_dir, sha256_file
+from w2s.sampling import generate
 from w2s.world.config import ModelShape, WorldConfig
 from w2s.world.corpus import build_splits
+from w2s.world.metrics import length_reward, score_responses
 from w2s.world.sft import encode_pairs, train_sft
 from w2s.world.tokenizer import train_tokenizer
 
@@ -61,12 +60,8 @@ def new_model(shape: ModelShape, tokenizer: PreTrainedTokenizerFast, seed: int) 
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """One sorted-key JSON object per line, written atomically (read back with `w2s.io.read_jsonl`)."""
     atomic_write_text(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 def aligned_subset(tokenizer: PreTrainedTokenizerFast, examples: list[dict], l_min: int, l_max: int) -> list[dict]:
@@ -83,13 +78,14 @@ def train_models(config: WorldConfig, splits: dict, tokenizer: PreTrainedTokeniz
     pad = tokenizer.pad_token_id
     train = encode_pairs(tokenizer, splits["train"], MAX_LEN)
     weak = new_model(config.weak, tokenizer, config.seed + 1)
-    weak_losses = train_sft(weak, train, pad, config.weak.steps, config.batch_size, config.weak.lr, config.seed + 1, "weak base")
+    weak_losses = train_sft(
+        weak, train, pad, config.weak.steps, config.batch_size, config.weak.lr, config.seed + 1, "weak base"
+    )
     aligned = copy.deepcopy(weak)
     kept = aligned_subset(tokenizer, splits["align"], config.l_min, config.l_max)
     align_data = encode_pairs(tokenizer, kept, MAX_LEN)
-    align_losses = train_sft(
-        aligned, align_data, pad, config.align_steps, config.batch_size, config.align_lr, config.seed + 2, "weak aligned"
-    )
+    align_losses = train_sft(aligned, align_data, pad, config.align_steps, config.batch_size, config.align_lr,
+                             config.seed + 2, "weak aligned")
     strong = new_model(config.strong, tokenizer, config.seed + 3)
     strong_losses = train_sft(
         strong, train, pad, config.strong.steps, config.batch_size, config.strong.lr, config.seed + 3, "strong base"
@@ -117,9 +113,9 @@ def print_table(results: dict, console: Console) -> None:
     for column in ("model", "length reward", "content", "mean tokens", "in [L_min, L_max]"):
         table.add_column(column, justify="right" if column != "model" else "left")
     for name, row in results.items():
-        table.add_row(
-            name, f"{row['length_reward']:.3f}", f"{row['content']:.3f}", f"{row['mean_tokens']:.1f}", f"{row['in_window']:.2f}"
-        )
+        cells = (f"{row['length_reward']:.3f}", f"{row['content']:.3f}", f"{row['mean_tokens']:.1f}",
+                 f"{row['in_window']:.2f}")
+        table.add_row(name, *cells)
     console.print(table)
 
 

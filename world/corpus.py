@@ -4,7 +4,7 @@ Each document reports a handful of key facts ("mira sold 7 lamps in oslo .") mix
 carry no facts. A reference summary restates some of the facts, in document order, as clauses joined by " ; ".
 The number of facts a summary keeps is drawn uniformly, so summaries run from one clause (about 7 tokens, well
 under L_min = 20) to all of them (up to about 50 tokens, well over L_max = 30): the same spread of lengths the
-paper's XSUM length experiment works on. Every fact is a closed record, so `w2s.eval.metrics` can check what a
+paper's XSUM length experiment works on. Every fact is a closed record, so `w2s.world.metrics` can check what a
 generated summary gets right.
 """
 
@@ -28,7 +28,6 @@ FILLERS = (
     "the roads were {adj} .",
 )
 ADJECTIVES = "mild busy quiet cold warm long".split()
-FIELDS = ("name", "verb", "count", "item", "city")
 PROMPT_PREFIX = "summarize : "
 
 

@@ -10,23 +10,38 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from w2s.cli import main
-from w2s.eval.config import SYSTEMS
-from w2s.eval.generate import generate
-from w2s.eval.report import markdown_table
-from w2s.eval.score import score_responses
-from w2s.world.build import read_jsonl
+from w2s.eval.config import default_systems
+from w2s.eval.report import Layout, markdown_table
+from w2s.io import read_jsonl
+from w2s.sampling import generate
+from w2s.world.metrics import score_responses
+from w2s.world.task import SummaryTask
 
-BUDGET = ["num_examples=3", "max_new_tokens=10", "width=2", "num_samples=2", "chunk_len=4", "bon_n=4", "seed=3"]
+SYSTEMS = [system.name for system in default_systems()]
+BUDGET = ["num_examples=3", "max_new_tokens=10", "seed=3"]
+SEARCH_PARAMS = {"cbs": {"width": 2, "num_samples": 2, "chunk_len": 4}, "bon": {"n": 4}}
 METRIC_KEYS = ("length_reward", "content", "mean_tokens", "in_window", "sampled_tokens", "seconds")
 
 
 def fake_wspo(root, strong_base):
-    """A WSPO folder whose final/ and gamma-0.5/, gamma-1/ runs are copies of the strong base."""
+    """A WSPO folder whose final/ and gamma-0.5/, gamma-1/ runs are copies of the strong base, each with the
+    w2s_provenance.json that `w2s train` writes beside its final model (only train.gamma is read)."""
     for run, gamma in (("", 0.1), ("gamma-0.5", 0.5), ("gamma-1", 1.0)):
         folder = root / run if run else root
         shutil.copytree(strong_base, folder / "final")
-        (folder / "summary.json").write_text(json.dumps({"gamma": gamma}))
+        (folder / "final" / "w2s_provenance.json").write_text(json.dumps({"train": {"gamma": gamma}}))
     return root
+
+
+def eval_words(world, wspo, out) -> list[str]:
+    """Overrides that point `w2s eval` at concrete folders: the default systems with the world's and WSPO's
+    paths filled in and test-sized search budgets (W,K,L = 2,2,4; N = 4)."""
+    fill = lambda path: path.replace("{world}", str(world)).replace("{wspo}", str(wspo))  # noqa: E731
+    systems = [dict(name=s.name, model=fill(s.model), generator=s.generator, optional=s.optional,
+                    params=SEARCH_PARAMS.get(s.generator, s.params)) for s in default_systems()]
+    return [f"task.path={world}/data/test.jsonl", f"weak_base={world}/weak_base",
+            f"weak_aligned={world}/weak_aligned", f"tokenizer={world}/tokenizer", f"wspo_dir={wspo}",
+            f"out_dir={out}", f"systems={json.dumps(systems)}", *BUDGET]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +50,7 @@ def evaluated(micro_world, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("eval")
     wspo = fake_wspo(tmp / "wspo", micro_world / "strong_base")
     out = tmp / "out"
-    words = [f"world_dir={micro_world}", f"wspo_dir={wspo}", f"out_dir={out}", *BUDGET]
-    assert main(["eval", *words]) == 0
+    assert main(["eval", *eval_words(micro_world, wspo, out)]) == 0
     return out, json.loads((out / "report.json").read_text())
 
 
@@ -91,24 +105,25 @@ def test_markdown_report_and_plots(evaluated):
 
 @pytest.mark.integration
 def test_missing_wspo_is_skipped_and_unknown_systems_are_refused(micro_world, tmp_path, capsys):
-    words = [f"world_dir={micro_world}", f"wspo_dir={tmp_path / 'none'}", f"out_dir={tmp_path / 'out'}", *BUDGET]
-    assert main(["eval", *words, "systems=[weak_base,wspo]"]) == 0
+    words = eval_words(micro_world, tmp_path / "none", tmp_path / "out")
+    assert main(["eval", *words, "run=[weak_base,wspo]"]) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert list(report["systems"]) == ["weak_base"] and "wspo" in report["skipped"]
     assert report["gamma_sweep"] == [] and report["budget"] is None
     assert not (tmp_path / "out" / "reward_vs_gamma.png").exists()
-    assert main(["eval", *words, "systems=[gpt5]"]) == 2
+    assert main(["eval", *words, "run=[gpt5]"]) == 2
     assert "unknown system" in capsys.readouterr().err
 
 
 def test_markdown_table_has_a_header_an_aligned_separator_and_one_row_per_system():
     row = dict(length_reward=0.98765, content=0.25, mean_tokens=24.46, in_window=0.9, sampled_tokens=204.2,
                seconds=19.44)
-    table = markdown_table({"strong_base": row, "strong_base+search": dict(row, content=1.0)})
+    columns = Layout.of(SummaryTask.metrics).columns
+    table = markdown_table({"strong_base": row, "strong_base+search": dict(row, content=1.0)}, columns)
     assert table.splitlines() == [
         "| system | length reward | content | mean tokens | in window | sampled tokens | seconds |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         "| strong_base | 0.988 | 0.250 | 24.5 | 0.90 | 204.2 | 19.4 |",
         "| strong_base+search | 0.988 | 1.000 | 24.5 | 0.90 | 204.2 | 19.4 |",
     ]
-    assert markdown_table({}).count("\n") == 2
+    assert markdown_table({}, columns).count("\n") == 2

@@ -7,52 +7,25 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from w2s.eval.search import (
-    Hypothesis,
-    LMStepper,
-    WeakScorer,
-    best_of_n,
-    chunk_beam_search,
-    eft_generate,
-    prune,
-    sample,
-    sample_token,
-    search_many,
-)
-from w2s.world.build import new_model, read_jsonl
+from w2s.eval.eft import eft_generate
+from w2s.eval.samplers import HFSampler, LMStepper
+from w2s.eval.scorer import WeakScorer
+from w2s.eval.search import Hypothesis, best_of_n, chunk_beam_search, prune, sample, search_many
+from w2s.sampling import sample_token
+from w2s.world.build import new_model
 from w2s.world.config import ModelShape
 from w2s.world.sft import encode_pairs, train_sft
 from w2s.world.tokenizer import train_tokenizer
 
 MAX_NEW = 12
 
+# The `world` fixture (tokenizer, models, weak scorer, data of the micro world) is in tests/eval/conftest.py.
 
-@pytest.fixture(scope="module")
-def world(micro_world):
-    """The micro world's tokenizer, three models, a weak scorer and its data, on one torch thread.
 
-    These models take a millisecond a step on one thread; two threads on a busy 2-core machine make every
-    step ~50x slower (threads spin waiting for each other), so the module runs on one and restores the setting.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    load = lambda name: AutoModelForCausalLM.from_pretrained(micro_world / name).eval()  # noqa: E731
-    tokenizer = AutoTokenizer.from_pretrained(micro_world / "tokenizer")
-    tuned, untuned = load("weak_aligned"), load("weak_base")
-    examples = read_jsonl(micro_world / "data" / "test.jsonl")
-    yield SimpleNamespace(
-        tokenizer=tokenizer,
-        strong=load("strong_base"),
-        tuned=tuned,
-        untuned=untuned,
-        scorer=WeakScorer(tuned, untuned, tokenizer),
-        examples=examples,
-        prompt=examples[0]["prompt"],
-        train=read_jsonl(micro_world / "data" / "train.jsonl"),
-    )
-    torch.set_num_threads(threads)
+def hf(model, tokenizer, use_cache: bool = True) -> HFSampler:
+    """The transformers sampler at the settings the searches used before the protocol (T=0.7, top_k=50)."""
+    return HFSampler(model, tokenizer, use_cache=use_cache)
 
 
 @torch.no_grad()
@@ -133,7 +106,7 @@ def test_scorer_equals_hand_computation_eos_only_when_finished(world):
 
 @pytest.mark.integration
 def test_single_beam_is_plain_sampling(world):
-    args = (world.strong, world.tokenizer, world.scorer, world.prompt)
+    args = (hf(world.strong, world.tokenizer), world.scorer, world.prompt)
     plain = sample(*args, max_new_tokens=MAX_NEW, seed=3)
     assert plain.token_ids == reference_sample(world.strong, world.tokenizer, world.prompt, MAX_NEW, seed=3)
     one_chunk = chunk_beam_search(*args, width=1, num_samples=1, chunk_len=MAX_NEW, max_new_tokens=MAX_NEW, seed=3)
@@ -145,7 +118,7 @@ def test_single_beam_is_plain_sampling(world):
 
 @pytest.mark.integration
 def test_best_of_n_returns_the_candidate_with_the_highest_weak_score(world):
-    args = (world.strong, world.tokenizer, world.scorer, world.prompt)
+    args = (hf(world.strong, world.tokenizer), world.scorer, world.prompt)
     best = best_of_n(*args, n=4, max_new_tokens=MAX_NEW, seed=1)
     # W=4, K=1, L=budget draws the same four responses in round 0 and keeps them all.
     everyone = chunk_beam_search(*args, width=4, num_samples=1, chunk_len=MAX_NEW, max_new_tokens=MAX_NEW, seed=1)
@@ -160,7 +133,7 @@ def test_best_of_n_returns_the_candidate_with_the_highest_weak_score(world):
 @pytest.mark.integration
 def test_search_is_deterministic_for_a_seed(world):
     run = lambda seed: chunk_beam_search(  # noqa: E731
-        world.strong, world.tokenizer, world.scorer, world.prompt, 2, 2, 4, MAX_NEW, seed=seed
+        hf(world.strong, world.tokenizer), world.scorer, world.prompt, 2, 2, 4, MAX_NEW, seed=seed
     )
     first, again = run(0), run(0)
     assert first.token_ids == again.token_ids and first.score == again.score
@@ -173,7 +146,8 @@ def test_stepper_cache_gives_the_log_probs_of_a_full_forward_after_repeats_and_r
     prompt_ids = world.tokenizer(world.tokenizer.apply_chat_template(
         [{"role": "user", "content": world.prompt}], tokenize=False, add_generation_prompt=True
     ), add_special_tokens=False)["input_ids"]
-    cached, slow = LMStepper(world.strong, prompt_ids, use_cache=True), LMStepper(world.strong, prompt_ids, use_cache=False)
+    cached = LMStepper(world.strong, [prompt_ids], use_cache=True)
+    slow = LMStepper(world.strong, [prompt_ids], use_cache=False)
     steps = [([0, 0, 0], [5, 6, 7]), (None, [8, 9, 10]), ([2, 0, 2], [11, 12, 13]), ([1, 0], [14, 15])]
     for rows, tokens in steps:
         for stepper in (cached, slow):
@@ -191,16 +165,16 @@ def test_stepper_cache_gives_the_log_probs_of_a_full_forward_after_repeats_and_r
 
 @pytest.mark.integration
 def test_kv_cache_reuse_gives_the_same_search_as_recomputing(world):
-    args = (world.strong, world.tokenizer, world.scorer, world.prompt, 2, 3, 4, MAX_NEW)
-    cached = chunk_beam_search(*args, seed=5, use_cache=True)
-    slow = chunk_beam_search(*args, seed=5, use_cache=False)
+    args = (world.scorer, world.prompt, 2, 3, 4, MAX_NEW)
+    cached = chunk_beam_search(hf(world.strong, world.tokenizer, use_cache=True), *args, seed=5)
+    slow = chunk_beam_search(hf(world.strong, world.tokenizer, use_cache=False), *args, seed=5)
     assert [h.token_ids for h in cached.beam] == [h.token_ids for h in slow.beam]
     assert cached.score == pytest.approx(slow.score, abs=1e-5)
 
 
 @pytest.mark.integration
 def test_result_is_the_argmax_of_the_final_beam_and_scores_are_recomputable(world):
-    result = chunk_beam_search(world.strong, world.tokenizer, world.scorer, world.prompt, 3, 2, 5, MAX_NEW, seed=7)
+    result = chunk_beam_search(hf(world.strong, world.tokenizer), world.scorer, world.prompt, 3, 2, 5, MAX_NEW, seed=7)
     assert len(result.beam) == 3
     assert result.score == max(h.score for h in result.beam) == result.beam[0].score
     assert [h.score for h in result.beam] == sorted((h.score for h in result.beam), reverse=True)
@@ -228,7 +202,7 @@ def eager_strong(world):
 @pytest.mark.integration
 def test_finished_hypotheses_end_at_eos_and_are_carried_over_unchanged(world, eager_strong):
     results = [
-        chunk_beam_search(eager_strong, world.tokenizer, world.scorer, world.prompt, 3, 2, 3, MAX_NEW, seed=seed)
+        chunk_beam_search(hf(eager_strong, world.tokenizer), world.scorer, world.prompt, 3, 2, 3, MAX_NEW, seed=seed)
         for seed in range(3)
     ]
     beams = [h for result in results for h in result.beam]
@@ -242,7 +216,8 @@ def test_finished_hypotheses_end_at_eos_and_are_carried_over_unchanged(world, ea
     # A beam that is all finished stops early: fewer tokens drawn than W*K chunks of the whole budget.
     done = [result for result in results if all(h.finished for h in result.beam)]
     assert done and all(result.num_sampled < 3 * 2 * MAX_NEW for result in done)
-    slow = chunk_beam_search(eager_strong, world.tokenizer, world.scorer, world.prompt, 3, 2, 3, MAX_NEW, seed=1, use_cache=False)
+    slow_sampler = hf(eager_strong, world.tokenizer, use_cache=False)
+    slow = chunk_beam_search(slow_sampler, world.scorer, world.prompt, 3, 2, 3, MAX_NEW, seed=1)
     assert [h.token_ids for h in slow.beam] == [h.token_ids for h in results[1].beam]
 
 
@@ -250,19 +225,21 @@ def test_finished_hypotheses_end_at_eos_and_are_carried_over_unchanged(world, ea
 def test_search_many_runs_each_prompt_with_its_own_seed(world):
     prompts = [ex["prompt"] for ex in world.examples[:2]]
     settings = dict(width=2, num_samples=2, chunk_len=6, max_new_tokens=MAX_NEW)
-    results = search_many(prompts, world.strong, world.tokenizer, world.scorer, seed=10, **settings)
+    sampler = hf(world.strong, world.tokenizer)
+    results = search_many(prompts, sampler, world.scorer, seed=10, **settings)
     assert len(results) == 2
     for index, (prompt, result) in enumerate(zip(prompts, results)):
-        alone = chunk_beam_search(world.strong, world.tokenizer, world.scorer, prompt, seed=10 + index, **settings)
+        alone = chunk_beam_search(hf(world.strong, world.tokenizer), world.scorer, prompt, seed=10 + index, **settings)
         assert result.token_ids == alone.token_ids
 
 
 @pytest.mark.integration
 def test_eft_with_beta_zero_is_plain_sampling(world):
-    plain = sample(world.strong, world.tokenizer, world.scorer, world.prompt, max_new_tokens=MAX_NEW, seed=4)
-    eft = eft_generate(world.strong, world.tuned, world.untuned, world.tokenizer, world.prompt, 0.0, MAX_NEW, seed=4)
+    sampler = hf(world.strong, world.tokenizer)
+    plain = sample(sampler, world.scorer, world.prompt, max_new_tokens=MAX_NEW, seed=4)
+    eft = eft_generate(sampler, world.tuned, world.untuned, world.prompt, 0.0, MAX_NEW, seed=4)
     assert eft.token_ids == plain.token_ids
-    steered = eft_generate(world.strong, world.tuned, world.untuned, world.tokenizer, world.prompt, 2.0, MAX_NEW, seed=4)
+    steered = eft_generate(sampler, world.tuned, world.untuned, world.prompt, 2.0, MAX_NEW, seed=4)
     # EFT's score is the weak log-ratio summed over its own (strong = weak) tokens.
     chat = world.tokenizer.apply_chat_template(
         [{"role": "user", "content": world.prompt}], tokenize=False, add_generation_prompt=True
@@ -293,7 +270,7 @@ def test_search_with_a_weak_pair_on_another_tokenizer_scores_text(world, other_p
     assert len(other_pair.tokenizer) != len(world.tokenizer)
     assert other_pair.tokenizer(text)["input_ids"] != world.tokenizer(text)["input_ids"]
     scorer = WeakScorer(other_pair.tuned, other_pair.untuned, other_pair.tokenizer)
-    result = chunk_beam_search(world.strong, world.tokenizer, scorer, world.prompt, 2, 2, 4, MAX_NEW, seed=2)
+    result = chunk_beam_search(hf(world.strong, world.tokenizer), scorer, world.prompt, 2, 2, 4, MAX_NEW, seed=2)
     assert result.text == world.tokenizer.decode(result.token_ids, skip_special_tokens=True)
     for hyp in result.beam:
         expected = hand_score(other_pair.tuned, other_pair.untuned, other_pair.tokenizer, world.prompt, hyp.text, hyp.finished)
@@ -304,9 +281,10 @@ def test_search_with_a_weak_pair_on_another_tokenizer_scores_text(world, other_p
 @pytest.mark.integration
 def test_eft_refuses_different_vocabularies(world, other_pair):
     with pytest.raises(ValueError, match=r"400.*300"):
-        eft_generate(world.strong, other_pair.tuned, other_pair.untuned, world.tokenizer, world.prompt, 1.0, MAX_NEW)
+        eft_generate(hf(world.strong, world.tokenizer), other_pair.tuned, other_pair.untuned, world.prompt, 1.0,
+                     MAX_NEW)
     with pytest.raises(ValueError, match="vocabulary"):
         eft_generate(
-            world.strong, world.tuned, world.untuned, world.tokenizer, world.prompt, 1.0, MAX_NEW,
+            hf(world.strong, world.tokenizer), world.tuned, world.untuned, world.prompt, 1.0, MAX_NEW,
             weak_tokenizer=other_pair.tokenizer,
         )

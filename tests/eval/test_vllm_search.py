@@ -1,8 +1,9 @@
 """Weak-to-strong chunk beam search with the strong model sampled by vLLM (the CPU build, in .venv-vllm).
 
-The search runs in a subprocess of .venv-vllm (`eval/vllm_sampler.py`, as a user runs it there); its results are
-checked here, in the main environment, against the transformers `WeakScorer` and the strong model. Create that
-environment with `bash .ci/vllm-env.sh` (about 3 minutes, once); set W2S_SKIP_VLLM=1 to skip where it cannot be had.
+The search runs in a subprocess of .venv-vllm (`chunk_beam_search` over a `VllmSampler`, as a user runs it there),
+and so does `w2s eval` with a declared cbs system on engine vllm; their results are checked here, in the main
+environment, against the transformers `WeakScorer` and the strong model. Create that environment with
+`bash .ci/vllm-env.sh` (about 3 minutes, once); set W2S_SKIP_VLLM=1 to skip where it cannot be had.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.conftest import vllm_program
-from w2s.eval.search import WeakScorer
-from w2s.world.build import read_jsonl
-from w2s.world.tokenizer import render_prompt
+from w2s.eval.scorer import WeakScorer
+from w2s.io import read_jsonl
+from w2s.sampling import encode_prompt
 
 pytestmark = pytest.mark.integration
 
@@ -35,10 +36,13 @@ SCRIPT = textwrap.dedent(
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from w2s.eval.search import WeakScorer
-    from w2s.eval.vllm_sampler import make_llm, vllm_chunk_beam_search
+    from w2s.eval.config import EvalConfig, SystemConfig
+    from w2s.eval.run import run
+    from w2s.eval.scorer import WeakScorer
+    from w2s.eval.search import chunk_beam_search
+    from w2s.eval.vllm_sampler import VllmSampler, make_llm
 
-    world, prompts, width, samples, chunk, max_new, seed = json.loads(sys.argv[1])
+    world, prompts, width, samples, chunk, max_new, seed, out = json.loads(sys.argv[1])
     world = Path(world)
     tokenizer = AutoTokenizer.from_pretrained(world / "tokenizer")
     load = lambda name: AutoModelForCausalLM.from_pretrained(world / name).eval()
@@ -68,8 +72,8 @@ SCRIPT = textwrap.dedent(
         results = []
         for index, prompt in enumerate(prompts):
             recording = Recording(llm)
-            r = vllm_chunk_beam_search(recording, tokenizer, scorer, prompt, width, samples, chunk, max_new,
-                                       temperature=0.7, top_k=50, top_p=1.0, seed=seed + index)
+            sampler = VllmSampler(recording, tokenizer)  # T=0.7, top_k=50, top_p=1.0
+            r = chunk_beam_search(sampler, scorer, prompt, width, samples, chunk, max_new, seed=seed + index)
             results.append(dict(
                 text=r.text, token_ids=r.token_ids, score=r.score, num_sampled=r.num_sampled,
                 finished=r.finished, strong_logprob=r.strong_logprob, calls=recording.calls,
@@ -77,7 +81,16 @@ SCRIPT = textwrap.dedent(
                            strong_logprob=h.strong_logprob) for h in r.beam],
             ))
         runs.append(results)
-    print("RESULTS " + json.dumps(runs))
+
+    # `w2s eval` with a declared vLLM search: the same search as above (same seeds), through the eval API.
+    search = SystemConfig("vllm_search", str(world / "strong_base"), "cbs",
+                          dict(width=width, num_samples=samples, chunk_len=chunk), engine="vllm")
+    config = EvalConfig(out_dir=out, task={"path": str(world / "data" / "test.jsonl")}, systems=[search],
+                        weak_base=str(world / "weak_base"), weak_aligned=str(world / "weak_aligned"),
+                        tokenizer=str(world / "tokenizer"), wspo_dir=str(world / "no-wspo"), gamma_sweep=False,
+                        num_examples=len(prompts), max_new_tokens=max_new, seed=seed, num_shown=len(prompts))
+    reports = [run(config)["systems"]["vllm_search"] for _ in range(2)]
+    print("RESULTS " + json.dumps(dict(runs=runs, eval=reports)))
     """
 )
 
@@ -90,25 +103,26 @@ def vllm_python() -> Path:
 @torch.no_grad()
 def strong_logprob(model, tokenizer, prompt: str, token_ids: list[int], finished: bool) -> float:
     """Sum of the strong model's log-probs (temperature 1) of the response tokens, EOS included when finished."""
-    prompt_ids = tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    prompt_ids = encode_prompt(tokenizer, prompt)
     ids = prompt_ids + token_ids + ([tokenizer.eos_token_id] if finished else [])
     logprobs = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].float(), dim=-1)
     steps = logprobs[len(prompt_ids) - 1 :].gather(-1, torch.tensor(ids[len(prompt_ids) :])[:, None])
     return float(steps.sum())
 
 
-def test_vllm_chunk_beam_search_on_the_micro_world(request):
+def test_vllm_chunk_beam_search_on_the_micro_world(request, tmp_path):
     python = vllm_python()  # before the micro world is built, so that a missing environment fails at once
     micro_world = request.getfixturevalue("micro_world")
     prompts = [example["prompt"] for example in read_jsonl(micro_world / "data" / "test.jsonl")[:2]]
-    args = json.dumps([str(micro_world), prompts, WIDTH, SAMPLES, CHUNK, MAX_NEW, SEED])
+    args = json.dumps([str(micro_world), prompts, WIDTH, SAMPLES, CHUNK, MAX_NEW, SEED, str(tmp_path / "eval")])
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(HF_HUB_OFFLINE="1", TQDM_DISABLE="1", VLLM_CPU_KVCACHE_SPACE=env.get("VLLM_CPU_KVCACHE_SPACE", "1"))
     proc = subprocess.run([str(python), "-c", SCRIPT, args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, f"vLLM search failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULTS "))
-    first, second = json.loads(line[len("RESULTS "):])
+    results = json.loads(line[len("RESULTS "):])
+    first, second = results["runs"]
 
     # A fixed seed gives the same search (the second run also reads the KV blocks cached by the first).
     assert first == second
@@ -136,7 +150,7 @@ def test_vllm_chunk_beam_search_on_the_micro_world(request):
 
         # Sampling cost: every strong token the engine returned, EOS included, and nothing else.
         calls = result["calls"]
-        prompt_len = len(tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"])
+        prompt_len = len(encode_prompt(tokenizer, prompt))
         assert result["num_sampled"] == sum(req["tokens"] for call in calls for req in call)
         # Round 0: one request of W*K samples from the prompt; later rounds: K samples from each of at most W
         # unfinished hypotheses, each chunk min(L, budget left) tokens long.
@@ -155,3 +169,13 @@ def test_vllm_chunk_beam_search_on_the_micro_world(request):
             bound += sum(req["n"] for req in call) * length
             used += length
         assert WIDTH * SAMPLES <= result["num_sampled"] <= bound <= WIDTH * SAMPLES * MAX_NEW
+
+    # `w2s eval` ran the declared vLLM search: same responses as the search above (same seeds, same settings),
+    # and the same row twice (a fixed seed gives the same eval).
+    row, again = results["eval"]
+    assert (row["kind"], row["engine"], row["search"]) == ("cbs", "vllm", dict(width=WIDTH, num_samples=SAMPLES,
+                                                                                 chunk_len=CHUNK))
+    assert [sample["response"] for sample in row["samples"]] == [result["text"] for result in first]
+    assert row["sampled_tokens"] == sum(result["num_sampled"] for result in first) / len(first)
+    assert {k: v for k, v in row.items() if k != "seconds"} == {k: v for k, v in again.items() if k != "seconds"}
+    assert 0.0 <= row["length_reward"] <= 1.0 and 0.0 <= row["content"] <= 1.0

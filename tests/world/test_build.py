@@ -4,7 +4,8 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.conftest import micro_world_config
-from w2s.world.build import MODEL_NAMES, build_world, is_built, read_jsonl
+from w2s.io import read_jsonl
+from w2s.world.build import MODEL_NAMES, build_world, is_built
 from w2s.world.corpus import build_splits, parse_summary
 
 

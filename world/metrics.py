@@ -1,14 +1,19 @@
-"""The tiny world's two task metrics: a length reward and a content score.
+"""The tiny world's two task metrics: a length reward and a content score, and their means over a test set.
 
 Both take plain values (a token count; a summary string and the document's facts), so they can be tested on
-hand-made cases and reused by any evaluation loop.
+hand-made cases and reused by any loop: the world builder's table and `w2s.world.task.SummaryTask`.
 """
 
 from __future__ import annotations
 
-from w2s.world.corpus import Fact, parse_summary
+from statistics import mean
+
+from transformers import PreTrainedTokenizerBase
+
+from w2s.world.corpus import Fact, document_facts, parse_summary
 
 FACT_FIELDS = ("verb", "count", "item", "city")
+"""The fields of a clause besides its subject, each worth a quarter of the clause's credit."""
 
 
 def length_reward(num_tokens: int, l_min: int = 20, l_max: int = 30, tolerance: int = 10) -> float:
@@ -55,3 +60,34 @@ def content_score(summary: str, facts: list[Fact]) -> float:
         truth = by_subject[clause.name]
         credit += sum(getattr(clause, key) == getattr(truth, key) for key in FACT_FIELDS) / len(FACT_FIELDS)
     return credit / len(clauses)
+
+
+def score_summaries(
+    texts: list[str], lengths: list[int], facts: list[list[Fact]], l_min: int, l_max: int
+) -> dict[str, float]:
+    """Means over a test set: length reward, content score, length, and share of lengths in [l_min, l_max].
+
+    Args:
+        texts: the generated summaries.
+        lengths: their lengths in tokens, EOS excluded.
+        facts: each summary's document facts.
+    """
+    return {
+        "length_reward": mean(length_reward(n, l_min, l_max) for n in lengths),
+        "content": mean(content_score(text, truth) for text, truth in zip(texts, facts)),
+        "mean_tokens": mean(lengths),
+        "in_window": mean(float(l_min <= n <= l_max) for n in lengths),
+    }
+
+
+def score_responses(
+    tokenizer: PreTrainedTokenizerBase,
+    responses: list[list[int]],
+    examples: list[dict],
+    l_min: int,
+    l_max: int,
+) -> dict[str, float]:
+    """`score_summaries` of response token ids (decoded without special tokens) on the world's test examples."""
+    texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in responses]
+    facts = [document_facts(example) for example in examples]
+    return score_summaries(texts, [len(ids) for ids in responses], facts, l_min, l_max)

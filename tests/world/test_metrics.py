@@ -1,7 +1,7 @@
 import pytest
 
-from w2s.eval.metrics import content_score, length_reward
 from w2s.world.corpus import Fact
+from w2s.world.metrics import content_score, length_reward
 
 FACTS = [Fact("mira", "sold", "7", "lamps", "oslo"), Fact("tor", "found", "3", "cups", "rome")]
 

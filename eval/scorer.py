@@ -1,0 +1,68 @@
+"""The weak pair as a scorer of partial responses: the guide of chunk-level beam search and best-of-N.
+
+Scoring works on decoded TEXT, which the weak tokenizer re-tokenises, so the strong model may use a different
+tokenizer (or be a black box). The per-token log-probs come from `w2s.logprobs`, the one copy of that
+computation shared with the cache and the trainer.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from w2s.logprobs import pad_right, target_logprobs
+from w2s.sampling import encode_prompt
+
+
+class WeakScorer:
+    """Scores responses with a weak tuned/untuned pair: sum of log p_tuned - log p_untuned over response tokens.
+
+    Args:
+        tuned: the aligned weak model.
+        untuned: the weak model before alignment.
+        tokenizer: the weak tokenizer, with a chat template; may differ from the strong tokenizer.
+        batch_size: responses per forward pass.
+    """
+
+    def __init__(self, tuned: PreTrainedModel, untuned: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 batch_size: int = 32) -> None:
+        self.tuned, self.untuned = tuned.eval(), untuned.eval()
+        self.tokenizer, self.batch_size = tokenizer, batch_size
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
+
+    @torch.no_grad()
+    def score(self, prompt: str | list[dict], responses: list[str], finished: list[bool]) -> list[float]:
+        """Weak log-likelihood ratio of each response to `prompt`.
+
+        Args:
+            prompt: the user message (the weak chat template is applied here).
+            responses: response texts, e.g. decoded strong tokens (tokenised here without special tokens).
+            finished: per response, whether it ended; EOS is appended (and scored) only then.
+
+        Returns:
+            Per response, the sum over its weak tokens of log p_tuned - log p_untuned (0.0 for an empty,
+            unfinished response).
+        """
+        if len(responses) != len(finished):
+            raise ValueError(f"{len(responses)} responses but {len(finished)} finished flags")
+        prompt_ids = encode_prompt(self.tokenizer, prompt)
+        eos = [self.tokenizer.eos_token_id]
+        encoded = [
+            prompt_ids + self.tokenizer(text, add_special_tokens=False)["input_ids"] + (eos if done else [])
+            for text, done in zip(responses, finished)
+        ]
+        scores: list[float] = []
+        for start in range(0, len(encoded), self.batch_size):
+            scores += self._score_batch(encoded[start : start + self.batch_size], len(prompt_ids))
+        return scores
+
+    def _score_batch(self, encoded: list[list[int]], prompt_len: int) -> list[float]:
+        """Right-padded batch of prompt + response ids -> summed log-ratio over the response tokens."""
+        input_ids, mask = pad_right(encoded, self.pad_id)  # [batch, seq] each
+        scored = mask.bool()  # [batch, seq] response tokens only
+        scored[:, :prompt_len] = False
+        tuned = target_logprobs(self.tuned, input_ids.to(self.tuned.device), mask.to(self.tuned.device))
+        untuned = target_logprobs(self.untuned, input_ids.to(self.untuned.device), mask.to(self.untuned.device))
+        ratio = tuned - untuned.to(tuned.device)  # [batch, seq-1]
+        return ratio.masked_fill(~scored[:, 1:].to(tuned.device), 0.0).sum(dim=1).tolist()

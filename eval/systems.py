@@ -1,0 +1,185 @@
+"""The declared systems, made runnable: which to run (and which to skip), their models, and how each generates.
+
+A system is a model plus a generator (`EvalConfig.systems`). Plain sampling on transformers goes through the
+batched `w2s.sampling.generate`; every other (generator, engine) pair goes through the `Sampler` protocol with
+the search written once in `w2s.eval.search` (or `w2s.eval.eft`), looked up in `SEARCHES`, never branched on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from w2s.config import ConfigError
+from w2s.eval.config import EvalConfig, SystemConfig
+from w2s.eval.eft import check_same_vocab, eft_generate
+from w2s.eval.samplers import HFSampler, Sampler, Sampling
+from w2s.eval.scorer import WeakScorer
+from w2s.eval.search import SearchResult, best_of_n, chunk_beam_search, sample
+from w2s.sampling import generate
+
+
+@dataclass
+class Planned:
+    """A system to run: its declaration and, for a WSPO-trained model, the gamma it was trained with."""
+
+    spec: SystemConfig
+    gamma: float | None = None
+
+
+def read_gamma(model_dir: str | Path) -> float | None:
+    """The gamma a WSPO model was trained with: `train.gamma` of its w2s_provenance.json (None for other models)."""
+    provenance = Path(model_dir) / "w2s_provenance.json"
+    if not provenance.is_file():
+        return None
+    gamma = json.loads(provenance.read_text()).get("train", {}).get("gamma")
+    return None if gamma is None else float(gamma)
+
+
+def gamma_runs(wspo_dir: Path) -> tuple[list[Planned], dict[str, str]]:
+    """Every finished `wspo_dir/gamma-*/final` of a gamma sweep, by increasing gamma, and the runs skipped."""
+    runs, skipped = [], {}
+    for run_dir in sorted(wspo_dir.glob("gamma-*")):
+        final = run_dir / "final"
+        if not (final / "config.json").exists():
+            continue  # not finished yet
+        gamma = read_gamma(final)
+        if gamma is None:
+            skipped[f"wspo {run_dir.name}"] = f"no train.gamma in {final / 'w2s_provenance.json'}"
+            continue
+        runs.append(Planned(SystemConfig(f"wspo gamma={gamma:g}", str(final)), gamma))
+    return sorted(runs, key=lambda run: run.gamma), skipped
+
+
+def plan(config: EvalConfig) -> tuple[list[Planned], list[Planned], dict[str, str]]:
+    """The systems to run (those `run` selects), the gamma-sweep runs, and the systems skipped (name -> reason)."""
+    systems, skipped = [], {}
+    for spec in config.selected():
+        if spec.optional and not (Path(spec.model) / "config.json").exists():
+            skipped[spec.name] = f"no model at {spec.model} (an optional system: train or build it first)"
+            continue
+        systems.append(Planned(spec, read_gamma(spec.model)))
+    sweep, sweep_skipped = gamma_runs(Path(config.wspo_dir)) if config.gamma_sweep else ([], {})
+    return systems, sweep, {**skipped, **sweep_skipped}
+
+
+@dataclass
+class Guide:
+    """The weak pair that guides cbs, bon and eft."""
+
+    tuned: torch.nn.Module
+    untuned: torch.nn.Module
+    tokenizer: object
+    scorer: WeakScorer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scorer = WeakScorer(self.tuned, self.untuned, self.tokenizer)
+
+
+class Models:
+    """Loads every model, tokenizer, vLLM engine and the weak pair once, however many systems share them."""
+
+    def __init__(self, config: EvalConfig) -> None:
+        self.config, self.weak = config, None
+        self.models, self.tokenizers, self.engines = {}, {}, {}  # by path
+        self.sampling = Sampling(config.temperature, config.top_k, config.top_p)
+
+    def tokenizer(self, path: str):
+        """The tokenizer of the model at `path`; a local folder without one uses `config.tokenizer`."""
+        if path not in self.tokenizers:
+            folder = Path(path)
+            has_tokenizer = not folder.is_dir() or (folder / "tokenizer_config.json").exists()
+            self.tokenizers[path] = AutoTokenizer.from_pretrained(path if has_tokenizer else self.config.tokenizer)
+        return self.tokenizers[path]
+
+    def get(self, path: str) -> tuple[torch.nn.Module, object]:
+        """The transformers model (in eval mode) and tokenizer at `path`."""
+        if path not in self.models:
+            self.models[path] = AutoModelForCausalLM.from_pretrained(path).eval()
+        return self.models[path], self.tokenizer(path)
+
+    def guide(self) -> Guide:
+        """The weak pair: weak_aligned over weak_base, scoring with the aligned model's tokenizer."""
+        if self.weak is None:
+            tuned, tokenizer = self.get(self.config.weak_aligned)
+            self.weak = Guide(tuned, self.get(self.config.weak_base)[0], tokenizer)
+        return self.weak
+
+    def sampler(self, spec: SystemConfig) -> Sampler:
+        """The strong sampler of a system: transformers (KV rows kept) or a vLLM engine (prefix caching)."""
+        if spec.engine == "hf":
+            return HFSampler(*self.get(spec.model), self.sampling)
+        from w2s.eval.vllm_sampler import VllmSampler, make_llm  # vLLM only where a system asks for it
+
+        if spec.model not in self.engines:
+            options = self.config.vllm
+            max_len = options.max_len or AutoConfig.from_pretrained(spec.model).max_position_embeddings
+            self.engines[spec.model] = make_llm(spec.model, max_len, options.dtype, options.tensor_parallel_size,
+                                                options.gpu_memory_utilization)
+        return VllmSampler(self.engines[spec.model], self.tokenizer(spec.model), self.sampling)
+
+
+@dataclass
+class Job:
+    """What one system's search needs for every prompt."""
+
+    sampler: Sampler
+    params: dict
+    max_new_tokens: int
+    guide: Guide | None = None
+
+
+SEARCHES: dict[str, Callable[[Job, object, int], SearchResult]] = {
+    "sample": lambda job, prompt, seed: sample(job.sampler, None, prompt, job.max_new_tokens, seed),
+    "cbs": lambda job, prompt, seed: chunk_beam_search(job.sampler, job.guide.scorer, prompt,
+                                                       max_new_tokens=job.max_new_tokens, seed=seed, **job.params),
+    "bon": lambda job, prompt, seed: best_of_n(job.sampler, job.guide.scorer, prompt, job.params["n"],
+                                               job.max_new_tokens, seed),
+    "eft": lambda job, prompt, seed: eft_generate(job.sampler, job.guide.tuned, job.guide.untuned, prompt,
+                                                  job.params["beta"], job.max_new_tokens, seed, job.guide.tokenizer),
+}
+"""Generator -> one prompt's search with a system's job; plain transformers sampling is batched instead."""
+GUIDED = ("cbs", "bon", "eft")
+"""Generators that need the weak pair."""
+
+
+def prepare(models: Models, spec: SystemConfig) -> Job | None:
+    """Loads what a system needs before it is timed; None for batched plain sampling (transformers)."""
+    if spec.engine == "hf":
+        models.get(spec.model)
+        if spec.generator == "sample":
+            return None
+    guide = models.guide() if spec.generator in GUIDED else None
+    job = Job(models.sampler(spec), spec.params, models.config.max_new_tokens, guide)
+    if spec.generator == "eft":
+        try:
+            check_same_vocab(job.sampler.model, (guide.tuned, guide.untuned), job.sampler.tokenizer, guide.tokenizer)
+        except ValueError as err:
+            raise ConfigError(f"eval.systems[{spec.name}]: {err}") from err
+    return job
+
+
+def sampled_tokens(response: list[int], max_new_tokens: int) -> int:
+    """Tokens a plain sample drew: the response, plus its EOS when it stopped before the budget."""
+    return len(response) + (len(response) < max_new_tokens)
+
+
+def responses_of(
+    models: Models, spec: SystemConfig, job: Job | None, prompts: list
+) -> tuple[list[list[int]], list[int]]:
+    """One response per prompt (token ids) and the strong tokens sampled for each (EOS and candidates included)."""
+    config = models.config
+    if job is None:
+        model, tokenizer = models.get(spec.model)
+        responses = generate(model, tokenizer, prompts, config.max_new_tokens, config.temperature, config.top_k,
+                             config.top_p, config.seed, config.batch_size)
+        return responses, [sampled_tokens(ids, config.max_new_tokens) for ids in responses]
+    search = SEARCHES[spec.generator]
+    results = [search(job, prompt, config.seed + index) for index, prompt in enumerate(tqdm(prompts, desc=spec.name))]
+    return [r.token_ids for r in results], [r.num_sampled for r in results]

@@ -1,0 +1,121 @@
+"""What `w2s eval` is handed: a task owns its prompts, their references and the metrics that score a response.
+
+Evaluation knows nothing of any particular task. It asks the task for its examples, generates one response
+per prompt with every declared system, and hands the responses back to the task to score. The tiny world's
+summaries (`w2s.world.task.SummaryTask`) are one task; a user's prompt set scored by a reward model is another,
+and plugs in from config without touching eval:
+
+    eval:
+      task: {_component_: my_package.tasks.RewardModelTask, prompts: data/prompts.jsonl, reward_model: my/rm}
+
+`_component_` is the dotted path of a `Task` subclass; the other keys are its constructor's arguments.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from statistics import mean
+from typing import Any
+
+from w2s.errors import ConfigError
+
+COMPONENT = "_component_"
+"""The key of a config mapping that names the class to build (torchtune's convention)."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One number a task reports per system, and how the report shows it."""
+
+    key: str
+    """Key in report.json rows (e.g. "length_reward")."""
+    label: str
+    """Column header of report.md."""
+    fmt: str = "{:.3f}"
+    """How a value is printed."""
+    short: str | None = None
+    """Narrow header for the terminal table (the label when None)."""
+    plot_title: str | None = None
+    """Title of this metric's panel in comparison.png and reward_vs_gamma.png; None leaves it out of the plots."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One test prompt, with what a task needs to score a response to it."""
+
+    prompt: str | list[dict]
+    """The user message, or chat messages ending before the response."""
+    example_id: str | None = None
+    """Stable id, shown beside sample outputs."""
+    reference: str | None = None
+    """A reference response, when the task has one (shown in the report, never given to a system)."""
+    data: Mapping[str, Any] = field(default_factory=dict)
+    """Whatever else the task's metrics read (the tiny world: the document's facts)."""
+
+
+@dataclass(frozen=True)
+class Response:
+    """One system's response to one example."""
+
+    text: str
+    """Decoded without special tokens."""
+    token_ids: list[int]
+    """The system's tokens, cut at (and excluding) EOS."""
+
+
+class Task(ABC):
+    """A set of examples and the metrics of a response to each (nanochat's tasks, reduced to evaluation)."""
+
+    metrics: tuple[Metric, ...] = ()
+    """What `score` returns, in report column order."""
+
+    @abstractmethod
+    def examples(self) -> list[Example]:
+        """Every example of the task, in a fixed order (eval takes the first `num_examples`)."""
+
+    @abstractmethod
+    def score_example(self, response: Response, example: Example) -> dict[str, float]:
+        """The metrics of one response, shown beside the sample outputs of report.json; unless `score` is
+        overridden, they must include every key of `metrics` (the default `score` averages them)."""
+
+    def score(self, responses: Sequence[Response], examples: Sequence[Example]) -> dict[str, float]:
+        """Each metric's mean over (response, example) pairs; override when a metric is not a mean."""
+        rows = [self.score_example(response, example) for response, example in zip(responses, examples)]
+        return {metric.key: mean(row[metric.key] for row in rows) for metric in self.metrics}
+
+    def describe(self) -> str:
+        """One sentence for report.md saying what the task is and how it scores (class name by default)."""
+        return f"task {type(self).__name__}"
+
+
+def locate(dotted: str, key: str) -> Any:
+    """The object a dotted path names ("package.module.Name"); ConfigError naming `key` when it cannot be found."""
+    module_name, _, name = dotted.rpartition(".")
+    if not module_name:
+        raise ConfigError(f"{key}: {dotted!r} is not a dotted path (package.module.Name)")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"{key}: cannot import {dotted!r}: {err}") from err
+
+
+def load_task(spec: Mapping[str, Any], key: str = "eval.task") -> Task:
+    """Builds the task a config mapping declares: `_component_` names the class, the other keys are its arguments.
+
+    Raises:
+        ConfigError: naming `key`, for a missing or unimportable component, arguments its constructor refuses,
+            or a class that is not a `Task`.
+    """
+    if not isinstance(spec.get(COMPONENT), str):
+        raise ConfigError(f"{key}: needs {COMPONENT}, the dotted path of a Task class")
+    cls = locate(spec[COMPONENT], f"{key}.{COMPONENT}")
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise ConfigError(f"{key}.{COMPONENT}: {spec[COMPONENT]} is not a subclass of w2s.eval.task.Task")
+    kwargs = {name: value for name, value in spec.items() if name != COMPONENT}
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # an unknown or missing argument
+        raise ConfigError(f"{key}: {spec[COMPONENT]} refused its arguments {sorted(kwargs)}: {err}") from err
