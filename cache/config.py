@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from w2s.config import require
+from w2s.cache.formats import formats_for
+from w2s.config import ConfigError, require
+from w2s.schemas.cache import StorageDtype
 
 Backend = Literal["auto", "transformers", "vllm"]
 ModelDtype = Literal["float32", "bfloat16", "float16"]
-StorageDtype = Literal["float32", "float16"]
-StoreFormat = Literal["parquet", "zarr", "both"]
 
 
 @dataclass
@@ -45,8 +45,8 @@ class CacheConfig:
     """Compute dtype of the models: float32, bfloat16 or float16."""
     storage_dtype: StorageDtype = "float32"
     """How per-token values are stored: float32 (default) or float16."""
-    format: StoreFormat = "both"
-    """Stores to write from the one pass: parquet, zarr or both."""
+    format: str = "both"
+    """Stores to write from the one pass: a registered format (parquet, zarr, ...) or both (parquet and zarr)."""
     max_len: int = 256
     """Most tokens of prompt + response + EOS."""
     truncation: bool = False
@@ -67,6 +67,10 @@ class CacheConfig:
     def __post_init__(self) -> None:
         for key in ("rows_per_shard", "batch_tokens", "num_shards", "tensor_parallel_size"):
             require(getattr(self, key) >= 1, f"cache.{key}", f"must be at least 1, got {getattr(self, key)}")
-        require(self.max_len >= 2, "cache.max_len", f"must be at least 2 (a prompt token and a response token), got {self.max_len}")
+        require(self.max_len >= 2, "cache.max_len", f"must be at least 2 (prompt and response), got {self.max_len}")
+        try:
+            formats_for(self.format)  # an unregistered format is refused at load time, naming the known ones
+        except ConfigError as err:
+            raise ConfigError(f"cache.format: {err}") from None
         require(0 <= self.shard_index < self.num_shards, "cache.shard_index",
                 f"{self.shard_index} is outside [0, num_shards={self.num_shards})")

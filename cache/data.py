@@ -12,13 +12,10 @@ from pathlib import Path
 import datasets
 from transformers import PreTrainedTokenizerBase
 
+from w2s.errors import DataError
 from w2s.tokens import EncodingError, encode_example
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow"}
-
-
-class DataError(ValueError):
-    """A dataset that cannot be cached as it is; the message names the file, row and field."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +38,9 @@ def load_rows(source: str, split: str = "train") -> tuple[datasets.Dataset, str]
     path = Path(source)
     try:
         if path.exists():
-            files = sorted(str(f) for f in path.iterdir() if f.suffix in LOCAL_FORMATS) if path.is_dir() else [str(path)]
+            files = [str(path)]
+            if path.is_dir():
+                files = sorted(str(f) for f in path.iterdir() if f.suffix in LOCAL_FORMATS)
             if not files or Path(files[0]).suffix not in LOCAL_FORMATS:
                 raise DataError(f"{source}: not a jsonl, json, parquet or arrow file (or a folder of them)")
             builder = LOCAL_FORMATS[Path(files[0]).suffix]
@@ -115,7 +114,8 @@ def encode_rows(
         example_id = record.get(fields["id_field"]) if fields["id_field"] else None
         example_id = f"row-{row_id}" if example_id is None else str(example_id)
         if example_id in seen_ids:
-            raise DataError(f"{where}: field '{fields['id_field']}': duplicate example_id {example_id!r} (first at row {seen_ids[example_id]})")
+            raise DataError(f"{where}: field '{fields['id_field']}': duplicate example_id {example_id!r} "
+                            f"(first at row {seen_ids[example_id]})")
         seen_ids[example_id] = row_id
         try:
             encoded = encode_example(tokenizer, prompt, response, max_len, truncate, use_chat_template)

@@ -1,79 +1,52 @@
-"""What made a cache, and what it holds: provenance fingerprints, the manifest, and `verify`.
+"""`manifest.json` and its parts: the one place that writes, reads and checks them.
 
-`manifest.json` is written last and atomically; it lists every shard with its rows, tokens, bytes and sha256.
-A cache without it is unfinished, whatever else the folder holds.
+The manifest is written last and atomically; it records the schema version, the provenance, the build's
+config, totals, and every shard with its rows, tokens and, per format, the bytes and sha256 of its file (Parquet)
+or folder (Zarr). A cache without it is unfinished, whatever else the folder holds. A build split between
+workers writes one part manifest per worker instead, which `w2s cache merge` joins.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import subprocess
-from importlib.metadata import version
+from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyarrow.parquet as pq
-from transformers import PreTrainedTokenizerBase
-
+from w2s.errors import CacheMismatch
 from w2s.io import sha256_dir, sha256_file
-from w2s.schemas.cache import KNOWN_SCHEMA_VERSIONS
+from w2s.schemas.cache import KNOWN_SCHEMA_VERSIONS, SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from w2s.cache.config import CacheConfig
 
 MANIFEST = "manifest.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+PART_MANIFESTS = "manifest.part-*-of-*.json"
 
 
-class CacheMismatch(ValueError):
-    """A cache that does not match what a stage was handed; the message says what differs."""
+def part_manifest_name(shard_index: int, num_shards: int) -> str:
+    """The part manifest of worker `shard_index` of `num_shards`."""
+    return f"manifest.part-{shard_index:05d}-of-{num_shards:05d}.json"
 
 
-def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
-    """sha256 of the tokenizer's full definition (vocabulary, merges, normaliser, special tokens)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def model_fingerprint(name_or_path: str) -> dict:
-    """Path or hub id of a model, with hashes of its config and of its weight files."""
-    folder = Path(name_or_path)
-    if not folder.is_dir():
-        from huggingface_hub import snapshot_download
-
-        folder = Path(snapshot_download(name_or_path))
-    weights = hashlib.sha256()
-    for file in sorted(folder.iterdir()):
-        if file.suffix in WEIGHT_SUFFIXES:
-            weights.update(file.name.encode() + sha256_file(file).encode())
-    config = folder / "config.json"
+def manifest_body(provenance: dict, shards: list[dict], config: CacheConfig) -> dict:
+    """A (part) manifest over `shards` (entries from `shard_entry`), sorted by index, with their totals."""
+    shards = sorted(shards, key=lambda s: s["index"])
     return {
-        "name_or_path": name_or_path,
-        "config_sha256": sha256_file(config) if config.exists() else None,
-        "weights_sha256": weights.hexdigest(),
+        "schema_version": SCHEMA_VERSION,
+        "provenance": provenance,
+        "config": asdict(config),
+        "totals": {"rows": sum(s["rows"] for s in shards), "tokens": sum(s["tokens"] for s in shards),
+                   "response_tokens": sum(s["response_tokens"] for s in shards),
+                   "bytes": sum(f["bytes"] for s in shards for f in s["files"].values())},
+        "shards": shards,
     }
 
 
-def code_version() -> str:
-    """The installed w2s version, with the git commit when run from a checkout."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"w2s {version('w2s')}" + (f" (git {commit})" if commit else "")
-
-
-def read_manifest(cache_dir: str | Path) -> dict:
-    """Loads a finished cache's manifest, refusing unknown schema versions."""
-    path = Path(cache_dir) / MANIFEST
-    if not path.exists():
-        raise CacheMismatch(f"{cache_dir}: no {MANIFEST}: not a finished cache (build it, or merge its parts)")
-    manifest = json.loads(path.read_text())
-    if manifest.get("schema_version") not in KNOWN_SCHEMA_VERSIONS:
-        raise CacheMismatch(
-            f"{path}: schema version {manifest.get('schema_version')!r} is not one this w2s reads {KNOWN_SCHEMA_VERSIONS}"
-        )
-    return manifest
+def shard_entry(index: int, row_start: int, rows: int, tokens: int, response_tokens: int, files: dict) -> dict:
+    """One shard's manifest entry; `files` maps each format's name to its `file_entry`."""
+    return {"index": index, "row_start": row_start, "rows": rows, "tokens": tokens,
+            "response_tokens": response_tokens, "files": files}
 
 
 def file_entry(path: Path) -> dict:
@@ -98,42 +71,20 @@ def check_entry(cache_dir: Path, entry: dict) -> str | None:
     return None
 
 
-def verify_cache(cache_dir: str | Path) -> list[str]:
-    """Checks schema version, every shard's checksum and row count, and that row ids are dense from 0.
+def load_manifest(cache_dir: Path) -> dict:
+    """A finished cache's manifest (read once by `Cache.open`).
 
-    Returns:
-        One line per problem; empty when the cache is sound.
+    Raises:
+        CacheMismatch: no manifest (an unfinished cache), one that is not JSON, or an unknown schema version.
     """
-    cache_dir = Path(cache_dir)
+    path = cache_dir / MANIFEST
+    if not path.exists():
+        raise CacheMismatch(f"{cache_dir}: no {MANIFEST}: not a finished cache (build it, or merge its parts)")
     try:
-        manifest = read_manifest(cache_dir)
-    except (CacheMismatch, json.JSONDecodeError) as err:
-        return [str(err)]
-    problems = []
-    next_row = 0
-    for shard in manifest["shards"]:
-        for fmt, entry in shard["files"].items():
-            problem = check_entry(cache_dir, entry)
-            if problem:
-                problems.append(problem)
-            elif fmt == "parquet":
-                problems += _check_parquet_rows(cache_dir / entry["name"], shard)
-        if shard["row_start"] != next_row:
-            problems.append(f"shard {shard['index']}: starts at row {shard['row_start']}, expected {next_row}")
-        next_row = shard["row_start"] + shard["rows"]
-    if next_row != manifest["totals"]["rows"]:
-        problems.append(f"shards hold {next_row} rows, manifest totals say {manifest['totals']['rows']}")
-    return problems
-
-
-def _check_parquet_rows(path: Path, shard: dict) -> list[str]:
-    row_ids = pq.read_table(path, columns=["row_id"])["row_id"].to_pylist()
-    expected = list(range(shard["row_start"], shard["row_start"] + shard["rows"]))
-    if row_ids != expected:
-        return [f"{path}: row ids {row_ids[:3]}... do not match rows {shard['row_start']}..{expected[-1] if expected else ''}"]
-    return []
-
-
-def describe_mismatch(recorded: dict, actual: dict, keys: tuple[str, ...]) -> list[str]:
-    """Lines naming each provenance key whose recorded and actual values differ."""
-    return [f"{key}: cache has {recorded.get(key)!r}, given {actual.get(key)!r}" for key in keys if recorded.get(key) != actual.get(key)]
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CacheMismatch(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(manifest, dict) or manifest.get("schema_version") not in KNOWN_SCHEMA_VERSIONS:
+        version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+        raise CacheMismatch(f"{path}: schema version {version!r} is not one this w2s reads {KNOWN_SCHEMA_VERSIONS}")
+    return manifest

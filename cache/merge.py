@@ -10,28 +10,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from w2s.cache.build import manifest_body
 from w2s.cache.config import CacheConfig
-from w2s.cache.manifest import MANIFEST, CacheMismatch, check_entry
+from w2s.cache.manifest import MANIFEST, PART_MANIFESTS, check_entry, manifest_body
 from w2s.config import from_dict
+from w2s.errors import CacheMismatch
 from w2s.io import atomic_write_json
 
 
-def merge_parts(cache_dir: str | Path) -> dict:
-    """Writes `manifest.json` from the part manifests in `cache_dir`; returns it.
-
-    Raises:
-        CacheMismatch: a missing part, parts from different inputs, or a missing or doubled shard.
-    """
-    cache_dir = Path(cache_dir)
-    parts = sorted(cache_dir.glob("manifest.part-*-of-*.json"))
-    if not parts:
-        raise CacheMismatch(f"{cache_dir}: no part manifests (manifest.part-*-of-*.json) to merge")
-    bodies = [json.loads(p.read_text()) for p in parts]
+def _check_parts(cache_dir: Path, parts: list[Path], bodies: list[dict]) -> list[dict]:
+    """The shards of all parts, once every part is there, all from the same inputs, each shard held once."""
     expected = bodies[0]["provenance"]["num_shards"]
     indices = sorted(b["config"]["shard_index"] for b in bodies)
     if indices != list(range(expected)):
-        raise CacheMismatch(f"{cache_dir}: parts {indices} found, a build of {expected} workers needs 0..{expected - 1}")
+        raise CacheMismatch(f"{cache_dir}: parts {indices} found, a build of {expected} workers needs "
+                            f"0..{expected - 1}")
     for part, body in zip(parts[1:], bodies[1:]):
         if body["provenance"] != bodies[0]["provenance"]:
             differ = sorted(k for k in body["provenance"] if body["provenance"][k] != bodies[0]["provenance"].get(k))
@@ -40,6 +32,22 @@ def merge_parts(cache_dir: str | Path) -> dict:
     seen = sorted(s["index"] for s in shards)
     if seen != list(range(len(seen))):
         raise CacheMismatch(f"{cache_dir}: the parts hold shards {seen}, not each of 0..{len(seen) - 1} once")
+    return shards
+
+
+def merge_parts(cache_dir: str | Path) -> dict:
+    """Writes `manifest.json` from the part manifests in `cache_dir`; returns it.
+
+    Raises:
+        CacheMismatch: a missing part, parts from different inputs, a missing or doubled shard, or a shard file
+            that no longer matches its part manifest.
+    """
+    cache_dir = Path(cache_dir)
+    parts = sorted(cache_dir.glob(PART_MANIFESTS))
+    if not parts:
+        raise CacheMismatch(f"{cache_dir}: no part manifests ({PART_MANIFESTS}) to merge")
+    bodies = [json.loads(p.read_text()) for p in parts]
+    shards = _check_parts(cache_dir, parts, bodies)
     for shard in shards:
         for entry in shard["files"].values():
             problem = check_entry(cache_dir, entry)

@@ -1,146 +1,132 @@
-"""Writes and reads one cache shard in Parquet and in Zarr v3 (schema: `w2s.schemas.cache`).
+"""`Cache`: a finished logit cache as one object. Every reader of a cache (the trainer, `inspect`, `verify`)
+goes through it; it reads `manifest.json` once, and reaches shards only through the format registry.
 
-A shard is held in memory as a `ShardData` (plain numpy, flat values plus offsets), written to a temporary name
-and renamed into place, so a reader never sees half a shard.
+    cache = Cache.open("runs/tiny/cache")      # reads and checks the manifest
+    cache.formats                              # ('parquet', 'zarr')
+    shard = cache.read_shard(0, "zarr")        # a ShardData
+    problems = cache.verify()                  # [] when sound
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import zarr
-
-from w2s.schemas.cache import arrow_schema
-
-NUMPY_STORAGE = {"float32": np.float32, "float16": np.float16}
-
-ROW_FIELDS = ("row_id", "prompt_len", "response_len", "weak_seq_reward")
-ROW_DTYPES = {"row_id": np.int64, "prompt_len": np.int32, "response_len": np.int32, "weak_seq_reward": np.float32}
+from w2s.cache.formats import get_format
+from w2s.cache.manifest import check_entry, load_manifest
+from w2s.errors import CacheMismatch
+from w2s.schemas.cache import ShardData
 
 
-@dataclass
-class ShardData:
-    """One shard's rows, columnar: per-row arrays, flat token ids and flat per-response-token values."""
+@dataclass(frozen=True)
+class Cache:
+    """A finished cache folder and its manifest (read once, by `open`)."""
 
-    row_id: np.ndarray  # [rows] int64
-    example_id: list[str]
-    input_ids: np.ndarray  # [sum of sequence lengths] int32
-    input_offsets: np.ndarray  # [rows + 1] int64
-    prompt_len: np.ndarray  # [rows] int32
-    response_len: np.ndarray  # [rows] int32
-    weak_seq_reward: np.ndarray  # [rows] float32
-    token_values: dict[str, np.ndarray]  # field -> [sum of response lengths] float32 (or float16 when stored so)
-    offsets: np.ndarray  # [rows + 1] int64, into the token_values arrays
+    path: Path
+    manifest: dict
+
+    @classmethod
+    def open(cls, cache_dir: str | Path) -> Cache:
+        """Reads and checks `manifest.json`.
+
+        Raises:
+            CacheMismatch: no manifest, an unreadable one, or a schema version this w2s does not read.
+        """
+        return cls(Path(cache_dir), load_manifest(Path(cache_dir)))
 
     @property
-    def num_rows(self) -> int:
-        return len(self.row_id)
+    def provenance(self) -> dict:
+        """What made the cache: models, tokenizer, dataset, settings, code (see `w2s.cache.build`)."""
+        return self.manifest["provenance"]
 
     @property
-    def num_tokens(self) -> int:
-        return int(self.offsets[-1])
+    def totals(self) -> dict:
+        """rows, tokens, response_tokens and bytes over all shards."""
+        return self.manifest["totals"]
+
+    @property
+    def shards(self) -> list[dict]:
+        """The shards' manifest entries, in index order: index, row_start, rows, tokens, files per format."""
+        return self.manifest["shards"]
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """The formats every shard is stored in, in the order they were written (the first is the default)."""
+        if not self.shards:
+            return ()
+        return tuple(name for name in self.shards[0]["files"] if all(name in s["files"] for s in self.shards))
+
+    def require_format(self, fmt: str | None) -> str:
+        """`fmt` (None: the default format) when every shard is stored in it.
+
+        Raises:
+            CacheMismatch: the cache has no `fmt` store.
+        """
+        fmt = fmt or next(iter(self.formats), None)
+        if fmt is None or fmt not in self.formats:
+            built = self.manifest.get("config", {}).get("format")
+            raise CacheMismatch(f"{self.path}: the cache has no {fmt or 'shard'} store "
+                                f"(it was built with format={built})")
+        return fmt
+
+    def shard_path(self, index: int, fmt: str) -> Path:
+        """Where shard `index` is stored in format `fmt`."""
+        return self.path / self.shards[index]["files"][fmt]["name"]
+
+    def read_shard(self, index: int, fmt: str | None = None, columns: Sequence[str] | None = None) -> ShardData:
+        """Shard `index` (position in `shards`) in format `fmt` (None: the default), only `columns` when given."""
+        fmt = self.require_format(fmt)
+        return get_format(fmt).read(self.shard_path(index, fmt), columns)
+
+    def first_rows(self, count: int) -> list[tuple[int, list[int]]]:
+        """(row_id, input_ids) of the first `count` rows, in row order (for the trainer's re-tokenise check)."""
+        rows: list[tuple[int, list[int]]] = []
+        for index in range(len(self.shards)):
+            if len(rows) >= count:
+                break
+            shard = self.read_shard(index, columns=["row_id", "input_ids"])
+            rows += [(int(shard.row_id[i]), shard.sequence(i).tolist()) for i in range(shard.num_rows)]
+        return rows[:count]
+
+    def verify(self) -> list[str]:
+        """Checks every shard file of every format (size, sha256, dense row ids) and the row totals.
+
+        Returns:
+            One line per problem; empty when the cache is sound.
+        """
+        problems: list[str] = []
+        next_row = 0
+        for shard in self.shards:
+            for fmt, entry in shard["files"].items():
+                problems += self._check_file(shard, fmt, entry)
+            if shard["row_start"] != next_row:
+                problems.append(f"shard {shard['index']}: starts at row {shard['row_start']}, expected {next_row}")
+            next_row = shard["row_start"] + shard["rows"]
+        if next_row != self.totals["rows"]:
+            problems.append(f"shards hold {next_row} rows, manifest totals say {self.totals['rows']}")
+        return problems
+
+    def _check_file(self, shard: dict, fmt: str, entry: dict) -> list[str]:
+        """Problems of one shard file: its recorded size and checksum, then its row ids, read by its format."""
+        problem = check_entry(self.path, entry)
+        if problem:
+            return [problem]
+        path = self.path / entry["name"]
+        try:
+            row_ids = get_format(fmt).read(path, columns=["row_id"]).row_id.tolist()
+        except Exception as err:  # any reader failure is one more line of the report, not a crash
+            return [f"{path}: unreadable as {fmt}: {type(err).__name__}: {err}"]
+        expected = list(range(shard["row_start"], shard["row_start"] + shard["rows"]))
+        if row_ids != expected:
+            last = expected[-1] if expected else ""
+            return [f"{path}: row ids {row_ids[:3]}... do not match rows {shard['row_start']}..{last}"]
+        return []
 
 
-def _list_array(flat: np.ndarray, offsets: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat, type=value_type))
-
-
-def write_parquet(shard: ShardData, path: Path, dtype: str) -> None:
-    """Writes `shard` as a Parquet file at `path` (temporary name, then rename)."""
-    schema = arrow_schema(dtype, with_strong_ref="logp_strong_ref" in shard.token_values)
-    columns = {
-        "row_id": pa.array(shard.row_id, pa.int64()),
-        "example_id": pa.array(shard.example_id, pa.string()),
-        "input_ids": _list_array(shard.input_ids, shard.input_offsets, pa.int32()),
-        "prompt_len": pa.array(shard.prompt_len, pa.int32()),
-        "response_len": pa.array(shard.response_len, pa.int32()),
-        "weak_seq_reward": pa.array(shard.weak_seq_reward, pa.float32()),
-    }
-    for name, values in shard.token_values.items():
-        stored = values.astype(NUMPY_STORAGE[dtype], copy=False)
-        columns[name] = _list_array(stored, shard.offsets, schema.field(name).type.value_type)
-    table = pa.table([columns[field.name] for field in schema], schema=schema)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd", row_group_size=max(1, shard.num_rows))
-    os.replace(tmp, path)
-
-
-def _zarr_array(group: zarr.Group, name: str, values: np.ndarray) -> None:
-    # chunks of ~64k values inside one shard object per array: few files, cheap partial reads
-    chunk = max(1, min(len(values), 65536))
-    array = group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=(chunk,), shards=(max(1, len(values)),))
-    if len(values):
-        array[:] = values
-
-
-def write_zarr(shard: ShardData, path: Path, dtype: str) -> None:
-    """Writes `shard` as a Zarr v3 group (sharding codec) at `path` (temporary folder, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-    for name in ROW_FIELDS:
-        _zarr_array(group, name, getattr(shard, name))
-    _zarr_array(group, "input_ids", shard.input_ids)
-    _zarr_array(group, "input_offsets", shard.input_offsets)
-    _zarr_array(group, "offsets", shard.offsets)
-    for name, values in shard.token_values.items():
-        _zarr_array(group, name, values.astype(NUMPY_STORAGE[dtype], copy=False))
-    example_ids = group.create_array("example_id", shape=(shard.num_rows,), dtype=str, chunks=(max(1, shard.num_rows),))
-    example_ids[:] = np.array(shard.example_id, dtype=object)
-    group.attrs["token_fields"] = list(shard.token_values)
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
-
-
-def _flat(column: pa.ChunkedArray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    array = column.combine_chunks()
-    offsets = array.offsets.to_numpy().astype(np.int64)
-    values = array.values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
-    return values[offsets[0] : offsets[-1]], offsets - offsets[0]
-
-
-def read_parquet(path: str | Path, columns: list[str] | None = None) -> ShardData:
-    """Reads a Parquet shard back into a `ShardData` (per-token values as float32)."""
-    table = pq.read_table(path, columns=columns)
-    names = set(table.column_names)
-    token_names = [n for n in table.column_names if n.startswith("logp_") or n == "weak_log_ratio"]
-    token_values, offsets = {}, np.zeros(table.num_rows + 1, dtype=np.int64)
-    for name in token_names:
-        token_values[name], offsets = _flat(table[name], np.float32)
-    input_ids, input_offsets = _flat(table["input_ids"], np.int32) if "input_ids" in names else (np.zeros(0, np.int32), np.zeros(1, np.int64))
-    column = lambda name, dtype: table[name].to_numpy().astype(dtype) if name in names else np.zeros(0, dtype)  # noqa: E731
-    return ShardData(
-        row_id=column("row_id", np.int64),
-        example_id=table["example_id"].to_pylist() if "example_id" in names else [],
-        input_ids=input_ids,
-        input_offsets=input_offsets,
-        prompt_len=column("prompt_len", np.int32),
-        response_len=column("response_len", np.int32),
-        weak_seq_reward=column("weak_seq_reward", np.float32),
-        token_values=token_values,
-        offsets=offsets,
-    )
-
-
-def read_zarr(path: str | Path) -> ShardData:
-    """Reads a Zarr shard back into a `ShardData` (per-token values as float32)."""
-    group = zarr.open_group(str(path), mode="r")
-    get = lambda name, dtype: np.asarray(group[name][:]).astype(dtype)  # noqa: E731
-    return ShardData(
-        row_id=get("row_id", np.int64),
-        example_id=[str(x) for x in group["example_id"][:]],
-        input_ids=get("input_ids", np.int32),
-        input_offsets=get("input_offsets", np.int64),
-        prompt_len=get("prompt_len", np.int32),
-        response_len=get("response_len", np.int32),
-        weak_seq_reward=get("weak_seq_reward", np.float32),
-        token_values={name: get(name, np.float32) for name in group.attrs["token_fields"]},
-        offsets=get("offsets", np.int64),
-    )
+def verify_cache(cache_dir: str | Path) -> list[str]:
+    """`Cache.open(cache_dir).verify()`, with a manifest that cannot be opened reported as the one problem."""
+    try:
+        return Cache.open(cache_dir).verify()
+    except CacheMismatch as err:
+        return [str(err)]

@@ -25,6 +25,8 @@ class TrainConfig:
     the training process, as in the authors' code (the baseline the cache is measured against)."""
     use_cached_ref: bool = True
     """Read logp_strong_ref from the cache when it is there; false runs the frozen reference beside the policy."""
+    accept_other_ref: bool = False
+    """Train against the cached strong reference even when the policy is another model (refused otherwise)."""
     gamma: float = 0.1
     """WSPO gamma (> 0): the strong log-ratio is pushed toward weak_log_ratio / gamma."""
     gammas: list[float] = field(default_factory=list)
@@ -59,6 +61,8 @@ class TrainConfig:
     """LoRA alpha."""
     save_every: int = 0
     """Checkpoint every N optimiser steps (0: only at the end); a rerun of the same command resumes."""
+    keep_checkpoints: int = 2
+    """Newest checkpoints kept on disk (each holds the optimizer state: about 16 bytes per parameter)."""
     log_every: int = 1
     """Print and log metrics every N optimiser steps."""
     check_rows: int = 16
@@ -76,7 +80,8 @@ class TrainConfig:
         require_finite(self.weight_decay, "train.weight_decay")
         require_finite(self.warmup_ratio, "train.warmup_ratio")
         require(0 <= self.warmup_ratio <= 1, "train.warmup_ratio", f"must be in [0, 1], got {self.warmup_ratio!r}")
-        for key in ("epochs", "micro_batch_size", "grad_accum", "log_every", "block_shards", "lora_rank"):
+        for key in ("epochs", "micro_batch_size", "grad_accum", "log_every", "block_shards", "lora_rank",
+                    "keep_checkpoints"):
             require(getattr(self, key) >= 1, f"train.{key}", f"must be at least 1, got {getattr(self, key)}")
         for key in ("max_steps", "save_every", "check_rows"):
             require(getattr(self, key) >= 0, f"train.{key}", f"must be >= 0, got {getattr(self, key)}")

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from w2s.cache.manifest import read_manifest
-from w2s.cache.store import ShardData, read_parquet, read_zarr
+from w2s.cache.store import Cache
+from w2s.logprobs import pad_right
+from w2s.schemas.cache import ShardData
 
 
 @dataclass
@@ -40,7 +41,8 @@ def epoch_order(shard_rows: list[int], seed: int, epoch: int, block_shards: int)
     shards = rng.permutation(len(shard_rows))
     blocks = []
     for start in range(0, len(shards), block_shards):
-        pairs = np.concatenate([np.stack([np.full(shard_rows[s], s), np.arange(shard_rows[s])], 1) for s in shards[start : start + block_shards]])
+        block = shards[start : start + block_shards]
+        pairs = np.concatenate([np.stack([np.full(shard_rows[s], s), np.arange(shard_rows[s])], 1) for s in block])
         blocks.append(pairs[rng.permutation(len(pairs))])
     return np.concatenate(blocks)
 
@@ -48,17 +50,16 @@ def epoch_order(shard_rows: list[int], seed: int, epoch: int, block_shards: int)
 class CacheReader:
     """Yields this rank's micro-batches of cached rows; holds at most one block of shards in memory."""
 
-    def __init__(self, cache_dir: str | Path, fmt: str = "parquet", seed: int = 0, rank: int = 0, world_size: int = 1,
-                 micro_batch_size: int = 4, block_shards: int = 4):
-        self.cache_dir = Path(cache_dir)
-        self.manifest = read_manifest(cache_dir)
-        self.shards = self.manifest["shards"]
-        if any(fmt not in s["files"] for s in self.shards):
-            raise ValueError(f"{cache_dir}: the cache has no {fmt} store (it was built with format={self.manifest['config']['format']})")
-        self.fmt, self.seed, self.rank, self.world_size = fmt, seed, rank, world_size
+    def __init__(self, cache: Cache | str | Path, fmt: str = "parquet", seed: int = 0, rank: int = 0,
+                 world_size: int = 1, micro_batch_size: int = 4, block_shards: int = 4):
+        """`cache`: an opened `Cache`, or its folder (opened here). Raises CacheMismatch when it has no `fmt` store."""
+        self.cache = cache if isinstance(cache, Cache) else Cache.open(cache)
+        self.fmt = self.cache.require_format(fmt)
+        self.shard_rows = [s["rows"] for s in self.cache.shards]  # rows of each shard, in manifest order
+        self.seed, self.rank, self.world_size = seed, rank, world_size
         self.micro_batch_size, self.block_shards = micro_batch_size, block_shards
-        self.rows = sum(s["rows"] for s in self.shards)
-        self._loaded: dict[int, ShardData] = {}
+        self.rows = sum(self.shard_rows)
+        self._loaded: dict[int, ShardData] = {}  # at most block_shards shards, oldest first
 
     @property
     def global_batch(self) -> int:
@@ -72,14 +73,12 @@ class CacheReader:
         if index not in self._loaded:
             if len(self._loaded) >= self.block_shards:
                 self._loaded.pop(next(iter(self._loaded)))
-            entry = self.shards[index]["files"][self.fmt]
-            read = read_parquet if self.fmt == "parquet" else read_zarr
-            self._loaded[index] = read(self.cache_dir / entry["name"])
+            self._loaded[index] = self.cache.read_shard(index, self.fmt)
         return self._loaded[index]
 
     def micro_batches(self, position: Position):
         """Yields (batch dict, position after it) from `position` to the end of its epoch."""
-        order = epoch_order([s["rows"] for s in self.shards], self.seed, position.epoch, self.block_shards)
+        order = epoch_order(self.shard_rows, self.seed, position.epoch, self.block_shards)
         usable = self.steps_per_epoch() * self.global_batch
         for start in range(position.consumed, usable, self.global_batch):
             mine = order[start + self.rank : start + self.global_batch : self.world_size]
@@ -88,23 +87,18 @@ class CacheReader:
 
     def _row(self, shard_index: int, row: int) -> dict:
         data = self._shard(shard_index)
-        ids = data.input_ids[data.input_offsets[row] : data.input_offsets[row + 1]]
-        start, end = data.offsets[row], data.offsets[row + 1]
-        return {"row_id": int(data.row_id[row]), "input_ids": ids, "prompt_len": int(data.prompt_len[row]),
-                "values": {name: values[start:end] for name, values in data.token_values.items()}}
+        return {"row_id": int(data.row_id[row]), "input_ids": data.sequence(row),
+                "prompt_len": int(data.prompt_len[row]), "values": data.values(row)}
 
 
 def collate(rows: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Right-pads rows; per-token values are placed on target positions (t-1 predicts t), `[batch, seq - 1]`."""
-    width = max(len(row["input_ids"]) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # [batch, seq]
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)  # [batch, seq]
+    input_ids, attention_mask = pad_right([row["input_ids"] for row in rows], pad_id)  # each [batch, seq]
+    width = input_ids.shape[1]
     mask = torch.zeros((len(rows), width - 1))  # [batch, seq-1]: 1 where the target is a response token
     values = {name: torch.zeros((len(rows), width - 1)) for name in rows[0]["values"]}  # each [batch, seq-1]
     for b, row in enumerate(rows):
         length, prompt_len = len(row["input_ids"]), row["prompt_len"]
-        input_ids[b, :length] = torch.from_numpy(row["input_ids"].astype(np.int64))
-        attention_mask[b, :length] = 1
         mask[b, prompt_len - 1 : length - 1] = 1.0
         for name, tensor in values.items():
             tensor[b, prompt_len - 1 : length - 1] = torch.tensor(row["values"][name])

@@ -20,20 +20,21 @@ from pathlib import Path
 import deepspeed
 import torch
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from w2s.errors import CacheMismatch
+from w2s.cache.provenance import model_fingerprint
+from w2s.cache.store import Cache
+from w2s.errors import CacheMismatch, ConfigError
 from w2s.io import atomic_write_json
 from w2s.logprobs import target_logprobs
+from w2s.models import load_causal_lm, load_tokenizer
 from w2s.schedule import cosine_lr
+from w2s.train import checkpoints
 from w2s.train.checks import check_cache
 from w2s.train.config import TrainConfig
+from w2s.train.guards import check_finite, check_reference_batch, check_reference_fingerprint, local_grad_norm
 from w2s.train.metrics import MetricsLog, rewind_metrics, summarise
 from w2s.train.losses import wspo_loss
 from w2s.train.reader import CacheReader, Position
-
-CHECKPOINTS = "checkpoints"
-
 
 @dataclass
 class Run:
@@ -50,6 +51,10 @@ class Run:
     weak: dict = field(default_factory=dict)
     step: int = 0
     position: Position = field(default_factory=Position)
+    manifest: dict = field(default_factory=dict)
+    ref_source: str = "model"
+    """Where the reference log-probs come from: 'cache', 'model' (a frozen copy) or 'adapters_off' (LoRA)."""
+    last_checkpoint: str | None = None
 
 
 def init_distributed() -> None:
@@ -70,7 +75,7 @@ def use_bf16(precision: str) -> bool:
 
 
 def load_policy(config: TrainConfig) -> torch.nn.Module:
-    model = AutoModelForCausalLM.from_pretrained(config.policy, dtype=torch.float32)
+    model = load_causal_lm("policy", config.policy)
     if config.lora:
         from peft import LoraConfig, get_peft_model
 
@@ -79,8 +84,8 @@ def load_policy(config: TrainConfig) -> torch.nn.Module:
     return model
 
 
-def frozen(path: str, device: torch.device) -> torch.nn.Module:
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+def frozen(role: str, path: str, device: torch.device) -> torch.nn.Module:
+    model = load_causal_lm(role, path).to(device).eval()
     model.requires_grad_(False)
     return model
 
@@ -109,7 +114,7 @@ def _cosine_factor(step: int, total: int, warmup: int) -> float:
 
 def run_provenance(config: TrainConfig, manifest: dict) -> dict:
     """What makes a checkpoint: the cache's provenance and the settings that change the result."""
-    settings = {k: v for k, v in asdict(config).items() if k not in ("out_dir", "gammas", "save_every", "log_every")}
+    settings = {k: v for k, v in asdict(config).items() if k not in ("out_dir", "gammas", "save_every", "log_every", "keep_checkpoints")}
     return {"cache": manifest["provenance"], "cache_totals": manifest["totals"], "train": settings}
 
 
@@ -117,52 +122,79 @@ def setup(config: TrainConfig) -> Run:
     """Checks inputs, loads models and engine, and resumes from the last checkpoint of the same run."""
     init_distributed()
     torch.manual_seed(config.seed)
-    tokenizer = AutoTokenizer.from_pretrained(config.policy)
-    manifest = check_cache(config.cache_dir, tokenizer, config.policy, config.check_rows)
+    tokenizer = load_tokenizer("policy", config.policy)
+    cache = Cache.open(config.cache_dir)  # the one read of manifest.json
+    check_cache(cache, tokenizer, config.policy, config.check_rows)
+    manifest = cache.manifest
     rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    reader = CacheReader(config.cache_dir, config.cache_format, config.seed, rank, world_size, config.micro_batch_size,
+    reader = CacheReader(cache, config.cache_format, config.seed, rank, world_size, config.micro_batch_size,
                          config.block_shards)
     per_epoch = reader.steps_per_epoch() // config.grad_accum
     if per_epoch == 0:
-        raise ValueError(f"{config.cache_dir}: {reader.rows} rows are fewer than one optimiser step needs "
+        raise ConfigError(f"{config.cache_dir}: {reader.rows} rows are fewer than one optimiser step needs "
                          f"({reader.global_batch * config.grad_accum})")
     total_steps = min(config.max_steps or per_epoch * config.epochs, per_epoch * config.epochs)
     zero_stage = json.loads(Path(config.deepspeed_config).read_text()).get("zero_optimization", {}).get("stage", 0)
     if config.lora and zero_stage == 3:
-        raise ValueError("train.lora with ZeRO stage 3 is not supported: use stage 0 to 2 for LoRA")
+        raise ConfigError("train.lora with ZeRO stage 3 is not supported: use stage 0 to 2 for LoRA")
     model = load_policy(config)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
                                       config=deepspeed_settings(config, world_size),
                                       lr_scheduler=cosine_schedule(total_steps, config.warmup_ratio))
     run = Run(config, Path(config.out_dir), engine, reader, tokenizer, run_provenance(config, manifest), total_steps)
-    has_ref = "strong_ref" in manifest["provenance"]["models"]
-    if config.mode == "online" or not (config.use_cached_ref and has_ref):
-        run.reference = None if config.lora else frozen(config.policy, engine.device)
-    if config.mode == "online":
-        models = manifest["provenance"]["models"]
-        run.weak = {role: frozen(models[role]["name_or_path"], engine.device) for role in ("weak_base", "weak_aligned")}
-    elif config.mode != "cached":
-        raise ValueError(f"train.mode: {config.mode!r} is not 'cached' or 'online'")
+    attach_reference_and_weak(run, manifest)
     resume(run)
     return run
 
 
+def attach_reference_and_weak(run: Run, manifest: dict) -> None:
+    """Picks the reference (cached log-probs, LoRA with adapters off, or a frozen copy) and, online, the weak pair."""
+    config, device = run.config, run.engine.device
+    run.manifest = manifest
+    models = manifest["provenance"]["models"]
+    if config.mode == "cached" and config.use_cached_ref and "strong_ref" in models:
+        run.ref_source = "cache"
+    elif config.lora:
+        run.ref_source = "adapters_off"
+    else:
+        run.ref_source, run.reference = "model", frozen("reference", config.policy, device)
+    if config.mode == "online":
+        run.weak = {role: frozen(role, models[role]["name_or_path"], device) for role in ("weak_base", "weak_aligned")}
+
+
 def resume(run: Run) -> None:
-    """Loads the latest checkpoint of this run, refusing one made from other inputs."""
-    folder = run.out_dir / CHECKPOINTS
+    """Loads the newest complete checkpoint of this run, refusing one made from other inputs."""
     saved = run.out_dir / "provenance.json"
-    if (folder / "latest").exists():
+    checkpoints.remove_stale_temporaries(run.out_dir) if is_main() else None
+    latest = checkpoints.latest_checkpoint(run.out_dir)
+    if latest is not None or (run.out_dir / checkpoints.DONE).exists():
         recorded = json.loads(saved.read_text())
         if recorded != json.loads(json.dumps(run.provenance)):
             differ = sorted(k for k in recorded["train"] if recorded["train"][k] != run.provenance["train"].get(k))
             raise CacheMismatch(f"{run.out_dir}: holds checkpoints of a different run (cache or settings differ: "
                                 f"{differ or ['cache']}); use another out_dir")
-        _, state = run.engine.load_checkpoint(str(folder))
+    if latest is not None:
+        tag, state = latest
+        run.engine.load_checkpoint(str(run.out_dir / checkpoints.CHECKPOINTS), tag=tag)
         run.step, run.position = state["step"], Position(state["epoch"], state["consumed"])
-        if torch.distributed.get_rank() == 0:
+        run.last_checkpoint = str(run.out_dir / checkpoints.CHECKPOINTS / tag)
+        if is_main():
             rewind_metrics(run.out_dir, run.step)
-    elif torch.distributed.get_rank() == 0:
+    elif is_main():
         atomic_write_json(saved, run.provenance)
+
+
+def prove_reference(run: Run) -> None:
+    """Before the first update, proves that the cached reference is the policy (unless told to accept another)."""
+    if run.step > 0 or run.ref_source != "cache" or run.config.accept_other_ref:
+        return
+    check_reference_fingerprint(run.config.policy, model_fingerprint(run.config.policy), run.manifest)
+    batch, _ = next(run.reader.micro_batches(run.position))
+    batch = {k: v.to(run.engine.device) for k, v in batch.items()}
+    with torch.no_grad():
+        policy = sequence_logps(run.engine.module, batch)
+    check_reference_batch(policy, batch["logp_strong_ref"], batch["mask"], run.manifest["provenance"]["model_dtype"],
+                          run.config.policy, run.manifest["provenance"]["models"]["strong_ref"]["name_or_path"])
 
 
 def sequence_logps(model: torch.nn.Module, batch: dict) -> torch.Tensor:
@@ -174,9 +206,9 @@ def batch_terms(run: Run, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torc
     """Policy log-probs (with grad), reference log-probs and weak ratios for one micro-batch."""
     policy = sequence_logps(run.engine, batch)
     with torch.no_grad():
-        if "logp_strong_ref" in batch and run.reference is None and not run.config.lora:
+        if run.ref_source == "cache":
             ref = batch["logp_strong_ref"]
-        elif run.config.lora:
+        elif run.ref_source == "adapters_off":  # LoRA's reference is the base model: the same weights, adapters off
             with run.engine.module.disable_adapter():
                 ref = sequence_logps(run.engine.module, batch)
         else:
@@ -196,65 +228,86 @@ def micro_batches(run: Run):
         position = Position(position.epoch + 1, 0)
 
 
-def train(run: Run) -> MetricsLog:
-    """The loop: grad_accum micro-batches per optimiser step, metrics every step, checkpoints every N."""
-    config, log = run.config, MetricsLog(run.out_dir, enabled=torch.distributed.get_rank() == 0)
+def optimiser_step(run: Run, stream) -> dict:
+    """grad_accum micro-batches and one optimiser step; stops the run on a non-finite loss or gradient."""
+    config, sums, read_seconds, before = run.config, {}, 0.0, None
+    for _ in range(config.grad_accum):
+        tick = time.perf_counter()
+        batch, run.position = next(stream)
+        batch = {k: v.to(run.engine.device) for k, v in batch.items()}
+        read_seconds += time.perf_counter() - tick
+        policy, ref, weak = batch_terms(run, batch)
+        loss, metrics = wspo_loss(policy, ref, weak, batch["mask"], config.gamma)
+        check_finite(run.step + 1, loss.item(), None, run.last_checkpoint)  # before backward: nothing applied yet
+        run.engine.backward(loss)
+        if run.engine.is_gradient_accumulation_boundary():
+            before = local_grad_norm(run.engine)  # ZeRO 0 keeps p.grad until the step clears it
+        run.engine.step()
+        for key, value in {"loss": loss.item(), **metrics}.items():
+            sums[key] = sums.get(key, 0.0) + value / config.grad_accum
+    after = run.engine.get_global_grad_norm()  # measured by DeepSpeed when it clips
+    check_finite(run.step + 1, sums["loss"], after if after is not None else before, run.last_checkpoint)
+    sums["read_seconds"] = read_seconds
+    return sums
+
+
+def train(run: Run) -> None:
+    """The loop: one optimiser step at a time, metrics every step, checkpoints every N."""
+    config, log = run.config, MetricsLog(run.out_dir, enabled=is_main())
     stream = micro_batches(run)
     bar = tqdm(total=run.total_steps, initial=run.step, desc=f"wspo gamma={config.gamma}", unit="step")
     while run.step < run.total_steps:
-        started, read_seconds, sums = time.perf_counter(), 0.0, {}
-        for _ in range(config.grad_accum):
-            tick = time.perf_counter()
-            batch, run.position = next(stream)
-            batch = {k: v.to(run.engine.device) for k, v in batch.items()}
-            read_seconds += time.perf_counter() - tick
-            policy, ref, weak = batch_terms(run, batch)
-            loss, metrics = wspo_loss(policy, ref, weak, batch["mask"], config.gamma)
-            run.engine.backward(loss)
-            run.engine.step()
-            for key, value in {"loss": loss.item(), **metrics}.items():
-                sums[key] = sums.get(key, 0.0) + value / config.grad_accum
+        started = time.perf_counter()
+        sums = optimiser_step(run, stream)
         run.step += 1
         sums.update(step=run.step, lr=run.engine.get_lr()[0], epoch=run.position.epoch, consumed=run.position.consumed,
-                    step_seconds=time.perf_counter() - started, read_seconds=read_seconds)
+                    step_seconds=time.perf_counter() - started)
         log.write(sums, log_now=run.step % config.log_every == 0)
         bar.update(1)
         bar.set_postfix(loss=f"{sums['loss']:.4f}")
         if config.save_every and run.step % config.save_every == 0 and run.step < run.total_steps:
             save_checkpoint(run)
     bar.close()
-    return log
 
 
 def save_checkpoint(run: Run) -> None:
     state = {"step": run.step, "epoch": run.position.epoch, "consumed": run.position.consumed}
-    run.engine.save_checkpoint(str(run.out_dir / CHECKPOINTS), tag=f"step-{run.step}", client_state=state)
+    checkpoints.save_checkpoint(run.engine, run.out_dir, state, run.config.keep_checkpoints, is_main())
+    run.last_checkpoint = f"{run.out_dir / checkpoints.CHECKPOINTS / f'step-{run.step}'}"
 
 
-def save_final(run: Run, final: Path) -> None:
-    """The trained model as a Hugging Face folder (weights gathered under ZeRO-3, LoRA adapters merged)."""
-    gathered = run.engine._zero3_consolidated_16bit_state_dict() if run.engine.zero_optimization_stage() == 3 else None
-    if torch.distributed.get_rank() != 0:
-        return
+def write_final(run: Run, folder: Path, gathered: dict | None) -> None:
+    """The trained model as a Hugging Face folder (LoRA adapters merged), its tokenizer and provenance."""
     model = run.engine.module.merge_and_unload() if run.config.lora else run.engine.module
-    model.save_pretrained(final, state_dict=gathered)
-    run.tokenizer.save_pretrained(final)
-    atomic_write_json(final / "w2s_provenance.json", run.provenance)
+    model.save_pretrained(folder, state_dict=gathered)
+    run.tokenizer.save_pretrained(folder)
+    atomic_write_json(folder / "w2s_provenance.json", run.provenance)
 
 
-def finish(run: Run, log: MetricsLog) -> dict:
-    """Final checkpoint, the trained model as a Hugging Face folder, curves and a summary."""
+def finish(run: Run) -> dict:
+    """Final checkpoint, `final/` (whole or absent), curves and a summary, then the done marker, last."""
     save_checkpoint(run)
-    save_final(run, run.out_dir / "final")
-    return summarise(run.out_dir, run.config.gamma) if torch.distributed.get_rank() == 0 else {}
+    # every rank takes part in gathering ZeRO-3 weights; only rank 0 writes
+    gathered = run.engine._zero3_consolidated_16bit_state_dict() if run.engine.zero_optimization_stage() == 3 else None
+    if not is_main():
+        return {}
+    checkpoints.publish_final(run.out_dir, lambda folder: write_final(run, folder, gathered))
+    summary = summarise(run.out_dir, run.config.gamma)
+    checkpoints.mark_done(run.out_dir, run.provenance, run.step)
+    return summary
+
+
+def is_main() -> bool:
+    return torch.distributed.get_rank() == 0
 
 
 def run_one(config: TrainConfig) -> dict:
     run = setup(config)
-    if run.step >= run.total_steps and (run.out_dir / "final" / "config.json").exists():
+    if checkpoints.is_done(run.out_dir, run.provenance):
         return {"out_dir": str(run.out_dir), "steps": run.step, "already_done": True}
-    log = train(run)
-    return finish(run, log)
+    prove_reference(run)
+    train(run)
+    return finish(run)
 
 
 def run(config: TrainConfig) -> list[dict]:

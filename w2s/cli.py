@@ -44,22 +44,21 @@ def run_cache(settings: Settings, args: argparse.Namespace) -> int:
 def run_train(settings: Settings, args: argparse.Namespace) -> int:
     from w2s.train.recipe import run
 
-    Path(settings.train.out_dir).mkdir(parents=True, exist_ok=True)
-    save_config(settings, settings.train.out_dir)
     run(settings.train)
+    save_config(settings, settings.train.out_dir)  # only once the run succeeded: a refused run changes nothing
     return 0
 
 
 def run_eval(settings: Settings, args: argparse.Namespace) -> int:
     from w2s.eval.run import run
 
-    Path(settings.eval.out_dir).mkdir(parents=True, exist_ok=True)
-    save_config(settings, settings.eval.out_dir)
     run(settings.eval)
+    save_config(settings, settings.eval.out_dir)
     return 0
 
 
 def run_inspect(settings: Settings, args: argparse.Namespace) -> int:
+    """`w2s inspect CACHE`: rows, tokens, reward statistics and extreme tokens, and a PNG of the rewards."""
     from w2s.cache.inspect import inspect_cache
 
     inspect_cache(args.path or settings.cache.out_dir)
@@ -67,10 +66,11 @@ def run_inspect(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_verify(settings: Settings, args: argparse.Namespace) -> int:
-    from w2s.cache.manifest import verify_cache
+    """`w2s verify CACHE`: every store's sizes, checksums and row ids; exit 1 on any problem."""
+    from w2s.cache.store import verify_cache
 
     path = args.path or settings.cache.out_dir
-    problems = verify_cache(path)
+    problems = verify_cache(path)  # a manifest that cannot be opened is reported as one problem
     for problem in problems:
         print(f"FAIL {problem}", file=sys.stderr)
     print(f"{path}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
             name, help=summary, description=summary, epilog=_help_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter
         )
         command.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config file (default {DEFAULT_CONFIG})")
-        command.add_argument("--force", action="store_true", help="redo the stage even if its output is current")
+        if name == "world":  # the one stage that can be redone from nothing; elsewhere --force is refused
+            command.add_argument("--force", action="store_true", help="rebuild the world even if it is current")
         command.add_argument("words", nargs="*", help="positional arguments, then dotted key=value overrides")
     return parser
 
@@ -120,7 +121,9 @@ def split_words(command: str, words: list[str]) -> tuple[dict[str, str | None], 
         raise ConfigError(f"w2s {command}: unexpected argument(s) {values[len(positional):]}")
     named = dict(zip(positional, values + [None] * (len(positional) - len(values))))
     if command == "cache" and named.get("action") not in (None, "merge"):
-        named["path"], named["action"] = named["action"], None
+        # a bare word here is never used silently: `cache.rows_per_shard:4` is a typo, not a path
+        raise ConfigError(f"w2s cache: unexpected argument {named['action']!r}: overrides are key=value, and the "
+                          "only positional argument is `merge [CACHE_DIR]`")
     sections = set(Settings.__dataclass_fields__)
     qualified = [o if o.split("=", 1)[0].split(".")[0] in sections else f"{section}.{o}" for o in overrides]
     return named, qualified
@@ -141,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command][1](settings, args)
     except UserError as err:
         print(f"w2s {args.command}: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a read-only or full output folder, a missing file: the path and the reason, no traceback
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"w2s {args.command}: {where}{err.strerror or err}", file=sys.stderr)
         return 2
 
 

@@ -158,7 +158,17 @@ def _set_dotted(data: dict, dotted: str, raw: str) -> None:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {dotted}: {key} is not a section")
-    node[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    node[keys[-1]] = _parse_scalar(raw)
+
+
+def _parse_scalar(raw: str) -> Any:
+    """An override's value as YAML (numbers, lists, booleans); text YAML cannot read, e.g. `{world}/x`, stays text."""
+    if raw == "":
+        return ""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
 
 
 def load_config(cls: type, path: str | Path | None, overrides: list[str] = ()) -> Any:

@@ -7,7 +7,7 @@ import pytest
 
 from tests.cache.helpers import build, cache_config
 from w2s.cache.build import setup
-from w2s.cache.manifest import CacheMismatch
+from w2s.errors import CacheMismatch
 from w2s.world.tokenizer import train_tokenizer
 
 pytestmark = pytest.mark.integration

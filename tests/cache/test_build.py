@@ -14,12 +14,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tests.cache.helpers import build, cache_config
-from w2s.cache.manifest import verify_cache
+from tests.cache.helpers import build
+from w2s.cache.formats import get_format
 from w2s.cache.merge import merge_parts
-from w2s.cache.store import read_parquet, read_zarr
+from w2s.cache.store import verify_cache
 
 pytestmark = pytest.mark.integration
+read_parquet, read_zarr = get_format("parquet").read, get_format("zarr").read
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from tests.cache.helpers import build
+from tests.cache.helpers import build, write_synthetic_cache
+from w2s.cache.store import Cache
+from w2s.errors import CacheMismatch
 from w2s.train.reader import CacheReader, Position, collate, epoch_order
 
 
@@ -63,3 +65,14 @@ def test_parquet_and_zarr_readers_agree(small_cache):
     for (x, _), (y, _) in zip(a, b, strict=True):
         for key in x:
             assert np.array_equal(x[key].numpy(), y[key].numpy()), key
+
+
+def test_a_reader_takes_an_opened_cache_or_its_folder(tmp_path):
+    folder = write_synthetic_cache(tmp_path / "c", shard_rows=(3, 4, 2))
+    by_path = list(CacheReader(folder, "zarr", seed=2, micro_batch_size=2).micro_batches(Position()))
+    by_cache = list(CacheReader(Cache.open(folder), "zarr", seed=2, micro_batch_size=2).micro_batches(Position()))
+    assert len(by_path) == 4
+    for (x, _), (y, _) in zip(by_path, by_cache, strict=True):
+        assert all(np.array_equal(x[key].numpy(), y[key].numpy()) for key in x)
+    with pytest.raises(CacheMismatch, match="has no npz store"):
+        CacheReader(folder, "npz")

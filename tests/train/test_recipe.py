@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tests.cache.helpers import build
-from w2s.cache.manifest import CacheMismatch
+from w2s.errors import CacheMismatch
 from w2s.train.config import TrainConfig
 from w2s.train.metrics import read_metrics
 from w2s.train.recipe import run

@@ -1,0 +1,86 @@
+"""What a training run leaves on disk, and how a rerun finds it: checkpoints, `final/`, and the done marker.
+
+- Checkpoints: DeepSpeed's own files (pickles: an output folder must be trusted, like any checkpoint) in
+  `checkpoints/step-N/`, with the run's position beside them in plain JSON (`w2s_state.json`, written after
+  DeepSpeed's files). A resumed run takes the newest tag whose JSON is there, so a save killed half-way is never
+  loaded. Only the newest `keep` checkpoints are kept.
+- `final/`: written to a temporary folder and renamed into place, so it is either whole or absent.
+- `done.json`: written last, after `final/`; only it makes a rerun report "already done".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from w2s.io import atomic_write_json
+
+CHECKPOINTS = "checkpoints"
+STATE = "w2s_state.json"
+DONE = "done.json"
+TAG = re.compile(r"step-(\d+)")
+
+
+def checkpoint_tags(out_dir: Path) -> list[tuple[int, str]]:
+    """(step, tag) of every complete checkpoint of a run, oldest first."""
+    folder = out_dir / CHECKPOINTS
+    found = []
+    for path in folder.glob("step-*") if folder.is_dir() else []:
+        match = TAG.fullmatch(path.name)
+        if match and (path / STATE).exists():
+            found.append((int(match.group(1)), path.name))
+    return sorted(found)
+
+
+def latest_checkpoint(out_dir: Path) -> tuple[str, dict] | None:
+    """The newest complete checkpoint's tag and position (step, epoch, consumed), or None."""
+    tags = checkpoint_tags(out_dir)
+    if not tags:
+        return None
+    tag = tags[-1][1]
+    return tag, json.loads((out_dir / CHECKPOINTS / tag / STATE).read_text())
+
+
+def save_checkpoint(engine, out_dir: Path, state: dict, keep: int, is_main: bool) -> None:
+    """DeepSpeed checkpoint `step-<step>`, then its position as JSON, then the oldest beyond `keep` removed."""
+    tag = f"step-{state['step']}"
+    engine.save_checkpoint(str(out_dir / CHECKPOINTS), tag=tag)  # collective: every rank takes part
+    if not is_main:
+        return
+    atomic_write_json(out_dir / CHECKPOINTS / tag / STATE, state)
+    for _, old in checkpoint_tags(out_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(out_dir / CHECKPOINTS / old, ignore_errors=True)
+
+
+def publish_final(out_dir: Path, write) -> Path:
+    """Calls `write(folder)` on a temporary folder, then renames it to `out_dir/final` (replacing an older one)."""
+    final = out_dir / "final"
+    tmp = out_dir / f".final.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def mark_done(out_dir: Path, provenance: dict, steps: int) -> None:
+    atomic_write_json(out_dir / DONE, {"steps": steps, "provenance": provenance})
+
+
+def is_done(out_dir: Path, provenance: dict) -> bool:
+    """True when this very run (same provenance) finished and published final/."""
+    path = out_dir / DONE
+    if not path.exists() or not (out_dir / "final").is_dir():
+        return False
+    return json.loads(path.read_text()).get("provenance") == json.loads(json.dumps(provenance))
+
+
+def remove_stale_temporaries(out_dir: Path) -> None:
+    """Deletes `final/` temporaries a killed run left behind."""
+    for stale in out_dir.glob(".final.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
