@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig
 
 from w2s.config import ConfigError
 from w2s.eval.config import EvalConfig, SystemConfig
@@ -22,6 +22,7 @@ from w2s.eval.eft import check_same_vocab, eft_generate
 from w2s.eval.samplers import HFSampler, Sampler, Sampling
 from w2s.eval.scorer import WeakScorer
 from w2s.eval.search import SearchResult, best_of_n, chunk_beam_search, sample
+from w2s.models import load_causal_lm, load_tokenizer
 from w2s.sampling import generate
 
 
@@ -95,13 +96,13 @@ class Models:
         if path not in self.tokenizers:
             folder = Path(path)
             has_tokenizer = not folder.is_dir() or (folder / "tokenizer_config.json").exists()
-            self.tokenizers[path] = AutoTokenizer.from_pretrained(path if has_tokenizer else self.config.tokenizer)
+            self.tokenizers[path] = load_tokenizer("eval", path if has_tokenizer else self.config.tokenizer)
         return self.tokenizers[path]
 
     def get(self, path: str) -> tuple[torch.nn.Module, object]:
         """The transformers model (in eval mode) and tokenizer at `path`."""
         if path not in self.models:
-            self.models[path] = AutoModelForCausalLM.from_pretrained(path).eval()
+            self.models[path] = load_causal_lm("eval", path).eval()
         return self.models[path], self.tokenizer(path)
 
     def guide(self) -> Guide:
