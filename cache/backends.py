@@ -11,9 +11,10 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM
 
+from w2s.errors import ConfigError
 from w2s.logprobs import response_logprobs
+from w2s.models import load_causal_lm, load_model_config
 from w2s.vllm_engine import resolve_backend, vllm_llm_kwargs
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -57,9 +58,10 @@ class TransformersScorer:
 
     name = "transformers"
 
-    def __init__(self, model_path: str, dtype: str = "float32", batch_tokens: int = 8192, device: str = "auto"):
+    def __init__(self, model_path: str, dtype: str = "float32", batch_tokens: int = 8192, device: str = "auto",
+                 role: str = "scored"):
         self.device = resolve_device(device)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[dtype]).to(self.device).eval()
+        self.model = load_causal_lm(role, model_path, DTYPES[dtype]).to(self.device).eval()
         self.batch_tokens = batch_tokens
 
     def _score_batch(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[np.ndarray]:
@@ -85,7 +87,8 @@ class VllmScorer:
     name = "vllm"
 
     def __init__(self, model_path: str, dtype: str = "float32", tensor_parallel_size: int = 1, max_len: int = 2048,
-                 gpu_memory_utilization: float = 0.4):
+                 gpu_memory_utilization: float = 0.4, role: str = "scored"):
+        load_model_config(role, model_path)  # a missing or broken folder is refused in one line, before vLLM starts
         kwargs = vllm_llm_kwargs(model_path, dtype, tensor_parallel_size, max_len, gpu_memory_utilization)
         from vllm import LLM, SamplingParams
 
@@ -112,12 +115,14 @@ class VllmScorer:
         return results
 
 
-def make_scorer(backend: str, model_path: str, dtype: str, batch_tokens: int, device: str, tensor_parallel_size: int,
-                max_len: int, num_models: int) -> Scorer:
-    """Builds the scorer `backend` names ('auto' picks vllm when usable, transformers otherwise)."""
+def make_scorer(backend: str, role: str, model_path: str, dtype: str, batch_tokens: int, device: str,
+                tensor_parallel_size: int, max_len: int, num_models: int) -> Scorer:
+    """Builds the scorer `backend` names ('auto' picks vllm when usable, transformers otherwise) for the `role`
+    model (weak_base, weak_aligned, strong_ref: named when its folder cannot be loaded)."""
     backend = resolve_backend(backend)
     if backend == "transformers":
-        return TransformersScorer(model_path, dtype, batch_tokens, device)
+        return TransformersScorer(model_path, dtype, batch_tokens, device, role=role)
     if backend == "vllm":
-        return VllmScorer(model_path, dtype, tensor_parallel_size, max_len, gpu_memory_utilization=0.85 / num_models)
-    raise ValueError(f"cache.backend: unknown backend {backend!r}; use transformers, vllm or auto")
+        return VllmScorer(model_path, dtype, tensor_parallel_size, max_len, gpu_memory_utilization=0.85 / num_models,
+                          role=role)
+    raise ConfigError(f"cache.backend: unknown backend {backend!r}; use transformers, vllm or auto")

@@ -3,10 +3,12 @@
 Reads top to bottom: `setup()` validates and tokenises every row and loads the scorers; `build_cache()` then
 loops over this worker's shards, skipping those the ledger shows finished, and writes the manifest last.
 
-Resume: each finished shard is renamed into place and then recorded in this worker's `ledger-*.json` (itself
-written atomically); a restarted build keeps the recorded shards whose checksums still match and redoes the rest.
-Shards are deterministic (rows sorted by length within a shard, fixed batches), so a resumed store is
-byte-identical to an uninterrupted one.
+Resume, the check of a finished cache on a rerun, and the lock that keeps two runs of one worker apart live in
+`w2s.cache.ledger`. Shards are deterministic (rows sorted by length within a shard, fixed batches), so a resumed
+or repaired store is byte-identical to an uninterrupted one.
+
+Nothing is written, and the output folder is not even created, until every row is validated and every model
+loaded: a refused run leaves no trace.
 
 Scale-out: shard c (rows [c*R, (c+1)*R)) belongs to worker c % num_shards. With one worker the manifest is
 written at once; with several, each writes a part manifest and `w2s cache merge` joins them.
@@ -14,8 +16,6 @@ written at once; with several, each writes a part manifest and `w2s cache merge`
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,17 +23,26 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from tqdm import tqdm
-from transformers import AutoTokenizer
 
 from w2s.cache.backends import Scorer, make_scorer
 from w2s.cache.config import CacheConfig
 from w2s.cache.data import Row, encode_rows, load_rows
 from w2s.cache.formats import formats_for
-from w2s.cache.manifest import MANIFEST, check_entry, file_entry, manifest_body, part_manifest_name, shard_entry
-from w2s.cache.provenance import code_version, model_fingerprint, provenance_key, tokenizer_fingerprint
-from w2s.errors import CacheMismatch
+from w2s.cache.ledger import (
+    check_folder,
+    ledger_path,
+    manifest_name,
+    remove_stale_temporaries,
+    resume_point,
+    save_ledger,
+    worker_lock,
+)
+from w2s.cache.manifest import file_entry, manifest_body, shard_entry
+from w2s.cache.provenance import code_version, model_fingerprint, tokenizer_fingerprint
+from w2s.errors import CacheMismatch, ConfigError
 from w2s.io import atomic_write_json
-from w2s.schemas.cache import ShardData, shard_name, stale_temporaries
+from w2s.models import load_tokenizer
+from w2s.schemas.cache import ShardData, shard_name
 from w2s.vllm_engine import resolve_backend
 
 
@@ -56,7 +65,7 @@ def model_paths(config: CacheConfig) -> dict[str, str]:
 
 def load_shared_tokenizer(paths: dict[str, str]):
     """The models' shared tokenizer; refuses models whose tokenizers differ, naming them."""
-    tokenizers = {role: AutoTokenizer.from_pretrained(path) for role, path in paths.items()}
+    tokenizers = {role: load_tokenizer(role, path) for role, path in paths.items()}
     prints = {role: tokenizer_fingerprint(tok) for role, tok in tokenizers.items()}
     first = next(iter(prints))
     differ = [role for role in prints if prints[role] != prints[first]]
@@ -97,16 +106,16 @@ def check_config(config: CacheConfig) -> None:
     """Refuses settings no build can use (an unknown format names the registered ones)."""
     formats_for(config.format)
     if not 0 <= config.shard_index < config.num_shards:
-        raise ValueError(f"cache.shard_index={config.shard_index} is outside [0, num_shards={config.num_shards})")
+        raise ConfigError(f"cache.shard_index={config.shard_index} is outside [0, num_shards={config.num_shards})")
     if config.rows_per_shard < 1:
-        raise ValueError("cache.rows_per_shard must be at least 1")
+        raise ConfigError("cache.rows_per_shard must be at least 1")
 
 
 def setup(config: CacheConfig, load_models: bool = True) -> CacheJob:
     """Validates the settings, reads and tokenises every row, fingerprints the inputs and loads the scorers.
 
     Raises:
-        DataError, CacheMismatch, ValueError: before anything is written.
+        DataError, CacheMismatch, ConfigError, ModelError: before anything is written.
     """
     check_config(config)
     paths = model_paths(config)
@@ -122,7 +131,7 @@ def setup(config: CacheConfig, load_models: bool = True) -> CacheJob:
     if load_models:
         backend = provenance["backend"]
         job.scorers = {
-            role: make_scorer(backend, path, config.model_dtype, config.batch_tokens, config.device,
+            role: make_scorer(backend, role, path, config.model_dtype, config.batch_tokens, config.device,
                               config.tensor_parallel_size, config.max_len, len(paths))
             for role, path in paths.items()
         }
@@ -166,71 +175,37 @@ def write_shard(job: CacheJob, index: int, shard: ShardData) -> dict:
                        response_tokens=shard.num_tokens, files=files)
 
 
-def ledger_path(job: CacheJob) -> Path:
-    """Each worker keeps its own ledger, so workers sharing one folder never write the same file."""
-    return job.out_dir / f"ledger-{job.config.shard_index:05d}-of-{job.config.num_shards:05d}.json"
-
-
-def remove_stale_temporaries(job: CacheJob) -> None:
-    """Deletes temporary files a killed run of this worker left behind (never another worker's)."""
-    for index in job.my_shards:
-        for stale in stale_temporaries(job.out_dir, index):
-            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-
-
-def load_ledger(job: CacheJob) -> dict[int, dict]:
-    """Shards a previous run of this same job finished and whose files still match; refuses foreign ledgers."""
-    path = ledger_path(job)
-    if not path.exists():
-        return {}
-    ledger = json.loads(path.read_text())
-    if ledger["provenance_key"] != provenance_key(job.provenance):
-        raise CacheMismatch(
-            f"{job.out_dir}: holds an unfinished cache built from different inputs or settings; "
-            "use another out_dir, or delete the folder to start over"
-        )
-    return {
-        int(index): entry for index, entry in ledger["shards"].items()
-        if all(check_entry(job.out_dir, f) is None for f in entry["files"].values())
-    }
-
-
-def save_ledger(job: CacheJob, done: dict[int, dict]) -> None:
-    atomic_write_json(ledger_path(job), {"provenance_key": provenance_key(job.provenance),
-                                             "shards": {str(k): v for k, v in sorted(done.items())}})
-
-
-def manifest_name(config: CacheConfig) -> str:
-    """This worker's manifest: the cache's own with one worker, else its part manifest."""
-    return MANIFEST if config.num_shards == 1 else part_manifest_name(config.shard_index, config.num_shards)
-
-
-def finished_manifest(job: CacheJob) -> dict | None:
-    """This worker's finished manifest when one exists for the same inputs; refuses one from other inputs."""
-    path = job.out_dir / manifest_name(job.config)
-    if not path.exists():
-        return None
-    body = json.loads(path.read_text())
-    if provenance_key(body["provenance"]) != provenance_key(job.provenance):
-        raise CacheMismatch(f"{path}: a finished cache from different inputs or settings is there; "
-                            "use another out_dir, or delete it to rebuild")
-    return body
-
-
 def rows_of_shard(job: CacheJob, index: int) -> list[Row]:
     """Shard c holds rows [c * R, (c + 1) * R) of the dataset."""
     return job.rows[index * job.config.rows_per_shard:(index + 1) * job.config.rows_per_shard]
 
 
 def build_cache(job: CacheJob) -> dict:
-    """Scores and writes this worker's shards (resuming where a killed run stopped); writes the manifest."""
-    config, started = job.config, time.time()
-    finished = finished_manifest(job)
-    if finished is not None:
-        return {**finished, "seconds": 0.0, "scored_now": 0}
+    """Scores and writes this worker's shards, resuming where a killed run stopped and redoing the shards of a
+    finished cache that no longer check; writes the manifest last.
+
+    Returns:
+        The manifest, with `seconds`, `scored_now` (shards scored by this run), `checked` (shards of a finished
+        cache found here and checked) and `redone` (their indices that were missing or corrupt).
+
+    Raises:
+        CacheMismatch: the folder holds this worker's cache from other inputs (refused before anything is
+            written), or another run of this worker is writing there (`CacheBusy`).
+    """
+    check_folder(job)
     job.out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(job)
-    done = load_ledger(job)
+    with worker_lock(job.out_dir, job.config.shard_index, job.config.num_shards):
+        return _build_locked(job)
+
+
+def _build_locked(job: CacheJob) -> dict:
+    """`build_cache` once this worker's lock is held: nothing else writes this worker's files meanwhile."""
+    started = time.time()
+    remove_stale_temporaries(job)  # under the lock: any temporary of this worker's shards is a dead run's
+    resume = resume_point(job)
+    if resume.finished is not None:
+        return {**resume.finished, "seconds": 0.0, "scored_now": 0, "checked": resume.checked, "redone": []}
+    done = resume.done
     todo = [c for c in job.my_shards if c not in done]
     bar = tqdm(total=sum(len(rows_of_shard(job, c)) for c in job.my_shards),
                initial=sum(done[c]["rows"] for c in done if c in job.my_shards), desc="cache rows", unit="row")
@@ -240,19 +215,23 @@ def build_cache(job: CacheJob) -> dict:
         save_ledger(job, done)
         bar.update(len(shard_rows))
     bar.close()
-    body = manifest_body(job.provenance, [done[c] for c in job.my_shards], config)
-    atomic_write_json(job.out_dir / manifest_name(config), body)
+    body = manifest_body(job.provenance, [done[c] for c in job.my_shards], job.config)
+    atomic_write_json(job.out_dir / manifest_name(job.config), body)
     ledger_path(job).unlink(missing_ok=True)
-    body["seconds"] = time.time() - started
-    body["scored_now"] = len(todo)
-    return body
+    return {**body, "seconds": time.time() - started, "scored_now": len(todo), "checked": resume.checked,
+            "redone": resume.redone}
 
 
 def run(config: CacheConfig) -> dict:
     """`w2s cache`: setup, build, and a one-screen summary."""
     job = setup(config)
     body = build_cache(job)
-    Console().print(
+    console = Console()
+    if body["checked"]:
+        redone = body["redone"]
+        which = f", redone: shard{'s' * (len(redone) > 1)} {', '.join(map(str, redone))}" if redone else ""
+        console.print(f"checked the finished cache: {body['checked']} shards, {len(redone)} missing or corrupt{which}")
+    console.print(
         f"[green]cache written[/green] to {job.out_dir}: {body['totals']['rows']} rows, "
         f"{body['totals']['response_tokens']} response tokens in {len(body['shards'])} shards "
         f"({body['scored_now']} scored now) by {job.provenance['backend']} in {body['seconds']:.1f} s; "

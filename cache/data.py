@@ -1,21 +1,33 @@
 """Reads the dataset a cache is built from and turns each row into scored token ids, refusing bad rows loudly.
 
-Every refusal names the file, the row and the field, and is raised before anything is written.
+Local files are read here, not through `datasets`: each file's bytes are read once, hashed for the manifest and
+parsed from those same bytes, so the rows scored are the bytes fingerprinted (`datasets` keeps its own copy of a
+local file and serves it again when the file was rewritten in place with the same size and time). Hub datasets
+go through `datasets`. Every refusal names the file and the line or row (and the field), before anything is written.
 """
 
 from __future__ import annotations
 
+import bisect
+import codecs
+import copy
 import hashlib
+import json
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
 from transformers import PreTrainedTokenizerBase
 
 from w2s.errors import DataError
 from w2s.tokens import EncodingError, encode_example
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow"}
+"""Suffixes of local data files, and the format each is read as (a dataset folder holds one format)."""
 
 
 @dataclass(frozen=True)
@@ -29,40 +41,164 @@ class Row:
     truncated: bool
 
 
-def load_rows(source: str, split: str = "train") -> tuple[datasets.Dataset, str]:
+class Records(Sequence):
+    """The rows of local data files, in file order; each knows its file and its row there (for messages)."""
+
+    def __init__(self, files: list[tuple[Path, list[dict]]]):
+        self._rows = [record for _, records in files for record in records]
+        self._names = [str(path) for path, _ in files]
+        self._starts = list(accumulate([len(records) for _, records in files], initial=0))[:-1]
+        self._order: Sequence[int] = range(len(self._rows))  # positions in _rows; `select` narrows it
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __getitem__(self, index: int) -> dict:
+        return self._rows[self._order[index]]
+
+    def __iter__(self) -> Iterator[dict]:
+        return (self._rows[position] for position in self._order)
+
+    def select(self, indices: Iterable[int]) -> Records:
+        """These rows at `indices`, as `datasets.Dataset.select` gives them."""
+        chosen = copy.copy(self)
+        chosen._order = [self._order[i] for i in indices]
+        return chosen
+
+    def locate(self, index: int) -> tuple[str, int]:
+        """The file row `index` comes from, and its row there (from 0)."""
+        position = self._order[index]
+        file = bisect.bisect_right(self._starts, position) - 1
+        return self._names[file], position - self._starts[file]
+
+
+def _why(err: Exception) -> str:
+    return " ".join(str(err).split())[:300] or type(err).__name__
+
+
+def data_files(path: Path) -> list[Path]:
+    """The data files of a local source: the file itself, or every data file of a folder (hidden entries, such as
+    .DS_Store, are ignored). Refuses anything else in the folder rather than guess what it is."""
+    if not path.is_dir():
+        if path.suffix not in LOCAL_FORMATS:
+            raise DataError(f"{path}: not a jsonl, json, parquet or arrow file (or a folder of them)")
+        return [path]
+    entries = sorted(entry for entry in path.iterdir() if not entry.name.startswith("."))
+    stray = [f"{e.name}/" if e.is_dir() else e.name for e in entries if e.is_dir() or e.suffix not in LOCAL_FORMATS]
+    if stray:
+        shown = ", ".join(stray[:5]) + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
+        raise DataError(f"{path}: entries that are not data files: {shown} (a dataset folder holds only .jsonl/.json, "
+                        ".parquet or .arrow files of one format; hidden files are ignored)")
+    if len({LOCAL_FORMATS[e.suffix] for e in entries}) > 1:
+        kinds = ", ".join(f"{e.name} ({LOCAL_FORMATS[e.suffix]})" for e in entries)
+        raise DataError(f"{path}: mixes data formats: {kinds}; a dataset folder holds files of one format")
+    if not entries:
+        raise DataError(f"{path}: no data files (.jsonl, .json, .parquet or .arrow) in the folder")
+    return entries
+
+
+def _decoded(path: Path, data: bytes) -> str:
+    """`data` as UTF-8 text; refuses a bad byte naming its line and column (bytes from 1)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line, line_start = data.count(b"\n", 0, err.start) + 1, data.rfind(b"\n", 0, err.start) + 1
+        raise DataError(f"{path}: line {line}: not valid UTF-8 "
+                        f"(byte 0x{data[err.start]:02x} at column {err.start - line_start + 1})") from None
+
+
+def _json_type(value: object) -> str:
+    return {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(
+        type(value), "null")
+
+
+def parse_json_lines(path: Path, text: str) -> list[dict]:
+    """One JSON object per non-blank line."""
+    records = []
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: line {number}: invalid JSON: {err.msg} (column {err.colno})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: line {number}: a row must be a JSON object, got {_json_type(record)}")
+        records.append(record)
+    return records
+
+
+def parse_json(path: Path, text: str) -> list[dict]:
+    """A .json file: an array of row objects, one object (one row), or JSON lines (as `datasets` reads them)."""
+    try:
+        value = json.loads(text) if text.strip() else []
+    except json.JSONDecodeError as err:
+        if err.msg == "Extra data":  # more than one document: JSON lines
+            return parse_json_lines(path, text)
+        raise DataError(f"{path}: line {err.lineno}: invalid JSON: {err.msg} (column {err.colno})") from None
+    records = value if isinstance(value, list) else [value]
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: item {index}: a row must be a JSON object, got {_json_type(record)}")
+    return records
+
+
+def parse_columnar(path: Path, data: bytes) -> list[dict]:
+    """A Parquet file, or an Arrow IPC file (stream or file format, as `datasets` writes and reads them)."""
+    kind = LOCAL_FORMATS[path.suffix]
+    try:
+        if kind == "parquet":
+            return pq.read_table(pa.BufferReader(data)).to_pylist()
+        try:
+            return pa.ipc.open_stream(pa.BufferReader(data)).read_all().to_pylist()
+        except pa.ArrowInvalid:
+            return pa.ipc.open_file(pa.BufferReader(data)).read_all().to_pylist()
+    except (pa.ArrowException, OSError, ValueError) as err:  # pyarrow's ways of saying "not this format"
+        raise DataError(f"{path}: not a readable {kind} file: {_why(err)}") from None
+
+
+def parse_file(path: Path, data: bytes) -> list[dict]:
+    """The rows in one local file's bytes."""
+    if LOCAL_FORMATS[path.suffix] != "json":
+        return parse_columnar(path, data)
+    text = _decoded(path, data).removeprefix(codecs.BOM_UTF8.decode())
+    return parse_json_lines(path, text) if path.suffix == ".jsonl" else parse_json(path, text)
+
+
+def read_local(path: Path) -> tuple[Records, str]:
+    """The rows of a local file or folder, and the sha256 of the very bytes they were parsed from."""
+    digest, files = hashlib.sha256(), []
+    for file in data_files(path):
+        data = file.read_bytes()  # read once: hashed and parsed from the same bytes
+        digest.update(data)
+        files.append((file, parse_file(file, data)))
+    return Records(files), f"sha256:{digest.hexdigest()}"
+
+
+def load_rows(source: str, split: str = "train") -> tuple[Records | datasets.Dataset, str]:
     """Loads a local jsonl/json/parquet/arrow file (or a folder of them), or a hub dataset by name.
 
     Returns:
-        The dataset, and a fingerprint of its content.
+        The rows (each a dict), and a fingerprint of their content: the sha256 of local files' bytes, else the
+        `datasets` fingerprint.
+
+    Raises:
+        DataError: a missing or unreadable file, an untidy folder, no rows; naming the file and line.
     """
-    path = Path(source)
-    try:
-        if path.exists():
-            files = [str(path)]
-            if path.is_dir():
-                files = sorted(str(f) for f in path.iterdir() if f.suffix in LOCAL_FORMATS)
-            if not files or Path(files[0]).suffix not in LOCAL_FORMATS:
-                raise DataError(f"{source}: not a jsonl, json, parquet or arrow file (or a folder of them)")
-            builder = LOCAL_FORMATS[Path(files[0]).suffix]
-            dataset = datasets.load_dataset(builder, data_files=files, split="train")
-        else:
+    path = Path(source).expanduser()
+    if path.exists():
+        dataset, fingerprint = read_local(path)
+    elif path.suffix in LOCAL_FORMATS or source.startswith(("/", ".", "~")):
+        raise DataError(f"{source}: no such file or folder")
+    else:
+        try:
             dataset = datasets.load_dataset(source, split=split)
-    except DataError:
-        raise
-    except Exception as err:  # datasets raises many types for unreadable input; all mean the same to a user
-        raise DataError(f"{source}: cannot read the dataset: {type(err).__name__}: {err}") from err
-    return dataset, dataset_fingerprint(source, dataset)
-
-
-def dataset_fingerprint(source: str, dataset: datasets.Dataset) -> str:
-    """sha256 of the local files' bytes when the source is local, else the `datasets` fingerprint."""
-    path = Path(source)
-    if not path.exists():
-        return f"datasets:{dataset._fingerprint}"
-    digest = hashlib.sha256()
-    for file in sorted(path.iterdir()) if path.is_dir() else [path]:
-        digest.update(file.read_bytes())
-    return f"sha256:{digest.hexdigest()}"
+        except Exception as err:  # datasets raises many types for unreadable input; all mean the same to a user
+            raise DataError(f"{source}: cannot read the dataset: {type(err).__name__}: {_why(err)}") from err
+        fingerprint = f"datasets:{dataset._fingerprint}"
+    if len(dataset) == 0:
+        raise DataError(f"{source}: no rows")
+    return dataset, fingerprint
 
 
 def _text_field(record: dict, field: str, where: str) -> str:
@@ -89,8 +225,13 @@ def _prompt_and_response(record: dict, fields: dict, where: str) -> tuple[str | 
     return messages[:-1], messages[-1]["content"]
 
 
+def locate(dataset: Sequence[dict] | datasets.Dataset, source: str, row_id: int) -> tuple[str, int]:
+    """The file and row (there) of row `row_id`: local rows know their own file, hub rows are named by `source`."""
+    return dataset.locate(row_id) if isinstance(dataset, Records) else (source, row_id)
+
+
 def encode_rows(
-    dataset: datasets.Dataset,
+    dataset: Sequence[dict] | datasets.Dataset,
     source: str,
     tokenizer: PreTrainedTokenizerBase,
     fields: dict,
@@ -101,27 +242,32 @@ def encode_rows(
     """Validates and tokenises every record, in dataset order (row_id = position in the dataset).
 
     Args:
+        dataset: rows from `load_rows` (local rows are named by their own file and row in messages).
         fields: prompt_field, response_field, messages_field and id_field names.
 
     Raises:
-        DataError: naming `source`, the row and the field of the first bad record.
+        DataError: naming the file, the row and the field of the first bad record.
     """
     rows: list[Row] = []
     seen_ids: dict[str, int] = {}
+    prompt_field = fields["messages_field"] or fields["prompt_field"]
     for row_id, record in enumerate(dataset):
-        where = f"{source}: row {row_id}"
+        file, row = locate(dataset, source, row_id)
+        where = f"{file}: row {row}"
         prompt, response = _prompt_and_response(record, fields, where)
         example_id = record.get(fields["id_field"]) if fields["id_field"] else None
         example_id = f"row-{row_id}" if example_id is None else str(example_id)
         if example_id in seen_ids:
+            first_file, first_row = locate(dataset, source, seen_ids[example_id])
+            first = f"row {first_row}" if first_file == file else f"{first_file}: row {first_row}"
             raise DataError(f"{where}: field '{fields['id_field']}': duplicate example_id {example_id!r} "
-                            f"(first at row {seen_ids[example_id]})")
+                            f"(first at {first})")
         seen_ids[example_id] = row_id
         try:
-            encoded = encode_example(tokenizer, prompt, response, max_len, truncate, use_chat_template)
+            encoded = encode_example(tokenizer, prompt, response, max_len, truncate, use_chat_template, prompt_field)
         except EncodingError as err:
             raise DataError(f"{where}: {err}") from err
         rows.append(Row(row_id, example_id, encoded.input_ids, encoded.prompt_len, encoded.truncated))
     if not rows:
-        raise DataError(f"{source}: the dataset has no rows")
+        raise DataError(f"{source}: no rows")
     return rows

@@ -1,4 +1,8 @@
-"""`w2s inspect CACHE`: what a cache holds, on one screen, and a PNG of its reward distributions."""
+"""`w2s inspect CACHE`: what a cache holds, on one screen, and a PNG of its reward distributions.
+
+The figures are only worth reading about a sound cache, so inspect verifies it first (sizes, checksums and row
+ids of every shard file, as `w2s verify` does), says so, and refuses a cache that fails.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
 
 from w2s.cache.store import Cache  # noqa: E402
+from w2s.errors import CacheMismatch  # noqa: E402
+from w2s.models import load_tokenizer  # noqa: E402
 
 COLUMNS = ("row_id", "input_ids", "prompt_len", "weak_seq_reward", "weak_log_ratio")
 
@@ -73,11 +78,32 @@ def print_summary(cache: Cache, rewards: np.ndarray, ratios: np.ndarray, top: li
         console.print(f"{title}: " + ", ".join(f"{tok} {m:+.2f} (x{n})" for tok, m, n in rows))
 
 
+def verified(cache: Cache) -> str:
+    """The line saying what was verified.
+
+    Raises:
+        CacheMismatch: the cache fails verification (the first problem named, and how many there are).
+    """
+    problems = cache.verify()
+    if problems:
+        more = f" (and {len(problems) - 1} more: `w2s verify {cache.path}` lists them)" if len(problems) > 1 else ""
+        first = " ".join(problems[0].split())
+        raise CacheMismatch(f"{cache.path}: fails verification, not inspected: {first}{more}")
+    files = sum(len(shard["files"]) for shard in cache.shards)
+    return f"verified: {files} shard files match their sizes, checksums and row ids"
+
+
 def inspect_cache(cache_dir: str | Path, plot_path: str | Path | None = None) -> dict:
-    """Prints the summary and writes `inspect.png` in the cache folder (or at `plot_path`); returns the figures."""
+    """Verifies the cache, prints the summary and writes `inspect.png` in the cache folder (or at `plot_path`);
+    returns the figures.
+
+    Raises:
+        CacheMismatch: no finished cache there, or one that fails verification (nothing is written then).
+    """
     cache = Cache.open(cache_dir)
+    Console().print(verified(cache))
     rewards, ratios, tokens = load_columns(cache)
-    tokenizer = AutoTokenizer.from_pretrained(cache.provenance["models"]["weak_base"]["name_or_path"])
+    tokenizer = load_tokenizer("weak_base", cache.provenance["models"]["weak_base"]["name_or_path"])
     top, bottom = extreme_tokens(ratios, tokens, tokenizer)
     plot_path = Path(plot_path or cache.path / "inspect.png")
     plot_histograms(rewards, ratios, plot_path)

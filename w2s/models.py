@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from w2s.errors import UserError
 
@@ -36,6 +36,15 @@ def load_tokenizer(role: str, name_or_path: str):
         return AutoTokenizer.from_pretrained(name_or_path)
     except Exception as err:  # transformers raises OSError, ValueError, KeyError... for one cause: a bad folder
         raise ModelError(f"the {role} tokenizer at {name_or_path} cannot be loaded: {_why(err)}") from err
+
+
+def load_model_config(role: str, name_or_path: str):
+    """The `role` model's config (for engines such as vLLM that load the weights themselves)."""
+    _check_path(role, name_or_path)
+    try:
+        return AutoConfig.from_pretrained(name_or_path)
+    except Exception as err:  # see load_tokenizer
+        raise ModelError(f"the {role} model at {name_or_path} cannot be loaded: {_why(err)}") from err
 
 
 def load_causal_lm(role: str, name_or_path: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
