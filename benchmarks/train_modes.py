@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,15 +46,24 @@ MODES = {
 
 
 def measure(mode: dict, args: argparse.Namespace, out: Path) -> dict:
-    config = {"cache_dir": args.cache, "policy": args.policy, "out_dir": str(out), "max_steps": args.steps,
-              "micro_batch_size": args.micro_batch_size, "lr": 1e-4, "check_rows": 0, "log_every": 10**9, **mode}
+    config = {
+        "cache_dir": args.cache,
+        "policy": args.policy,
+        "out_dir": str(out),
+        "max_steps": args.steps,
+        "micro_batch_size": args.micro_batch_size,
+        "lr": 1e-4,
+        "check_rows": 0,
+        "log_every": 10**9,
+        **mode,
+    }
     launcher = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE")
     env = {**{k: v for k, v in os.environ.items() if k not in launcher}, "TQDM_DISABLE": "1"}
     done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(config)], capture_output=True, text=True, env=env)
-    line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+    line = next((out for out in done.stdout.splitlines() if out.startswith("RESULT ")), None)
     if line is None:
         raise SystemExit(f"benchmark run failed:\n{done.stderr[-3000:]}")
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def main() -> None:
@@ -77,8 +85,10 @@ def main() -> None:
     print("| mode | step time (ms, median) | vs (a) | peak RSS (MB) | parameters in process | reader share of step |")
     print("|---|---|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {name} | {r['step_ms']:.1f} | {r['step_ms'] / base['step_ms']:.2f}x | {r['peak_rss_mb']:.0f} | "
-              f"{r['params_held']:,} ({r['params_held'] / base['params_held']:.2f}x) | {100 * r['reader_share']:.2f}% |")
+        print(
+            f"| {name} | {r['step_ms']:.1f} | {r['step_ms'] / base['step_ms']:.2f}x | {r['peak_rss_mb']:.0f} | "
+            f"{r['params_held']:,} ({r['params_held'] / base['params_held']:.2f}x) | {100 * r['reader_share']:.2f}% |"
+        )
 
 
 if __name__ == "__main__":

@@ -58,8 +58,14 @@ class TransformersScorer:
 
     name = "transformers"
 
-    def __init__(self, model_path: str, dtype: str = "float32", batch_tokens: int = 8192, device: str = "auto",
-                 role: str = "scored"):
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str = "float32",
+        batch_tokens: int = 8192,
+        device: str = "auto",
+        role: str = "scored",
+    ):
         self.device = resolve_device(device)
         self.model = load_causal_lm(role, model_path, DTYPES[dtype]).to(self.device).eval()
         self.batch_tokens = batch_tokens
@@ -86,8 +92,15 @@ class VllmScorer:
 
     name = "vllm"
 
-    def __init__(self, model_path: str, dtype: str = "float32", tensor_parallel_size: int = 1, max_len: int = 2048,
-                 gpu_memory_utilization: float = 0.4, role: str = "scored"):
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str = "float32",
+        tensor_parallel_size: int = 1,
+        max_len: int = 2048,
+        gpu_memory_utilization: float = 0.4,
+        role: str = "scored",
+    ):
         load_model_config(role, model_path)  # a missing or broken folder is refused in one line, before vLLM starts
         kwargs = vllm_llm_kwargs(model_path, dtype, tensor_parallel_size, max_len, gpu_memory_utilization)
         from vllm import LLM, SamplingParams
@@ -108,21 +121,34 @@ class VllmScorer:
             # token (prompt_logprobs=0 asks for no top-k alternatives besides it)
             per_position = output.prompt_logprobs
             if per_position is None or len(per_position) != len(seq):
-                raise RuntimeError(f"vLLM returned {0 if per_position is None else len(per_position)} prompt "
-                                   f"log-probs for a sequence of {len(seq)} tokens")
-            results.append(np.array([per_position[t][seq[t]].logprob for t in range(prompt_len, len(seq))],
-                                    dtype=np.float32))
+                raise RuntimeError(
+                    f"vLLM returned {0 if per_position is None else len(per_position)} prompt "
+                    f"log-probs for a sequence of {len(seq)} tokens"
+                )
+            results.append(
+                np.array([per_position[t][seq[t]].logprob for t in range(prompt_len, len(seq))], dtype=np.float32)
+            )
         return results
 
 
-def make_scorer(backend: str, role: str, model_path: str, dtype: str, batch_tokens: int, device: str,
-                tensor_parallel_size: int, max_len: int, num_models: int) -> Scorer:
+def make_scorer(
+    backend: str,
+    role: str,
+    model_path: str,
+    dtype: str,
+    batch_tokens: int,
+    device: str,
+    tensor_parallel_size: int,
+    max_len: int,
+    num_models: int,
+) -> Scorer:
     """Builds the scorer `backend` names ('auto' picks vllm when usable, transformers otherwise) for the `role`
     model (weak_base, weak_aligned, strong_ref: named when its folder cannot be loaded)."""
     backend = resolve_backend(backend)
     if backend == "transformers":
         return TransformersScorer(model_path, dtype, batch_tokens, device, role=role)
     if backend == "vllm":
-        return VllmScorer(model_path, dtype, tensor_parallel_size, max_len, gpu_memory_utilization=0.85 / num_models,
-                          role=role)
+        return VllmScorer(
+            model_path, dtype, tensor_parallel_size, max_len, gpu_memory_utilization=0.85 / num_models, role=role
+        )
     raise ConfigError(f"cache.backend: unknown backend {backend!r}; use transformers, vllm or auto")

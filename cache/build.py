@@ -78,8 +78,9 @@ def load_shared_tokenizer(paths: dict[str, str]):
     return tokenizers[first], prints[first]
 
 
-def make_provenance(config: CacheConfig, tokenizer, tokenizer_sha: str, dataset_fingerprint: str,
-                    rows: list[Row]) -> dict:
+def make_provenance(
+    config: CacheConfig, tokenizer, tokenizer_sha: str, dataset_fingerprint: str, rows: list[Row]
+) -> dict:
     """What made this cache: models, tokenizer, dataset, settings and code."""
     paths = model_paths(config)
     fields = {k: getattr(config, k) for k in ("prompt_field", "response_field", "messages_field", "id_field")}
@@ -87,8 +88,13 @@ def make_provenance(config: CacheConfig, tokenizer, tokenizer_sha: str, dataset_
         "models": {role: model_fingerprint(path) for role, path in paths.items()},
         "tokenizer_sha256": tokenizer_sha,
         "chat_template": getattr(tokenizer, "chat_template", None) if config.use_chat_template else None,
-        "dataset": {"source": config.dataset, "split": config.split, "fingerprint": dataset_fingerprint,
-                    "fields": fields, "rows": len(rows)},
+        "dataset": {
+            "source": config.dataset,
+            "split": config.split,
+            "fingerprint": dataset_fingerprint,
+            "fields": fields,
+            "rows": len(rows),
+        },
         "backend": resolve_backend(config.backend),
         "model_dtype": config.model_dtype,
         "storage_dtype": config.storage_dtype,
@@ -122,8 +128,9 @@ def setup(config: CacheConfig, load_models: bool = True) -> CacheJob:
     tokenizer, tokenizer_sha = load_shared_tokenizer(paths)
     dataset, fingerprint = load_rows(config.dataset, config.split)
     fields = {k: getattr(config, k) for k in ("prompt_field", "response_field", "messages_field", "id_field")}
-    rows = encode_rows(dataset, config.dataset, tokenizer, fields, config.max_len, config.truncation,
-                       config.use_chat_template)
+    rows = encode_rows(
+        dataset, config.dataset, tokenizer, fields, config.max_len, config.truncation, config.use_chat_template
+    )
     provenance = make_provenance(config, tokenizer, tokenizer_sha, fingerprint, rows)
     num_shards_total = -(-len(rows) // config.rows_per_shard)
     my_shards = [c for c in range(num_shards_total) if c % config.num_shards == config.shard_index]
@@ -131,8 +138,17 @@ def setup(config: CacheConfig, load_models: bool = True) -> CacheJob:
     if load_models:
         backend = provenance["backend"]
         job.scorers = {
-            role: make_scorer(backend, role, path, config.model_dtype, config.batch_tokens, config.device,
-                              config.tensor_parallel_size, config.max_len, len(paths))
+            role: make_scorer(
+                backend,
+                role,
+                path,
+                config.model_dtype,
+                config.batch_tokens,
+                config.device,
+                config.tensor_parallel_size,
+                config.max_len,
+                len(paths),
+            )
             for role, path in paths.items()
         }
     return job
@@ -145,8 +161,11 @@ def score_shard(job: CacheJob, shard_rows: list[Row]) -> ShardData:
     logps = {role: scorer.response_logprobs(sequences, prompt_lens) for role, scorer in job.scorers.items()}
     base, aligned = logps["weak_base"], logps["weak_aligned"]
     ratios = [a - b for a, b in zip(aligned, base)]  # float32 - float32: stored ratio is exact before any down-cast
-    token_values = {"logp_weak_base": np.concatenate(base), "logp_weak_aligned": np.concatenate(aligned),
-                    "weak_log_ratio": np.concatenate(ratios)}
+    token_values = {
+        "logp_weak_base": np.concatenate(base),
+        "logp_weak_aligned": np.concatenate(aligned),
+        "weak_log_ratio": np.concatenate(ratios),
+    }
     if "strong_ref" in logps:
         token_values["logp_strong_ref"] = np.concatenate(logps["strong_ref"])
     response_len = np.array([len(r) for r in ratios], dtype=np.int32)
@@ -171,13 +190,19 @@ def write_shard(job: CacheJob, index: int, shard: ShardData) -> dict:
         path.parent.mkdir(parents=True, exist_ok=True)
         fmt.write(shard, path, job.config.storage_dtype)
         files[fmt.name] = file_entry(path)
-    return shard_entry(index, row_start=int(shard.row_id[0]), rows=shard.num_rows, tokens=int(shard.input_offsets[-1]),
-                       response_tokens=shard.num_tokens, files=files)
+    return shard_entry(
+        index,
+        row_start=int(shard.row_id[0]),
+        rows=shard.num_rows,
+        tokens=int(shard.input_offsets[-1]),
+        response_tokens=shard.num_tokens,
+        files=files,
+    )
 
 
 def rows_of_shard(job: CacheJob, index: int) -> list[Row]:
     """Shard c holds rows [c * R, (c + 1) * R) of the dataset."""
-    return job.rows[index * job.config.rows_per_shard:(index + 1) * job.config.rows_per_shard]
+    return job.rows[index * job.config.rows_per_shard : (index + 1) * job.config.rows_per_shard]
 
 
 def build_cache(job: CacheJob) -> dict:
@@ -207,8 +232,12 @@ def _build_locked(job: CacheJob) -> dict:
         return {**resume.finished, "seconds": 0.0, "scored_now": 0, "checked": resume.checked, "redone": []}
     done = resume.done
     todo = [c for c in job.my_shards if c not in done]
-    bar = tqdm(total=sum(len(rows_of_shard(job, c)) for c in job.my_shards),
-               initial=sum(done[c]["rows"] for c in done if c in job.my_shards), desc="cache rows", unit="row")
+    bar = tqdm(
+        total=sum(len(rows_of_shard(job, c)) for c in job.my_shards),
+        initial=sum(done[c]["rows"] for c in done if c in job.my_shards),
+        desc="cache rows",
+        unit="row",
+    )
     for index in todo:
         shard_rows = rows_of_shard(job, index)
         done[index] = write_shard(job, index, score_shard(job, shard_rows))
@@ -218,8 +247,13 @@ def _build_locked(job: CacheJob) -> dict:
     body = manifest_body(job.provenance, [done[c] for c in job.my_shards], job.config)
     atomic_write_json(job.out_dir / manifest_name(job.config), body)
     ledger_path(job).unlink(missing_ok=True)
-    return {**body, "seconds": time.time() - started, "scored_now": len(todo), "checked": resume.checked,
-            "redone": resume.redone}
+    return {
+        **body,
+        "seconds": time.time() - started,
+        "scored_now": len(todo),
+        "checked": resume.checked,
+        "redone": resume.redone,
+    }
 
 
 def run(config: CacheConfig) -> dict:

@@ -72,5 +72,8 @@ class CacheConfig:
             formats_for(self.format)  # an unregistered format is refused at load time, naming the known ones
         except ConfigError as err:
             raise ConfigError(f"cache.format: {err}") from None
-        require(0 <= self.shard_index < self.num_shards, "cache.shard_index",
-                f"{self.shard_index} is outside [0, num_shards={self.num_shards})")
+        require(
+            0 <= self.shard_index < self.num_shards,
+            "cache.shard_index",
+            f"{self.shard_index} is outside [0, num_shards={self.num_shards})",
+        )

@@ -87,8 +87,10 @@ def data_files(path: Path) -> list[Path]:
     stray = [f"{e.name}/" if e.is_dir() else e.name for e in entries if e.is_dir() or e.suffix not in LOCAL_FORMATS]
     if stray:
         shown = ", ".join(stray[:5]) + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
-        raise DataError(f"{path}: entries that are not data files: {shown} (a dataset folder holds only .jsonl/.json, "
-                        ".parquet or .arrow files of one format; hidden files are ignored)")
+        raise DataError(
+            f"{path}: entries that are not data files: {shown} (a dataset folder holds only .jsonl/.json, "
+            ".parquet or .arrow files of one format; hidden files are ignored)"
+        )
     if len({LOCAL_FORMATS[e.suffix] for e in entries}) > 1:
         kinds = ", ".join(f"{e.name} ({LOCAL_FORMATS[e.suffix]})" for e in entries)
         raise DataError(f"{path}: mixes data formats: {kinds}; a dataset folder holds files of one format")
@@ -103,13 +105,16 @@ def _decoded(path: Path, data: bytes) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
         line, line_start = data.count(b"\n", 0, err.start) + 1, data.rfind(b"\n", 0, err.start) + 1
-        raise DataError(f"{path}: line {line}: not valid UTF-8 "
-                        f"(byte 0x{data[err.start]:02x} at column {err.start - line_start + 1})") from None
+        raise DataError(
+            f"{path}: line {line}: not valid UTF-8 "
+            f"(byte 0x{data[err.start]:02x} at column {err.start - line_start + 1})"
+        ) from None
 
 
 def _json_type(value: object) -> str:
     return {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(
-        type(value), "null")
+        type(value), "null"
+    )
 
 
 def parse_json_lines(path: Path, text: str) -> list[dict]:
@@ -260,8 +265,9 @@ def encode_rows(
         if example_id in seen_ids:
             first_file, first_row = locate(dataset, source, seen_ids[example_id])
             first = f"row {first_row}" if first_file == file else f"{first_file}: row {first_row}"
-            raise DataError(f"{where}: field '{fields['id_field']}': duplicate example_id {example_id!r} "
-                            f"(first at {first})")
+            raise DataError(
+                f"{where}: field '{fields['id_field']}': duplicate example_id {example_id!r} (first at {first})"
+            )
         seen_ids[example_id] = row_id
         try:
             encoded = encode_example(tokenizer, prompt, response, max_len, truncate, use_chat_template, prompt_field)

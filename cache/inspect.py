@@ -36,8 +36,9 @@ def load_columns(cache: Cache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.concatenate(rewards), np.concatenate(ratios), np.concatenate(tokens)
 
 
-def extreme_tokens(ratios: np.ndarray, tokens: np.ndarray, tokenizer, count: int = 8,
-                   min_seen: int = 3) -> tuple[list, list]:
+def extreme_tokens(
+    ratios: np.ndarray, tokens: np.ndarray, tokenizer, count: int = 8, min_seen: int = 3
+) -> tuple[list, list]:
     """Tokens with the highest and lowest mean weak log-ratio (seen at least `min_seen` times)."""
     sums: dict[int, list[float]] = defaultdict(lambda: [0.0, 0])
     for token, ratio in zip(tokens.tolist(), ratios.tolist()):
@@ -63,10 +64,12 @@ def print_summary(cache: Cache, rewards: np.ndarray, ratios: np.ndarray, top: li
     """One screen: totals and provenance, reward statistics, and the most positive and negative tokens."""
     console = Console()
     totals, prov = cache.totals, cache.provenance
-    console.print(f"[bold]{cache.path}[/bold]: {totals['rows']} rows, {totals['tokens']} tokens "
-                  f"({totals['response_tokens']} response), {len(cache.shards)} shards, {totals['bytes']} bytes; "
-                  f"schema v{cache.manifest['schema_version']}, backend {prov['backend']}, "
-                  f"stored {prov['storage_dtype']}")
+    console.print(
+        f"[bold]{cache.path}[/bold]: {totals['rows']} rows, {totals['tokens']} tokens "
+        f"({totals['response_tokens']} response), {len(cache.shards)} shards, {totals['bytes']} bytes; "
+        f"schema v{cache.manifest['schema_version']}, backend {prov['backend']}, "
+        f"stored {prov['storage_dtype']}"
+    )
     stats = Table(title="weak reward")
     for column in ("", "mean", "std", "min", "p50", "max"):
         stats.add_column(column)
@@ -109,5 +112,11 @@ def inspect_cache(cache_dir: str | Path, plot_path: str | Path | None = None) ->
     plot_histograms(rewards, ratios, plot_path)
     print_summary(cache, rewards, ratios, top, bottom)
     Console().print(f"histograms: {plot_path}")
-    return {"rows": int(cache.totals["rows"]), "reward_mean": float(rewards.mean()), "ratio_mean": float(ratios.mean()),
-            "top": top, "bottom": bottom, "plot": str(plot_path)}
+    return {
+        "rows": int(cache.totals["rows"]),
+        "reward_mean": float(rewards.mean()),
+        "ratio_mean": float(ratios.mean()),
+        "top": top,
+        "bottom": bottom,
+        "plot": str(plot_path),
+    }

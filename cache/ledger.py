@@ -54,8 +54,10 @@ def worker_lock(out_dir: Path, shard_index: int, num_shards: int) -> Iterator[No
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
         handle.close()
-        raise CacheBusy(f"{out_dir}: another build (pid {holder}) is writing worker {shard_index} of {num_shards} "
-                        "here; wait for it to finish, or stop it and rerun") from None
+        raise CacheBusy(
+            f"{out_dir}: another build (pid {holder}) is writing worker {shard_index} of {num_shards} "
+            "here; wait for it to finish, or stop it and rerun"
+        ) from None
     try:
         handle.truncate(0)
         handle.write(f"{os.getpid()}\n")
@@ -93,8 +95,10 @@ def finished_manifest(job: CacheJob) -> dict | None:
     path = job.out_dir / manifest_name(job.config)
     body = _read_record(path, ("provenance", "shards"))
     if body is not None and provenance_key(body["provenance"]) != provenance_key(job.provenance):
-        raise CacheMismatch(f"{path}: a finished cache from different inputs or settings is there; "
-                            "use another out_dir, or delete it to rebuild")
+        raise CacheMismatch(
+            f"{path}: a finished cache from different inputs or settings is there; "
+            "use another out_dir, or delete it to rebuild"
+        )
     return body
 
 
@@ -104,14 +108,18 @@ def read_ledger(job: CacheJob) -> dict[int, dict]:
     if body is None:
         return {}
     if body["provenance_key"] != provenance_key(job.provenance):
-        raise CacheMismatch(f"{job.out_dir}: holds an unfinished cache built from different inputs or settings; "
-                            "use another out_dir, or delete the folder to start over")
+        raise CacheMismatch(
+            f"{job.out_dir}: holds an unfinished cache built from different inputs or settings; "
+            "use another out_dir, or delete the folder to start over"
+        )
     return {int(index): entry for index, entry in body["shards"].items()}
 
 
 def save_ledger(job: CacheJob, done: dict[int, dict]) -> None:
-    atomic_write_json(ledger_path(job), {"provenance_key": provenance_key(job.provenance),
-                                         "shards": {str(k): v for k, v in sorted(done.items())}})
+    atomic_write_json(
+        ledger_path(job),
+        {"provenance_key": provenance_key(job.provenance), "shards": {str(k): v for k, v in sorted(done.items())}},
+    )
 
 
 def check_folder(job: CacheJob) -> None:
@@ -129,8 +137,11 @@ def remove_stale_temporaries(job: CacheJob) -> None:
 
 def sound_shards(out_dir: Path, entries: list[dict]) -> dict[int, dict]:
     """The shard entries whose every file is there with its recorded size and sha256."""
-    return {entry["index"]: entry for entry in entries
-            if all(check_entry(out_dir, file) is None for file in entry["files"].values())}
+    return {
+        entry["index"]: entry
+        for entry in entries
+        if all(check_entry(out_dir, file) is None for file in entry["files"].values())
+    }
 
 
 @dataclass

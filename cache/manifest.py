@@ -36,17 +36,26 @@ def manifest_body(provenance: dict, shards: list[dict], config: CacheConfig) -> 
         "schema_version": SCHEMA_VERSION,
         "provenance": provenance,
         "config": asdict(config),
-        "totals": {"rows": sum(s["rows"] for s in shards), "tokens": sum(s["tokens"] for s in shards),
-                   "response_tokens": sum(s["response_tokens"] for s in shards),
-                   "bytes": sum(f["bytes"] for s in shards for f in s["files"].values())},
+        "totals": {
+            "rows": sum(s["rows"] for s in shards),
+            "tokens": sum(s["tokens"] for s in shards),
+            "response_tokens": sum(s["response_tokens"] for s in shards),
+            "bytes": sum(f["bytes"] for s in shards for f in s["files"].values()),
+        },
         "shards": shards,
     }
 
 
 def shard_entry(index: int, row_start: int, rows: int, tokens: int, response_tokens: int, files: dict) -> dict:
     """One shard's manifest entry; `files` maps each format's name to its `file_entry`."""
-    return {"index": index, "row_start": row_start, "rows": rows, "tokens": tokens,
-            "response_tokens": response_tokens, "files": files}
+    return {
+        "index": index,
+        "row_start": row_start,
+        "rows": rows,
+        "tokens": tokens,
+        "response_tokens": response_tokens,
+        "files": files,
+    }
 
 
 def file_entry(path: Path) -> dict:

@@ -22,8 +22,9 @@ def _check_parts(cache_dir: Path, parts: list[Path], bodies: list[dict]) -> list
     expected = bodies[0]["provenance"]["num_shards"]
     indices = sorted(b["config"]["shard_index"] for b in bodies)
     if indices != list(range(expected)):
-        raise CacheMismatch(f"{cache_dir}: parts {indices} found, a build of {expected} workers needs "
-                            f"0..{expected - 1}")
+        raise CacheMismatch(
+            f"{cache_dir}: parts {indices} found, a build of {expected} workers needs 0..{expected - 1}"
+        )
     for part, body in zip(parts[1:], bodies[1:]):
         if body["provenance"] != bodies[0]["provenance"]:
             differ = sorted(k for k in body["provenance"] if body["provenance"][k] != bodies[0]["provenance"].get(k))

@@ -47,8 +47,13 @@ def model_fingerprint(name_or_path: str) -> dict:
 def code_version() -> str:
     """The installed w2s version, with the git commit when run from a checkout."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return f"w2s {version('w2s')}" + (f" (git {commit})" if commit else "")

@@ -66,8 +66,9 @@ class Cache:
         fmt = fmt or next(iter(self.formats), None)
         if fmt is None or fmt not in self.formats:
             built = self.manifest.get("config", {}).get("format")
-            raise CacheMismatch(f"{self.path}: the cache has no {fmt or 'shard'} store "
-                                f"(it was built with format={built})")
+            raise CacheMismatch(
+                f"{self.path}: the cache has no {fmt or 'shard'} store (it was built with format={built})"
+            )
         return fmt
 
     def shard_path(self, index: int, fmt: str) -> Path:

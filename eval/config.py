@@ -25,8 +25,12 @@ PARAMS: dict[str, dict[str, type]] = {
 }
 """The params each generator takes (all required): cbs W, K, L; bon N; eft the weight of the weak log-ratio."""
 
-DEFAULT_TASK = {"_component_": "w2s.world.task.SummaryTask", "path": "{world}/data/test.jsonl", "l_min": 20,
-                "l_max": 30}
+DEFAULT_TASK = {
+    "_component_": "w2s.world.task.SummaryTask",
+    "path": "{world}/data/test.jsonl",
+    "l_min": 20,
+    "l_max": 30,
+}
 """The tiny world's test split, scored by its length reward and content score."""
 
 
@@ -54,12 +58,18 @@ class SystemConfig:
         require(bool(self.name), "eval.systems", "every system needs a name")
         expected = PARAMS[self.generator]
         unknown, missing = sorted(set(self.params) - set(expected)), sorted(set(expected) - set(self.params))
-        require(not unknown and not missing, f"{key}.params",
-                f"{self.generator} takes exactly {sorted(expected)}; unknown {unknown}, missing {missing}")
+        require(
+            not unknown and not missing,
+            f"{key}.params",
+            f"{self.generator} takes exactly {sorted(expected)}; unknown {unknown}, missing {missing}",
+        )
         for name, kind in expected.items():
             value = self.params[name]
-            require(isinstance(value, (int, float)) and not isinstance(value, bool), f"{key}.params.{name}",
-                    f"must be a number, got {value!r}")
+            require(
+                isinstance(value, (int, float)) and not isinstance(value, bool),
+                f"{key}.params.{name}",
+                f"must be a number, got {value!r}",
+            )
             if kind is int:
                 whole = isinstance(value, int) or float(value).is_integer()
                 require(whole and value >= 1, f"{key}.params.{name}", f"must be an integer >= 1, got {value!r}")
@@ -67,8 +77,11 @@ class SystemConfig:
             else:
                 require_finite(value, f"{key}.params.{name}")
                 self.params[name] = float(value)
-        require(self.generator != "eft" or self.engine == "hf", f"{key}.engine",
-                "eft needs engine hf: it mixes next-token distributions at every step, which vLLM does not expose")
+        require(
+            self.generator != "eft" or self.engine == "hf",
+            f"{key}.engine",
+            "eft needs engine hf: it mixes next-token distributions at every step, which vLLM does not expose",
+        )
 
 
 def default_systems() -> list[SystemConfig]:
@@ -156,8 +169,11 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if "_component_" not in self.task:  # a partial mapping (e.g. one override) updates the default task
             self.task = {**DEFAULT_TASK, **self.task}
-        require(isinstance(self.task["_component_"], str) and "." in self.task["_component_"],
-                "eval.task._component_", "must be a dotted path such as w2s.world.task.SummaryTask")
+        require(
+            isinstance(self.task["_component_"], str) and "." in self.task["_component_"],
+            "eval.task._component_",
+            "must be a dotted path such as w2s.world.task.SummaryTask",
+        )
         names = [system.name for system in self.systems]
         require(len(set(names)) == len(names), "eval.systems", f"system names must be unique, got {names}")
         unknown = [name for name in self.run if name not in names]

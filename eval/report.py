@@ -54,8 +54,10 @@ def markdown_table(systems: dict[str, dict], columns: Sequence[Metric]) -> str:
     Returns:
         The table, header and separator included, ending with a newline.
     """
-    lines = ["| " + " | ".join(["system"] + [c.label for c in columns]) + " |",
-             "| --- | " + " | ".join("---:" for _ in columns) + " |"]
+    lines = [
+        "| " + " | ".join(["system"] + [c.label for c in columns]) + " |",
+        "| --- | " + " | ".join("---:" for _ in columns) + " |",
+    ]
     lines += ["| " + " | ".join([name] + metric_cells(row, columns)) + " |" for name, row in systems.items()]
     return "\n".join(lines) + "\n"
 
@@ -68,8 +70,11 @@ def params_text(params: dict) -> str:
 def settings_line(report: dict, layout: Layout) -> str:
     """One sentence of the task, the sampling settings and each searching system's settings."""
     s = report["settings"]
-    searches = "; ".join(f"{name} = {row['kind']} {params_text(row['search'])}"
-                         for name, row in report["systems"].items() if row.get("search"))
+    searches = "; ".join(
+        f"{name} = {row['kind']} {params_text(row['search'])}"
+        for name, row in report["systems"].items()
+        if row.get("search")
+    )
     return (
         f"{report['num_examples']} test prompts ({layout.task_summary or 'task ' + s['task']['_component_']}); "
         f"sampling T={s['temperature']:g}, top_k={s['top_k']}, top_p={s['top_p']:g}, at most {s['max_new_tokens']} "

@@ -27,8 +27,12 @@ from w2s.eval.task import Example, Response, Task, load_task
 def shown(config: EvalConfig, task: Task, responses: list[Response], examples: list[Example]) -> list[dict]:
     """The first `num_shown` responses with their length and the task's per-example scores."""
     return [
-        {"example_id": example.example_id, "response": response.text, "tokens": len(response.token_ids),
-         **task.score_example(response, example)}
+        {
+            "example_id": example.example_id,
+            "response": response.text,
+            "tokens": len(response.token_ids),
+            **task.score_example(response, example),
+        }
         for response, example in list(zip(responses, examples))[: config.num_shown]
     ]
 
@@ -59,8 +63,11 @@ def budget(systems: dict[str, dict]) -> dict | None:
     if search is None or bon is None:
         return None
     searched, best = search["sampled_tokens"], bon["sampled_tokens"]
-    return {"search_sampled_tokens": searched, "bon_sampled_tokens": best,
-            "bon_over_search": best / searched if searched else None}
+    return {
+        "search_sampled_tokens": searched,
+        "bon_sampled_tokens": best,
+        "bon_over_search": best / searched if searched else None,
+    }
 
 
 def run(config: EvalConfig, task: Task | None = None) -> dict:
@@ -82,8 +89,9 @@ def run(config: EvalConfig, task: Task | None = None) -> dict:
     examples, models, threads = task.examples()[: config.num_examples], Models(config), torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        rows = {s.spec.name: evaluate(config, task, s, models, examples)
-                for s in tqdm(systems + sweep, desc="eval systems")}
+        rows = {
+            s.spec.name: evaluate(config, task, s, models, examples) for s in tqdm(systems + sweep, desc="eval systems")
+        }
     finally:
         torch.set_num_threads(threads)
     report = {
@@ -93,8 +101,10 @@ def run(config: EvalConfig, task: Task | None = None) -> dict:
         "gamma_sweep": [dict(rows[s.spec.name], name=s.spec.name) for s in sweep],
         "skipped": skipped,
         "budget": budget({s.spec.name: rows[s.spec.name] for s in systems}),
-        "examples_shown": [{"example_id": ex.example_id, "prompt": ex.prompt, "reference": ex.reference}
-                           for ex in examples[: config.num_shown]],
+        "examples_shown": [
+            {"example_id": ex.example_id, "prompt": ex.prompt, "reference": ex.reference}
+            for ex in examples[: config.num_shown]
+        ],
         "seconds": round(time.perf_counter() - started, 1),
     }
     layout = Layout.of(task.metrics, task.describe())

@@ -154,7 +154,7 @@ class HFSampler:
 
     def held_rows(self, prefixes: Sequence[list[int]]) -> list[int] | None:
         """The row holding each prefix (by content), or None when any prefix is not held."""
-        rows = {tuple(row): index for index, row in enumerate(self.stepper.seqs[:, len(self.prompt_ids):].tolist())}
+        rows = {tuple(row): index for index, row in enumerate(self.stepper.seqs[:, len(self.prompt_ids) :].tolist())}
         found = [rows.get(tuple(prefix)) for prefix in prefixes]
         return None if None in found else found
 
@@ -167,8 +167,9 @@ class HFSampler:
             return sample_chunk(self.stepper, length, self.eos_id, self.generator, self.sampling)
         return self.sample_afresh(prefixes, repeats, length)
 
-    def sample_afresh(self, prefixes: Sequence[list[int]], repeats: int, length: int
-                      ) -> tuple[list[list[int]], list[float]]:
+    def sample_afresh(
+        self, prefixes: Sequence[list[int]], repeats: int, length: int
+    ) -> tuple[list[list[int]], list[float]]:
         """Encodes the prefixes anew, one stepper per prefix length (rows of a stepper share a length), and
         samples each group in order of its first prefix; the sampler then holds the last group's rows."""
         groups: dict[int, list[int]] = {}

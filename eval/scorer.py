@@ -24,8 +24,9 @@ class WeakScorer:
         batch_size: responses per forward pass.
     """
 
-    def __init__(self, tuned: PreTrainedModel, untuned: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                 batch_size: int = 32) -> None:
+    def __init__(
+        self, tuned: PreTrainedModel, untuned: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 32
+    ) -> None:
         self.tuned, self.untuned = tuned.eval(), untuned.eval()
         self.tokenizer, self.batch_size = tokenizer, batch_size
         pad = tokenizer.pad_token_id

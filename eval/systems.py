@@ -121,8 +121,9 @@ class Models:
         if spec.model not in self.engines:
             options = self.config.vllm
             max_len = options.max_len or AutoConfig.from_pretrained(spec.model).max_position_embeddings
-            self.engines[spec.model] = make_llm(spec.model, max_len, options.dtype, options.tensor_parallel_size,
-                                                options.gpu_memory_utilization)
+            self.engines[spec.model] = make_llm(
+                spec.model, max_len, options.dtype, options.tensor_parallel_size, options.gpu_memory_utilization
+            )
         return VllmSampler(self.engines[spec.model], self.tokenizer(spec.model), self.sampling)
 
 
@@ -138,12 +139,22 @@ class Job:
 
 SEARCHES: dict[str, Callable[[Job, object, int], SearchResult]] = {
     "sample": lambda job, prompt, seed: sample(job.sampler, None, prompt, job.max_new_tokens, seed),
-    "cbs": lambda job, prompt, seed: chunk_beam_search(job.sampler, job.guide.scorer, prompt,
-                                                       max_new_tokens=job.max_new_tokens, seed=seed, **job.params),
-    "bon": lambda job, prompt, seed: best_of_n(job.sampler, job.guide.scorer, prompt, job.params["n"],
-                                               job.max_new_tokens, seed),
-    "eft": lambda job, prompt, seed: eft_generate(job.sampler, job.guide.tuned, job.guide.untuned, prompt,
-                                                  job.params["beta"], job.max_new_tokens, seed, job.guide.tokenizer),
+    "cbs": lambda job, prompt, seed: chunk_beam_search(
+        job.sampler, job.guide.scorer, prompt, max_new_tokens=job.max_new_tokens, seed=seed, **job.params
+    ),
+    "bon": lambda job, prompt, seed: best_of_n(
+        job.sampler, job.guide.scorer, prompt, job.params["n"], job.max_new_tokens, seed
+    ),
+    "eft": lambda job, prompt, seed: eft_generate(
+        job.sampler,
+        job.guide.tuned,
+        job.guide.untuned,
+        prompt,
+        job.params["beta"],
+        job.max_new_tokens,
+        seed,
+        job.guide.tokenizer,
+    ),
 }
 """Generator -> one prompt's search with a system's job; plain transformers sampling is batched instead."""
 GUIDED = ("cbs", "bon", "eft")
@@ -178,8 +189,17 @@ def responses_of(
     config = models.config
     if job is None:
         model, tokenizer = models.get(spec.model)
-        responses = generate(model, tokenizer, prompts, config.max_new_tokens, config.temperature, config.top_k,
-                             config.top_p, config.seed, config.batch_size)
+        responses = generate(
+            model,
+            tokenizer,
+            prompts,
+            config.max_new_tokens,
+            config.temperature,
+            config.top_k,
+            config.top_p,
+            config.seed,
+            config.batch_size,
+        )
         return responses, [sampled_tokens(ids, config.max_new_tokens) for ids in responses]
     search = SEARCHES[spec.generator]
     results = [search(job, prompt, config.seed + index) for index, prompt in enumerate(tqdm(prompts, desc=spec.name))]

@@ -20,8 +20,13 @@ SEED_STRIDE = 2**32
 """Seeds one search may use (samples drawn); searches seeded s and s+1 never share one."""
 
 
-def make_llm(model_path: str, max_len: int = 2048, dtype: str = "float32", tensor_parallel_size: int = 1,
-             gpu_memory_utilization: float = 0.4):
+def make_llm(
+    model_path: str,
+    max_len: int = 2048,
+    dtype: str = "float32",
+    tensor_parallel_size: int = 1,
+    gpu_memory_utilization: float = 0.4,
+):
     """A `vllm.LLM` for sampling, set up as the cache's vLLM scorer sets one up (CPU settings included), with
     prefix caching.
 
@@ -74,11 +79,19 @@ class VllmSampler:
         top_k = self.sampling.top_k if self.sampling.top_k > 0 else -1
         params = []
         for _ in prefixes:
-            params.append(SamplingParams(
-                n=repeats, max_tokens=length, temperature=self.sampling.temperature, top_k=top_k,
-                top_p=self.sampling.top_p, seed=self.seed * SEED_STRIDE + self.drawn, stop_token_ids=[self.eos_id],
-                logprobs=0, detokenize=False,
-            ))
+            params.append(
+                SamplingParams(
+                    n=repeats,
+                    max_tokens=length,
+                    temperature=self.sampling.temperature,
+                    top_k=top_k,
+                    top_p=self.sampling.top_p,
+                    seed=self.seed * SEED_STRIDE + self.drawn,
+                    stop_token_ids=[self.eos_id],
+                    logprobs=0,
+                    detokenize=False,
+                )
+            )
             self.drawn += repeats
         chunks, logprobs = [], []
         for output in self.llm.generate(requests, params, use_tqdm=False):  # in the order of `requests`

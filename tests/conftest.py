@@ -24,8 +24,11 @@ def vllm_program(name: str, checked: str) -> Path:
         pytest.skip(f"W2S_SKIP_VLLM=1: {checked} not checked")
     program = VLLM_VENV / "bin" / name
     if not (VLLM_VENV / ".installed").exists() or not program.exists():
-        pytest.fail(f"{VLLM_VENV} is missing or unfinished: run `bash .ci/vllm-env.sh` to create it "
-                    f"(or set W2S_SKIP_VLLM=1 to skip the {checked} test)", pytrace=False)
+        pytest.fail(
+            f"{VLLM_VENV} is missing or unfinished: run `bash .ci/vllm-env.sh` to create it "
+            f"(or set W2S_SKIP_VLLM=1 to skip the {checked} test)",
+            pytrace=False,
+        )
     return program
 
 

@@ -42,8 +42,15 @@ def encode_source_rows(cache: Cache, tokenizer: PreTrainedTokenizerBase, policy:
     try:
         dataset, _ = load_rows(source, prov["dataset"]["split"])
         sample = dataset.select(range(min(count, len(dataset))))
-        return encode_rows(sample, source, tokenizer, prov["dataset"]["fields"], config["max_len"],
-                           config["truncation"], config["use_chat_template"])
+        return encode_rows(
+            sample,
+            source,
+            tokenizer,
+            prov["dataset"]["fields"],
+            config["max_len"],
+            config["truncation"],
+            config["use_chat_template"],
+        )
     except DataError as err:
         raise CacheMismatch(
             f"the policy {policy} has a different tokenizer than the cache {cache.path} "
@@ -57,10 +64,12 @@ def retokenise_sample(cache: Cache, tokenizer: PreTrainedTokenizerBase, policy: 
     source = cache.provenance["dataset"]["source"]
     for (row_id, cached), row in zip(cache.first_rows(count), encode_source_rows(cache, tokenizer, policy, count)):
         if cached != row.input_ids:
-            at = next((i for i, (a, b) in enumerate(zip(cached, row.input_ids)) if a != b),
-                      min(len(cached), len(row.input_ids)))
+            at = next(
+                (i for i, (a, b) in enumerate(zip(cached, row.input_ids)) if a != b),
+                min(len(cached), len(row.input_ids)),
+            )
             raise CacheMismatch(
                 f"the policy {policy} tokenises row {row_id} of {source} differently from the cache {cache.path}: "
-                f"first difference at token {at} (cache {cached[at:at + 3]}, policy {row.input_ids[at:at + 3]}); "
+                f"first difference at token {at} (cache {cached[at : at + 3]}, policy {row.input_ids[at : at + 3]}); "
                 "token-level WSPO needs the weak pair and the policy to share a tokenizer"
             )

@@ -80,8 +80,15 @@ class TrainConfig:
         require_finite(self.weight_decay, "train.weight_decay")
         require_finite(self.warmup_ratio, "train.warmup_ratio")
         require(0 <= self.warmup_ratio <= 1, "train.warmup_ratio", f"must be in [0, 1], got {self.warmup_ratio!r}")
-        for key in ("epochs", "micro_batch_size", "grad_accum", "log_every", "block_shards", "lora_rank",
-                    "keep_checkpoints"):
+        for key in (
+            "epochs",
+            "micro_batch_size",
+            "grad_accum",
+            "log_every",
+            "block_shards",
+            "lora_rank",
+            "keep_checkpoints",
+        ):
             require(getattr(self, key) >= 1, f"train.{key}", f"must be at least 1, got {getattr(self, key)}")
         for key in ("max_steps", "save_every", "check_rows"):
             require(getattr(self, key) >= 0, f"train.{key}", f"must be >= 0, got {getattr(self, key)}")

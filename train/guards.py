@@ -37,8 +37,14 @@ def check_reference_fingerprint(policy: str, policy_print: dict, manifest: dict)
         )
 
 
-def check_reference_batch(policy_logps: torch.Tensor, cached_ref: torch.Tensor, mask: torch.Tensor,
-                          cache_dtype: str, policy: str, reference: str) -> float:
+def check_reference_batch(
+    policy_logps: torch.Tensor,
+    cached_ref: torch.Tensor,
+    mask: torch.Tensor,
+    cache_dtype: str,
+    policy: str,
+    reference: str,
+) -> float:
     """Mean |policy - reference| over the response tokens of the first batch; refuses it when not about 0.
 
     Args:
@@ -59,8 +65,11 @@ def check_reference_batch(policy_logps: torch.Tensor, cached_ref: torch.Tensor, 
 
 def check_finite(step: int, loss: float, grad_norm: float | None, last_checkpoint: str | None) -> None:
     """Stops the run at `step` when its loss or gradient norm is not a finite number."""
-    bad = [name for name, value in (("loss", loss), ("gradient norm", grad_norm))
-           if value is not None and not math.isfinite(value)]
+    bad = [
+        name
+        for name, value in (("loss", loss), ("gradient norm", grad_norm))
+        if value is not None and not math.isfinite(value)
+    ]
     if bad:
         kept = f"the last good checkpoint, {last_checkpoint}, is kept" if last_checkpoint else "no checkpoint was saved"
         raise TrainingStopped(

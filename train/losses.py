@@ -52,4 +52,3 @@ def _metrics(strong_ratio: torch.Tensor, weak: torch.Tensor, mask: torch.Tensor)
         "ratio_correlation": correlation,
         "tokens": tokens,
     }
-

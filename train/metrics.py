@@ -81,9 +81,16 @@ def summarise(out_dir: Path, gamma: float) -> dict:
     rows = read_metrics(out_dir)
     plot_curves(rows, out_dir / "curves.png", f"WSPO gamma={gamma}")
     read, total = sum(r["read_seconds"] for r in rows), sum(r["step_seconds"] for r in rows)
-    summary = {"out_dir": str(out_dir), "gamma": gamma, "steps": len(rows), "first_loss": rows[0]["loss"],
-               "last_loss": rows[-1]["loss"], "last_correlation": rows[-1]["ratio_correlation"],
-               "seconds": total, "reader_share": read / total if total else 0.0}
+    summary = {
+        "out_dir": str(out_dir),
+        "gamma": gamma,
+        "steps": len(rows),
+        "first_loss": rows[0]["loss"],
+        "last_loss": rows[-1]["loss"],
+        "last_correlation": rows[-1]["ratio_correlation"],
+        "seconds": total,
+        "reader_share": read / total if total else 0.0,
+    }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     Console().print(
         f"[green]WSPO done[/green] gamma={gamma}: {summary['steps']} steps in {total:.1f} s, loss "

@@ -50,8 +50,16 @@ def epoch_order(shard_rows: list[int], seed: int, epoch: int, block_shards: int)
 class CacheReader:
     """Yields this rank's micro-batches of cached rows; holds at most one block of shards in memory."""
 
-    def __init__(self, cache: Cache | str | Path, fmt: str = "parquet", seed: int = 0, rank: int = 0,
-                 world_size: int = 1, micro_batch_size: int = 4, block_shards: int = 4):
+    def __init__(
+        self,
+        cache: Cache | str | Path,
+        fmt: str = "parquet",
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        micro_batch_size: int = 4,
+        block_shards: int = 4,
+    ):
         """`cache`: an opened `Cache`, or its folder (opened here). Raises CacheMismatch when it has no `fmt` store."""
         self.cache = cache if isinstance(cache, Cache) else Cache.open(cache)
         self.fmt = self.cache.require_format(fmt)
@@ -87,8 +95,12 @@ class CacheReader:
 
     def _row(self, shard_index: int, row: int) -> dict:
         data = self._shard(shard_index)
-        return {"row_id": int(data.row_id[row]), "input_ids": data.sequence(row),
-                "prompt_len": int(data.prompt_len[row]), "values": data.values(row)}
+        return {
+            "row_id": int(data.row_id[row]),
+            "input_ids": data.sequence(row),
+            "prompt_len": int(data.prompt_len[row]),
+            "values": data.values(row),
+        }
 
 
 def collate(rows: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
@@ -102,6 +114,10 @@ def collate(rows: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
         mask[b, prompt_len - 1 : length - 1] = 1.0
         for name, tensor in values.items():
             tensor[b, prompt_len - 1 : length - 1] = torch.tensor(row["values"][name])
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "mask": mask,
-             "row_id": torch.tensor([row["row_id"] for row in rows])}
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "mask": mask,
+        "row_id": torch.tensor([row["row_id"] for row in rows]),
+    }
     return {**batch, **values}

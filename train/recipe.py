@@ -32,9 +32,10 @@ from w2s.train import checkpoints
 from w2s.train.checks import check_cache
 from w2s.train.config import TrainConfig
 from w2s.train.guards import check_finite, check_reference_batch, check_reference_fingerprint, local_grad_norm
-from w2s.train.metrics import MetricsLog, rewind_metrics, summarise
 from w2s.train.losses import wspo_loss
+from w2s.train.metrics import MetricsLog, rewind_metrics, summarise
 from w2s.train.reader import CacheReader, Position
+
 
 @dataclass
 class Run:
@@ -80,7 +81,9 @@ def load_policy(config: TrainConfig) -> torch.nn.Module:
         from peft import LoraConfig, get_peft_model
 
         targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
-        model = get_peft_model(model, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules=targets))
+        model = get_peft_model(
+            model, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules=targets)
+        )
     return model
 
 
@@ -93,8 +96,12 @@ def frozen(role: str, path: str, device: torch.device) -> torch.nn.Module:
 def deepspeed_settings(config: TrainConfig, world_size: int) -> dict:
     """The JSON config with batch, accumulation, clipping, lr and precision filled from the train section."""
     settings = json.loads(Path(config.deepspeed_config).read_text())
-    settings.update(train_micro_batch_size_per_gpu=config.micro_batch_size, gradient_accumulation_steps=config.grad_accum,
-                    train_batch_size=config.micro_batch_size * config.grad_accum * world_size, gradient_clipping=config.clip)
+    settings.update(
+        train_micro_batch_size_per_gpu=config.micro_batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        train_batch_size=config.micro_batch_size * config.grad_accum * world_size,
+        gradient_clipping=config.clip,
+    )
     settings.setdefault("optimizer", {"type": "Adam", "params": {"torch_adam": True}})
     settings["optimizer"]["params"].update(lr=config.lr, weight_decay=config.weight_decay)
     settings["bf16"] = {"enabled": use_bf16(config.precision)}
@@ -114,7 +121,11 @@ def _cosine_factor(step: int, total: int, warmup: int) -> float:
 
 def run_provenance(config: TrainConfig, manifest: dict) -> dict:
     """What makes a checkpoint: the cache's provenance and the settings that change the result."""
-    settings = {k: v for k, v in asdict(config).items() if k not in ("out_dir", "gammas", "save_every", "log_every", "keep_checkpoints")}
+    settings = {
+        k: v
+        for k, v in asdict(config).items()
+        if k not in ("out_dir", "gammas", "save_every", "log_every", "keep_checkpoints")
+    }
     return {"cache": manifest["provenance"], "cache_totals": manifest["totals"], "train": settings}
 
 
@@ -127,20 +138,26 @@ def setup(config: TrainConfig) -> Run:
     check_cache(cache, tokenizer, config.policy, config.check_rows)
     manifest = cache.manifest
     rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    reader = CacheReader(cache, config.cache_format, config.seed, rank, world_size, config.micro_batch_size,
-                         config.block_shards)
+    reader = CacheReader(
+        cache, config.cache_format, config.seed, rank, world_size, config.micro_batch_size, config.block_shards
+    )
     per_epoch = reader.steps_per_epoch() // config.grad_accum
     if per_epoch == 0:
-        raise ConfigError(f"{config.cache_dir}: {reader.rows} rows are fewer than one optimiser step needs "
-                         f"({reader.global_batch * config.grad_accum})")
+        raise ConfigError(
+            f"{config.cache_dir}: {reader.rows} rows are fewer than one optimiser step needs "
+            f"({reader.global_batch * config.grad_accum})"
+        )
     total_steps = min(config.max_steps or per_epoch * config.epochs, per_epoch * config.epochs)
     zero_stage = json.loads(Path(config.deepspeed_config).read_text()).get("zero_optimization", {}).get("stage", 0)
     if config.lora and zero_stage == 3:
         raise ConfigError("train.lora with ZeRO stage 3 is not supported: use stage 0 to 2 for LoRA")
     model = load_policy(config)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-                                      config=deepspeed_settings(config, world_size),
-                                      lr_scheduler=cosine_schedule(total_steps, config.warmup_ratio))
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=deepspeed_settings(config, world_size),
+        lr_scheduler=cosine_schedule(total_steps, config.warmup_ratio),
+    )
     run = Run(config, Path(config.out_dir), engine, reader, tokenizer, run_provenance(config, manifest), total_steps)
     attach_reference_and_weak(run, manifest)
     resume(run)
@@ -171,8 +188,10 @@ def resume(run: Run) -> None:
         recorded = json.loads(saved.read_text())
         if recorded != json.loads(json.dumps(run.provenance)):
             differ = sorted(k for k in recorded["train"] if recorded["train"][k] != run.provenance["train"].get(k))
-            raise CacheMismatch(f"{run.out_dir}: holds checkpoints of a different run (cache or settings differ: "
-                                f"{differ or ['cache']}); use another out_dir")
+            raise CacheMismatch(
+                f"{run.out_dir}: holds checkpoints of a different run (cache or settings differ: "
+                f"{differ or ['cache']}); use another out_dir"
+            )
     if latest is not None:
         tag, state = latest
         run.engine.load_checkpoint(str(run.out_dir / checkpoints.CHECKPOINTS), tag=tag)
@@ -193,8 +212,14 @@ def prove_reference(run: Run) -> None:
     batch = {k: v.to(run.engine.device) for k, v in batch.items()}
     with torch.no_grad():
         policy = sequence_logps(run.engine.module, batch)
-    check_reference_batch(policy, batch["logp_strong_ref"], batch["mask"], run.manifest["provenance"]["model_dtype"],
-                          run.config.policy, run.manifest["provenance"]["models"]["strong_ref"]["name_or_path"])
+    check_reference_batch(
+        policy,
+        batch["logp_strong_ref"],
+        batch["mask"],
+        run.manifest["provenance"]["model_dtype"],
+        run.config.policy,
+        run.manifest["provenance"]["models"]["strong_ref"]["name_or_path"],
+    )
 
 
 def sequence_logps(model: torch.nn.Module, batch: dict) -> torch.Tensor:
@@ -251,8 +276,8 @@ def optimiser_step(run: Run, stream) -> dict:
     return sums
 
 
-def train(run: Run) -> None:
-    """The loop: one optimiser step at a time, metrics every step, checkpoints every N."""
+def train(run: Run) -> MetricsLog:
+    """The loop: one optimiser step at a time, metrics every step, checkpoints every N; returns the metrics."""
     config, log = run.config, MetricsLog(run.out_dir, enabled=is_main())
     stream = micro_batches(run)
     bar = tqdm(total=run.total_steps, initial=run.step, desc=f"wspo gamma={config.gamma}", unit="step")
@@ -260,14 +285,20 @@ def train(run: Run) -> None:
         started = time.perf_counter()
         sums = optimiser_step(run, stream)
         run.step += 1
-        sums.update(step=run.step, lr=run.engine.get_lr()[0], epoch=run.position.epoch, consumed=run.position.consumed,
-                    step_seconds=time.perf_counter() - started)
+        sums.update(
+            step=run.step,
+            lr=run.engine.get_lr()[0],
+            epoch=run.position.epoch,
+            consumed=run.position.consumed,
+            step_seconds=time.perf_counter() - started,
+        )
         log.write(sums, log_now=run.step % config.log_every == 0)
         bar.update(1)
         bar.set_postfix(loss=f"{sums['loss']:.4f}")
         if config.save_every and run.step % config.save_every == 0 and run.step < run.total_steps:
             save_checkpoint(run)
     bar.close()
+    return log
 
 
 def save_checkpoint(run: Run) -> None:
@@ -316,6 +347,13 @@ def run(config: TrainConfig) -> list[dict]:
         return [run_one(config)]
     results = []
     for gamma in config.gammas:
-        one = TrainConfig(**{**asdict(config), "gamma": gamma, "gammas": [], "out_dir": str(Path(config.out_dir) / f"gamma-{gamma:g}")})
+        one = TrainConfig(
+            **{
+                **asdict(config),
+                "gamma": gamma,
+                "gammas": [],
+                "out_dir": str(Path(config.out_dir) / f"gamma-{gamma:g}"),
+            }
+        )
         results.append(run_one(one))
     return results

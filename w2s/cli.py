@@ -80,13 +80,36 @@ def run_verify(settings: Settings, args: argparse.Namespace) -> int:
 # name -> (help, runner, the config section bare keys belong to, positional arguments)
 COMMANDS: dict[str, tuple[str, Callable[[Settings, argparse.Namespace], int], str, tuple[str, ...]]] = {
     "world": ("build the tiny world (corpus, tokenizer, three models) and print its metrics", run_world, "world", ()),
-    "cache": ("stage 1: score the dataset under the weak pair and write the cache ('merge' joins worker parts)",
-              run_cache, "cache", ("action", "path")),
-    "train": ("stage 2: WSPO training of the strong model on the cache (gammas=[...] sweeps gamma)", run_train, "train", ()),
-    "eval": ("evaluate every system (world models, WSPO, search, BoN) on the test prompts: report, table, plots",
-             run_eval, "eval", ()),
-    "inspect": ("summarise a cache: rows, tokens, rewards, extreme tokens, and a PNG histogram", run_inspect, "cache", ("path",)),
-    "verify": ("check a cache's schema, row counts and checksums; exit 1 on any mismatch", run_verify, "cache", ("path",)),
+    "cache": (
+        "stage 1: score the dataset under the weak pair and write the cache ('merge' joins worker parts)",
+        run_cache,
+        "cache",
+        ("action", "path"),
+    ),
+    "train": (
+        "stage 2: WSPO training of the strong model on the cache (gammas=[...] sweeps gamma)",
+        run_train,
+        "train",
+        (),
+    ),
+    "eval": (
+        "evaluate every system (world models, WSPO, search, BoN) on the test prompts: report, table, plots",
+        run_eval,
+        "eval",
+        (),
+    ),
+    "inspect": (
+        "summarise a cache: rows, tokens, rewards, extreme tokens, and a PNG histogram",
+        run_inspect,
+        "cache",
+        ("path",),
+    ),
+    "verify": (
+        "check a cache's schema, row counts and checksums; exit 1 on any mismatch",
+        run_verify,
+        "cache",
+        ("path",),
+    ),
 }
 
 
@@ -103,7 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (summary, _, _, _) in COMMANDS.items():
         command = sub.add_parser(
-            name, help=summary, description=summary, epilog=_help_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter
+            name,
+            help=summary,
+            description=summary,
+            epilog=_help_epilog(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         command.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config file (default {DEFAULT_CONFIG})")
         if name == "world":  # the one stage that can be redone from nothing; elsewhere --force is refused
@@ -118,12 +145,14 @@ def split_words(command: str, words: list[str]) -> tuple[dict[str, str | None], 
     values = [w for w in words if "=" not in w]
     overrides = [w for w in words if "=" in w]
     if len(values) > len(positional):
-        raise ConfigError(f"w2s {command}: unexpected argument(s) {values[len(positional):]}")
+        raise ConfigError(f"w2s {command}: unexpected argument(s) {values[len(positional) :]}")
     named = dict(zip(positional, values + [None] * (len(positional) - len(values))))
     if command == "cache" and named.get("action") not in (None, "merge"):
         # a bare word here is never used silently: `cache.rows_per_shard:4` is a typo, not a path
-        raise ConfigError(f"w2s cache: unexpected argument {named['action']!r}: overrides are key=value, and the "
-                          "only positional argument is `merge [CACHE_DIR]`")
+        raise ConfigError(
+            f"w2s cache: unexpected argument {named['action']!r}: overrides are key=value, and the "
+            "only positional argument is `merge [CACHE_DIR]`"
+        )
     sections = set(Settings.__dataclass_fields__)
     qualified = [o if o.split("=", 1)[0].split(".")[0] in sections else f"{section}.{o}" for o in overrides]
     return named, qualified

@@ -25,7 +25,16 @@ import yaml
 from w2s.errors import ConfigError
 from w2s.io import atomic_write_text
 
-__all__ = ["ConfigError", "describe", "field_docs", "from_dict", "load_config", "require", "require_finite", "save_config"]
+__all__ = [
+    "ConfigError",
+    "describe",
+    "field_docs",
+    "from_dict",
+    "load_config",
+    "require",
+    "require_finite",
+    "save_config",
+]
 
 
 def require(condition: bool, key: str, why: str) -> None:
@@ -143,7 +152,9 @@ def _default_dict(field: dataclasses.Field) -> dict:
 def _deep_merge(base: dict, update: dict) -> dict:
     merged = dict(base)
     for key, value in update.items():
-        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = (
+            _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
     return merged
 
 

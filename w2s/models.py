@@ -24,7 +24,9 @@ def _why(err: Exception) -> str:
 
 def _check_path(role: str, name_or_path: str) -> None:
     path = Path(name_or_path)
-    looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or path.exists() or name_or_path.count("/") > 1
+    looks_local = (
+        path.is_absolute() or name_or_path.startswith((".", "~")) or path.exists() or name_or_path.count("/") > 1
+    )
     if looks_local and not path.is_dir():
         raise ModelError(f"the {role} model {name_or_path}: no such folder")
 

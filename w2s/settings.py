@@ -38,8 +38,11 @@ class Settings:
     """Stage 3: evaluation of every declared system on a task, in one report."""
 
     def __post_init__(self) -> None:
-        require(bool(self.run_root) and not PLACEHOLDER.search(self.run_root), "run_root",
-                f"must be a folder path without placeholders, got {self.run_root!r}")
+        require(
+            bool(self.run_root) and not PLACEHOLDER.search(self.run_root),
+            "run_root",
+            f"must be a folder path without placeholders, got {self.run_root!r}",
+        )
         roots = {"run_root": self.run_root}
         for name, section in (("world", self.world), ("cache", self.cache), ("wspo", self.train)):
             roots[name] = _fill(section.out_dir, roots, f"{name}.out_dir")

@@ -27,8 +27,12 @@ class Encoded:
     """True when the response was cut to fit `max_len` (no EOS then: the response did not end)."""
 
 
-def render_chat_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict], use_chat_template: bool = True,
-                       field: str | None = None) -> str:
+def render_chat_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str | list[dict],
+    use_chat_template: bool = True,
+    field: str | None = None,
+) -> str:
     """The prompt as the model sees it: a user turn (or a list of messages) plus the assistant marker.
 
     Args:
@@ -40,8 +44,11 @@ def render_chat_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | list[di
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     field = field or ("prompt" if isinstance(prompt, str) else "messages")
     if not any(message["content"].strip() for message in messages):
-        raise EncodingError(f"field '{field}' is empty" if isinstance(prompt, str)
-                            else f"field '{field}': no message before the response has any content")
+        raise EncodingError(
+            f"field '{field}' is empty"
+            if isinstance(prompt, str)
+            else f"field '{field}': no message before the response has any content"
+        )
     if not use_chat_template or not getattr(tokenizer, "chat_template", None):
         if not isinstance(prompt, str):
             raise EncodingError(f"field '{field}': chat messages need a tokenizer with a chat template")
@@ -70,8 +77,10 @@ def check_rendered(messages: list[dict], rendered: str, list_field: str | None, 
         found = rendered.find(content, cursor)
         if found < 0:
             name = f"{list_field}[{index}]" if list_field else field
-            raise EncodingError(f"field '{name}': the chat template does not render role {message['role']!r} "
-                                "(the message's content is missing from the rendered prompt)")
+            raise EncodingError(
+                f"field '{name}': the chat template does not render role {message['role']!r} "
+                "(the message's content is missing from the rendered prompt)"
+            )
         cursor = found + len(content)
 
 
@@ -106,12 +115,15 @@ def encode_example(
     prompt_ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     if len(prompt_ids) >= max_len:
-        raise EncodingError(f"field '{prompt_field or 'prompt'}' takes {len(prompt_ids)} tokens, leaving no room for "
-                            f"the response within max_len={max_len}")
+        raise EncodingError(
+            f"field '{prompt_field or 'prompt'}' takes {len(prompt_ids)} tokens, leaving no room for "
+            f"the response within max_len={max_len}"
+        )
     total = len(prompt_ids) + len(response_ids)
     if total > max_len and not truncate:
-        raise EncodingError(f"prompt + response take {total} tokens > max_len={max_len} "
-                            "(set truncation to cut the response)")
+        raise EncodingError(
+            f"prompt + response take {total} tokens > max_len={max_len} (set truncation to cut the response)"
+        )
     truncated = total > max_len
     if truncated:
         response_ids = response_ids[: max_len - len(prompt_ids)]

@@ -17,8 +17,13 @@ import os
 import torch
 
 
-def vllm_llm_kwargs(model_path: str, dtype: str = "float32", tensor_parallel_size: int = 1, max_len: int = 2048,
-                    gpu_memory_utilization: float = 0.4) -> dict:
+def vllm_llm_kwargs(
+    model_path: str,
+    dtype: str = "float32",
+    tensor_parallel_size: int = 1,
+    max_len: int = 2048,
+    gpu_memory_utilization: float = 0.4,
+) -> dict:
     """Keyword arguments of `vllm.LLM` for one model, set up as the module docstring describes.
 
     Call it before importing vllm: on the CPU it sets VLLM_ENABLE_V1_MULTIPROCESSING=0 (unless set otherwise),

@@ -84,8 +84,16 @@ def train_models(config: WorldConfig, splits: dict, tokenizer: PreTrainedTokeniz
     aligned = copy.deepcopy(weak)
     kept = aligned_subset(tokenizer, splits["align"], config.l_min, config.l_max)
     align_data = encode_pairs(tokenizer, kept, MAX_LEN)
-    align_losses = train_sft(aligned, align_data, pad, config.align_steps, config.batch_size, config.align_lr,
-                             config.seed + 2, "weak aligned")
+    align_losses = train_sft(
+        aligned,
+        align_data,
+        pad,
+        config.align_steps,
+        config.batch_size,
+        config.align_lr,
+        config.seed + 2,
+        "weak aligned",
+    )
     strong = new_model(config.strong, tokenizer, config.seed + 3)
     strong_losses = train_sft(
         strong, train, pad, config.strong.steps, config.batch_size, config.strong.lr, config.seed + 3, "strong base"
@@ -113,8 +121,12 @@ def print_table(results: dict, console: Console) -> None:
     for column in ("model", "length reward", "content", "mean tokens", "in [L_min, L_max]"):
         table.add_column(column, justify="right" if column != "model" else "left")
     for name, row in results.items():
-        cells = (f"{row['length_reward']:.3f}", f"{row['content']:.3f}", f"{row['mean_tokens']:.1f}",
-                 f"{row['in_window']:.2f}")
+        cells = (
+            f"{row['length_reward']:.3f}",
+            f"{row['content']:.3f}",
+            f"{row['mean_tokens']:.1f}",
+            f"{row['in_window']:.2f}",
+        )
         table.add_row(name, *cells)
     console.print(table)
 

@@ -22,8 +22,11 @@ class ModelShape:
     """Peak learning rate (10% warm-up, then cosine)."""
 
     def __post_init__(self) -> None:
-        require(self.hidden_size >= 64 and self.hidden_size % 64 == 0, "world.*.hidden_size",
-                f"must be a positive multiple of 64 (heads are 64 wide), got {self.hidden_size}")
+        require(
+            self.hidden_size >= 64 and self.hidden_size % 64 == 0,
+            "world.*.hidden_size",
+            f"must be a positive multiple of 64 (heads are 64 wide), got {self.hidden_size}",
+        )
         require(self.num_layers >= 1, "world.*.num_layers", f"must be at least 1, got {self.num_layers}")
         require(self.steps >= 1, "world.*.steps", f"must be at least 1, got {self.steps}")
         require_finite(self.lr, "world.*.lr", positive=True)
@@ -71,8 +74,17 @@ class WorldConfig:
     """torch CPU threads; fixed so that the weights are bit-identical from one build to the next."""
 
     def __post_init__(self) -> None:
-        sizes = ("num_train", "num_align", "num_cache", "num_test", "min_facts", "batch_size", "align_steps",
-                 "eval_examples", "threads")
+        sizes = (
+            "num_train",
+            "num_align",
+            "num_cache",
+            "num_test",
+            "min_facts",
+            "batch_size",
+            "align_steps",
+            "eval_examples",
+            "threads",
+        )
         for key in sizes:
             require(getattr(self, key) >= 1, f"world.{key}", f"must be at least 1, got {getattr(self, key)}")
         require(self.min_facts <= self.max_facts, "world.max_facts", f"must be >= min_facts={self.min_facts}")

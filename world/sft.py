@@ -17,9 +17,7 @@ from w2s.tokens import EncodingError, encode_example
 IGNORE = -100
 
 
-def encode_pairs(
-    tokenizer: PreTrainedTokenizerBase, examples: list[dict], max_len: int
-) -> list[tuple[list[int], int]]:
+def encode_pairs(tokenizer: PreTrainedTokenizerBase, examples: list[dict], max_len: int) -> list[tuple[list[int], int]]:
     """Tokenises each example as chat prompt + response + EOS, exactly as the cache does.
 
     Returns:

@@ -64,8 +64,10 @@ def get_format(name: str) -> ShardFormat:
         ConfigError: no format has that name (the message lists those that do).
     """
     if name not in _REGISTRY:
-        raise ConfigError(f"unknown cache format {name!r}: this w2s knows {', '.join(format_names())} "
-                          f"(and 'both' = {' + '.join(BOTH)})")
+        raise ConfigError(
+            f"unknown cache format {name!r}: this w2s knows {', '.join(format_names())} "
+            f"(and 'both' = {' + '.join(BOTH)})"
+        )
     return _REGISTRY[name]
 
 

@@ -50,8 +50,9 @@ def synthetic_shard(row_start: int, rows: int, seed: int = 0, with_strong_ref: b
         input_offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
         prompt_len=prompt_len,
         response_len=response_len,
-        weak_seq_reward=np.array([ratio[offsets[i]:offsets[i + 1]].sum(dtype=np.float32) for i in range(rows)],
-                                 dtype=np.float32),
+        weak_seq_reward=np.array(
+            [ratio[offsets[i] : offsets[i + 1]].sum(dtype=np.float32) for i in range(rows)], dtype=np.float32
+        ),
         token_values=values,
         offsets=offsets,
     )

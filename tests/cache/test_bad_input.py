@@ -20,8 +20,11 @@ def write_jsonl(path, rows):
     return path
 
 
-GOOD = {"example_id": "a", "prompt": "summarize : mira sold 7 lamps in oslo .",
-        "response": "mira sold 7 lamps in oslo ."}
+GOOD = {
+    "example_id": "a",
+    "prompt": "summarize : mira sold 7 lamps in oslo .",
+    "response": "mira sold 7 lamps in oslo .",
+}
 
 
 @pytest.mark.parametrize(
@@ -30,12 +33,18 @@ GOOD = {"example_id": "a", "prompt": "summarize : mira sold 7 lamps in oslo .",
         ([GOOD, {"example_id": "b", "prompt": "x"}], r"rows\.jsonl: row 1: field 'response' is missing"),
         ([GOOD, {"example_id": "b", "prompt": 3, "response": "y"}], r"row 1: field 'prompt' must be a string, got int"),
         ([{**GOOD, "response": "   "}], r"row 0: field 'response' is empty"),
-        ([GOOD, {**GOOD, "example_id": "b", "prompt": "word " * 300}],
-         r"row 1: field 'prompt' takes \d+ tokens, leaving no room"),
-        ([GOOD, {**GOOD, "response": "mira " * 300, "example_id": "c"}],
-         r"row 1: prompt \+ response take \d+ tokens > max_len"),
-        ([GOOD, {**GOOD, "prompt": "other"}],
-         r"row 1: field 'example_id': duplicate example_id 'a' \(first at row 0\)"),
+        (
+            [GOOD, {**GOOD, "example_id": "b", "prompt": "word " * 300}],
+            r"row 1: field 'prompt' takes \d+ tokens, leaving no room",
+        ),
+        (
+            [GOOD, {**GOOD, "response": "mira " * 300, "example_id": "c"}],
+            r"row 1: prompt \+ response take \d+ tokens > max_len",
+        ),
+        (
+            [GOOD, {**GOOD, "prompt": "other"}],
+            r"row 1: field 'example_id': duplicate example_id 'a' \(first at row 0\)",
+        ),
     ],
 )
 def test_bad_rows_are_refused_and_nothing_is_written(micro_world, tmp_path, rows, message):
@@ -62,15 +71,24 @@ ROW = b'{"prompt": "summarize : a", "response": "a ."}\n'
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
-        ("data.jsonl", ROW * 2 + b'{"prompt": "\xff", "response": "a ."}\n',
-         r"data\.jsonl: line 3: not valid UTF-8 \(byte 0xff at column 13\)$"),
-        ("data.jsonl", ROW + b'{"prompt": "a" "response": "a ."}\n' + ROW,
-         r"data\.jsonl: line 2: invalid JSON: Expecting ',' delimiter \(column 16\)$"),
+        (
+            "data.jsonl",
+            ROW * 2 + b'{"prompt": "\xff", "response": "a ."}\n',
+            r"data\.jsonl: line 3: not valid UTF-8 \(byte 0xff at column 13\)$",
+        ),
+        (
+            "data.jsonl",
+            ROW + b'{"prompt": "a" "response": "a ."}\n' + ROW,
+            r"data\.jsonl: line 2: invalid JSON: Expecting ',' delimiter \(column 16\)$",
+        ),
         ("data.jsonl", ROW + b"\n[1, 2]\n", r"data\.jsonl: line 3: a row must be a JSON object, got a list$"),
         ("data.jsonl", b"", r"data\.jsonl: no rows$"),
         ("data.jsonl", b"\n  \n", r"data\.jsonl: no rows$"),
-        ("data.json", b'[{"prompt": "a", "response": "b"},\n {"prompt": "a" "response": "b"}]',
-         r"data\.json: line 2: invalid JSON: Expecting ',' delimiter \(column 17\)$"),
+        (
+            "data.json",
+            b'[{"prompt": "a", "response": "b"},\n {"prompt": "a" "response": "b"}]',
+            r"data\.json: line 2: invalid JSON: Expecting ',' delimiter \(column 17\)$",
+        ),
         ("data.json", b"[]", r"data\.json: no rows$"),
         ("data.parquet", b"PAR1 not really", r"data\.parquet: not a readable parquet file: "),
     ],
@@ -121,22 +139,34 @@ def chat_row(*messages):
     ("messages", "message"),
     [
         ([("system", "be brief ."), ("assistant", GOOD["response"])], r"'messages\[0\]': .* role 'system'"),
-        ([("system", "be brief ."), ("user", GOOD["prompt"]), ("assistant", GOOD["response"])],
-         r"'messages\[0\]': .* role 'system'"),
-        ([("user", GOOD["prompt"]), ("tool", "7 lamps"), ("assistant", GOOD["response"])],
-         r"'messages\[1\]': .* role 'tool'"),
-        ([("narrator", "once ,"), ("user", GOOD["prompt"]), ("assistant", GOOD["response"])],
-         r"'messages\[0\]': .* role 'narrator'"),
+        (
+            [("system", "be brief ."), ("user", GOOD["prompt"]), ("assistant", GOOD["response"])],
+            r"'messages\[0\]': .* role 'system'",
+        ),
+        (
+            [("user", GOOD["prompt"]), ("tool", "7 lamps"), ("assistant", GOOD["response"])],
+            r"'messages\[1\]': .* role 'tool'",
+        ),
+        (
+            [("narrator", "once ,"), ("user", GOOD["prompt"]), ("assistant", GOOD["response"])],
+            r"'messages\[0\]': .* role 'narrator'",
+        ),
         ([("user", "  "), ("assistant", GOOD["response"])], r"'messages': no message before the response"),
     ],
 )
 def test_chat_messages_the_template_does_not_render_are_refused(micro_world, tmp_path, messages, message):
     # the tiny world's chat template renders only user and assistant turns: any other role would vanish
-    data = write_jsonl(tmp_path / "chat.jsonl", [chat_row(("user", GOOD["prompt"]), ("assistant", GOOD["response"])),
-                                                 {**chat_row(*messages), "example_id": "b"}])
+    data = write_jsonl(
+        tmp_path / "chat.jsonl",
+        [
+            chat_row(("user", GOOD["prompt"]), ("assistant", GOOD["response"])),
+            {**chat_row(*messages), "example_id": "b"},
+        ],
+    )
     with pytest.raises(DataError, match=r"chat\.jsonl: row 1: field " + message):
-        setup(cache_config(micro_world, tmp_path / "out", dataset=str(data), messages_field="messages"),
-              load_models=False)
+        setup(
+            cache_config(micro_world, tmp_path / "out", dataset=str(data), messages_field="messages"), load_models=False
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -144,8 +174,9 @@ def test_models_with_different_tokenizers_are_named(micro_world, tmp_path):
     other = tmp_path / "other_aligned"
     shutil.copytree(micro_world / "weak_aligned", other)
     train_tokenizer(["completely different text for another vocabulary"] * 20, 300).save_pretrained(other)
-    with pytest.raises(CacheMismatch,
-                       match=r"tokenizer of weak_aligned \(.*other_aligned\) differs from that of weak_base"):
+    with pytest.raises(
+        CacheMismatch, match=r"tokenizer of weak_aligned \(.*other_aligned\) differs from that of weak_base"
+    ):
         setup(cache_config(micro_world, tmp_path / "out", weak_aligned=str(other)), load_models=False)
     assert not (tmp_path / "out").exists()
 
@@ -160,11 +191,22 @@ def test_truncation_is_applied_and_recorded(micro_world, tmp_path):
 
 def test_chat_messages_field_gives_the_same_tokens_as_prompt_and_response(micro_world, tmp_path):
     plain = write_jsonl(tmp_path / "plain.jsonl", [GOOD])
-    chat = write_jsonl(tmp_path / "chat.jsonl", [{"example_id": "a", "messages": [
-        {"role": "user", "content": GOOD["prompt"]}, {"role": "assistant", "content": GOOD["response"]}]}])
+    chat = write_jsonl(
+        tmp_path / "chat.jsonl",
+        [
+            {
+                "example_id": "a",
+                "messages": [
+                    {"role": "user", "content": GOOD["prompt"]},
+                    {"role": "assistant", "content": GOOD["response"]},
+                ],
+            }
+        ],
+    )
     a = setup(cache_config(micro_world, tmp_path / "a", dataset=str(plain)), load_models=False)
-    b = setup(cache_config(micro_world, tmp_path / "b", dataset=str(chat), messages_field="messages"),
-              load_models=False)
+    b = setup(
+        cache_config(micro_world, tmp_path / "b", dataset=str(chat), messages_field="messages"), load_models=False
+    )
     assert a.rows == b.rows
 
 

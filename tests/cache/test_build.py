@@ -62,9 +62,21 @@ def test_parquet_and_zarr_hold_the_same_values(cache_dir):
         a = read_parquet(cache_dir / shard["files"]["parquet"]["name"])
         b = read_zarr(cache_dir / shard["files"]["zarr"]["name"])
         assert a.example_id == b.example_id
-        for name in ("row_id", "input_ids", "input_offsets", "prompt_len", "response_len", "weak_seq_reward", "offsets"):
+        for name in (
+            "row_id",
+            "input_ids",
+            "input_offsets",
+            "prompt_len",
+            "response_len",
+            "weak_seq_reward",
+            "offsets",
+        ):
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
-        assert a.token_values.keys() == b.token_values.keys() == {"logp_weak_base", "logp_weak_aligned", "weak_log_ratio", "logp_strong_ref"}
+        assert (
+            a.token_values.keys()
+            == b.token_values.keys()
+            == {"logp_weak_base", "logp_weak_aligned", "weak_log_ratio", "logp_strong_ref"}
+        )
         for name in a.token_values:
             np.testing.assert_array_equal(a.token_values[name], b.token_values[name])
 
@@ -73,7 +85,9 @@ def test_manifest_records_provenance_and_shards(cache_dir, micro_world):
     manifest = json.loads((cache_dir / "manifest.json").read_text())
     prov = manifest["provenance"]
     world = json.loads((micro_world / "world.json").read_text())
-    assert prov["models"]["weak_base"]["weights_sha256"] and prov["models"]["strong_ref"]["name_or_path"].endswith("strong_base")
+    assert prov["models"]["weak_base"]["weights_sha256"] and prov["models"]["strong_ref"]["name_or_path"].endswith(
+        "strong_base"
+    )
     assert prov["dataset"]["fingerprint"].startswith("sha256:") and prov["backend"] == "transformers"
     assert "<|assistant|>" in prov["chat_template"] and prov["code_version"].startswith("w2s ")
     assert [s["rows"] for s in manifest["shards"]] == [8, 8, 8, 8, 8]

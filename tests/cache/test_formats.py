@@ -25,15 +25,24 @@ class NpzFormat:
         tokens = {f"token.{name}": values.astype(dtype) for name, values in shard.token_values.items()}
         tmp = temporary_path(path)
         with open(tmp, "wb") as handle:
-            np.savez(handle, row_id=shard.row_id, example_id=np.array(shard.example_id), input_ids=shard.input_ids,
-                     input_offsets=shard.input_offsets, prompt_len=shard.prompt_len, response_len=shard.response_len,
-                     weak_seq_reward=shard.weak_seq_reward, offsets=shard.offsets, **tokens)
+            np.savez(
+                handle,
+                row_id=shard.row_id,
+                example_id=np.array(shard.example_id),
+                input_ids=shard.input_ids,
+                input_offsets=shard.input_offsets,
+                prompt_len=shard.prompt_len,
+                response_len=shard.response_len,
+                weak_seq_reward=shard.weak_seq_reward,
+                offsets=shard.offsets,
+                **tokens,
+            )
         os.replace(tmp, path)
 
     def read(self, path, columns=None) -> ShardData:
         with np.load(path) as arrays:
             plain = {k: arrays[k] for k in arrays.files if not k.startswith("token.") and k != "example_id"}
-            tokens = {k[len("token."):]: arrays[k].astype(np.float32) for k in arrays.files if k.startswith("token.")}
+            tokens = {k[len("token.") :]: arrays[k].astype(np.float32) for k in arrays.files if k.startswith("token.")}
             return ShardData(example_id=arrays["example_id"].tolist(), token_values=tokens, **plain)
 
 

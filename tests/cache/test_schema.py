@@ -25,18 +25,21 @@ def test_arrow_schema_columns_follow_the_field_list():
 def test_arrow_schema_is_todays_parquet_layout():
     """Pinned by hand: existing caches must keep reading, and new shards keep the same bytes."""
     half = pa.list_(pa.float16())
-    expected = pa.schema([
-        pa.field("row_id", pa.int64(), nullable=False),
-        pa.field("example_id", pa.string(), nullable=False),
-        pa.field("input_ids", pa.list_(pa.int32()), nullable=False),
-        pa.field("prompt_len", pa.int32(), nullable=False),
-        pa.field("response_len", pa.int32(), nullable=False),
-        pa.field("logp_weak_base", half, nullable=False),
-        pa.field("logp_weak_aligned", half, nullable=False),
-        pa.field("weak_log_ratio", half, nullable=False),
-        pa.field("weak_seq_reward", pa.float32(), nullable=False),
-        pa.field("logp_strong_ref", half, nullable=False),
-    ], metadata={"w2s_schema_version": "1"})
+    expected = pa.schema(
+        [
+            pa.field("row_id", pa.int64(), nullable=False),
+            pa.field("example_id", pa.string(), nullable=False),
+            pa.field("input_ids", pa.list_(pa.int32()), nullable=False),
+            pa.field("prompt_len", pa.int32(), nullable=False),
+            pa.field("response_len", pa.int32(), nullable=False),
+            pa.field("logp_weak_base", half, nullable=False),
+            pa.field("logp_weak_aligned", half, nullable=False),
+            pa.field("weak_log_ratio", half, nullable=False),
+            pa.field("weak_seq_reward", pa.float32(), nullable=False),
+            pa.field("logp_strong_ref", half, nullable=False),
+        ],
+        metadata={"w2s_schema_version": "1"},
+    )
     assert arrow_schema("float16", with_strong_ref=True).equals(expected, check_metadata=True)
 
 

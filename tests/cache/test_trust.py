@@ -65,13 +65,18 @@ def store_hashes(cache_dir):
         (lambda c: (c / "parquet" / "shard-00002.parquet").unlink(), 2),
         (lambda c: shutil.rmtree(c / "zarr" / "shard-00003.zarr"), 3),
         (lambda c: (c / "zarr" / "shard-00001.zarr" / "weak_log_ratio" / "c" / "0").write_bytes(b"\0" * 40), 1),
-        (lambda c: (c / "parquet" / "shard-00004.parquet").write_bytes(
-            (c / "parquet" / "shard-00000.parquet").read_bytes()), 4),
+        (
+            lambda c: (c / "parquet" / "shard-00004.parquet").write_bytes(
+                (c / "parquet" / "shard-00000.parquet").read_bytes()
+            ),
+            4,
+        ),
     ],
     ids=["parquet-deleted", "zarr-deleted", "zarr-corrupt", "parquet-swapped"],
 )
-def test_a_rerun_on_a_damaged_finished_cache_redoes_the_damaged_shard(micro_world, finished, tmp_path, capsys,
-                                                                      damage, broken):
+def test_a_rerun_on_a_damaged_finished_cache_redoes_the_damaged_shard(
+    micro_world, finished, tmp_path, capsys, damage, broken
+):
     copy = tmp_path / "copy"
     shutil.copytree(finished, copy)
     damage(copy)
@@ -120,8 +125,9 @@ def test_a_second_build_into_the_same_folder_is_refused_and_kill_9_frees_it(micr
     shutil.copytree(finished, copy)
     (copy / "parquet" / "shard-00001.parquet").unlink()  # work for the rerun to do
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(copy)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, env=env)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(copy)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
         pid = holder.stdout.readline().strip()
         assert pid.isdigit()
@@ -143,8 +149,16 @@ def test_a_bad_model_folder_is_refused_in_one_line_and_nothing_is_written(micro_
         shutil.copytree(micro_world / "weak_aligned", model)
         (model / "config.json").write_text('{"model_type": "llama", ')
     out = tmp_path / "out"
-    code = main(["cache", f"out_dir={out}", f"dataset={micro_world / 'data' / 'cache.jsonl'}",
-                 f"weak_base={micro_world / 'weak_base'}", f"weak_aligned={model}", "strong_ref="])
+    code = main(
+        [
+            "cache",
+            f"out_dir={out}",
+            f"dataset={micro_world / 'data' / 'cache.jsonl'}",
+            f"weak_base={micro_world / 'weak_base'}",
+            f"weak_aligned={model}",
+            "strong_ref=",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and "weak_aligned" in err and str(model) in err

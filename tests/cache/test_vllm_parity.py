@@ -44,16 +44,25 @@ def test_vllm_cpu_cache_equals_transformers_cache(request, tmp_path):
     keys = ("out_dir", "dataset", "weak_base", "weak_aligned", "strong_ref", "rows_per_shard", "format", "backend")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(HF_HUB_OFFLINE="1", TQDM_DISABLE="1", VLLM_CPU_KVCACHE_SPACE=env.get("VLLM_CPU_KVCACHE_SPACE", "1"))
-    proc = subprocess.run([str(command), "cache", *(f"{k}={getattr(config, k)}" for k in keys)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"w2s cache backend=vllm failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    proc = subprocess.run(
+        [str(command), "cache", *(f"{k}={getattr(config, k)}" for k in keys)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, (
+        f"w2s cache backend=vllm failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    )
 
     manifest = json.loads((tmp_path / "vllm" / "manifest.json").read_text())
     reference = json.loads((tmp_path / "hf" / "manifest.json").read_text())
     assert manifest["provenance"]["backend"] == "vllm" and reference["provenance"]["backend"] == "transformers"
     assert manifest["provenance"]["models"] == reference["provenance"]["models"]
-    assert {k: manifest["totals"][k] for k in ("rows", "tokens", "response_tokens")} == \
-        {k: reference["totals"][k] for k in ("rows", "tokens", "response_tokens")}
+    assert {k: manifest["totals"][k] for k in ("rows", "tokens", "response_tokens")} == {
+        k: reference["totals"][k] for k in ("rows", "tokens", "response_tokens")
+    }
 
     got, want = read_table(tmp_path / "vllm"), read_table(tmp_path / "hf")
     assert got["row_id"].to_pylist() == want["row_id"].to_pylist() == list(range(want.num_rows))

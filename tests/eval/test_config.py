@@ -10,19 +10,35 @@ from w2s.eval.config import EvalConfig, SystemConfig, default_systems
 
 def test_default_systems_are_the_readme_comparison_in_report_order():
     systems = default_systems()
-    assert [s.name for s in systems] == ["weak_base", "weak_aligned", "strong_base", "wspo", "strong_base+search",
-                                         "strong_base+bon"]
+    assert [s.name for s in systems] == [
+        "weak_base",
+        "weak_aligned",
+        "strong_base",
+        "wspo",
+        "strong_base+search",
+        "strong_base+bon",
+    ]
     assert [s.generator for s in systems] == ["sample"] * 4 + ["cbs", "bon"]
     assert systems[4].params == {"width": 2, "num_samples": 4, "chunk_len": 8} and systems[5].params == {"n": 9}
     assert systems[3].optional and not any(s.optional for s in systems[:3] + systems[4:])
 
 
 def test_systems_load_from_a_mapping_and_bad_ones_are_refused_with_their_key():
-    config = from_dict(EvalConfig, {"systems": [
-        {"name": "eft", "model": "m", "generator": "eft", "params": {"beta": 1}},
-        {"name": "cbs", "model": "m", "generator": "cbs", "engine": "vllm",
-         "params": {"width": 2, "num_samples": 3.0, "chunk_len": 4}},
-    ]})
+    config = from_dict(
+        EvalConfig,
+        {
+            "systems": [
+                {"name": "eft", "model": "m", "generator": "eft", "params": {"beta": 1}},
+                {
+                    "name": "cbs",
+                    "model": "m",
+                    "generator": "cbs",
+                    "engine": "vllm",
+                    "params": {"width": 2, "num_samples": 3.0, "chunk_len": 4},
+                },
+            ]
+        },
+    )
     assert config.systems[0].params == {"beta": 1.0} and config.systems[1].params["num_samples"] == 3
     refusals = [
         (dict(generator="eft", engine="vllm", params={"beta": 1.0}), r"eval.systems\[s\].engine: eft needs engine hf"),
@@ -50,19 +66,31 @@ def test_run_selects_declared_systems_and_refuses_unknown_names():
 
 def test_a_task_mapping_without_component_updates_the_default_task():
     config = from_dict(EvalConfig, {"task": {"path": "elsewhere/test.jsonl"}})
-    assert config.task == {"_component_": "w2s.world.task.SummaryTask", "path": "elsewhere/test.jsonl", "l_min": 20,
-                           "l_max": 30}
+    assert config.task == {
+        "_component_": "w2s.world.task.SummaryTask",
+        "path": "elsewhere/test.jsonl",
+        "l_min": 20,
+        "l_max": 30,
+    }
     other = from_dict(EvalConfig, {"task": {"_component_": "my.tasks.Other", "prompts": "p.jsonl"}})
     assert other.task == {"_component_": "my.tasks.Other", "prompts": "p.jsonl"}
     with pytest.raises(ConfigError, match="eval.task._component_"):
         EvalConfig(task={"_component_": "NoDots"})
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("max_new_tokens", 0, "must be >= 1"), ("num_examples", 0, "must be >= 1"), ("temperature", -1.0, "must be >= 0"),
-    ("temperature", float("inf"), "must be a finite number"), ("top_k", -1, "must be >= 0"),
-    ("top_p", 0.0, "must be > 0"), ("top_p", 1.5, "must be in"), ("num_shown", -1, "must be >= 0"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("max_new_tokens", 0, "must be >= 1"),
+        ("num_examples", 0, "must be >= 1"),
+        ("temperature", -1.0, "must be >= 0"),
+        ("temperature", float("inf"), "must be a finite number"),
+        ("top_k", -1, "must be >= 0"),
+        ("top_p", 0.0, "must be > 0"),
+        ("top_p", 1.5, "must be in"),
+        ("num_shown", -1, "must be >= 0"),
+    ],
+)
 def test_out_of_range_settings_are_refused_at_load_time(key, value, message):
     with pytest.raises(ConfigError, match=f"eval.{key}: {message}"):
         from_dict(EvalConfig, {key: value})

@@ -37,11 +37,26 @@ def eval_words(world, wspo, out) -> list[str]:
     """Overrides that point `w2s eval` at concrete folders: the default systems with the world's and WSPO's
     paths filled in and test-sized search budgets (W,K,L = 2,2,4; N = 4)."""
     fill = lambda path: path.replace("{world}", str(world)).replace("{wspo}", str(wspo))  # noqa: E731
-    systems = [dict(name=s.name, model=fill(s.model), generator=s.generator, optional=s.optional,
-                    params=SEARCH_PARAMS.get(s.generator, s.params)) for s in default_systems()]
-    return [f"task.path={world}/data/test.jsonl", f"weak_base={world}/weak_base",
-            f"weak_aligned={world}/weak_aligned", f"tokenizer={world}/tokenizer", f"wspo_dir={wspo}",
-            f"out_dir={out}", f"systems={json.dumps(systems)}", *BUDGET]
+    systems = [
+        dict(
+            name=s.name,
+            model=fill(s.model),
+            generator=s.generator,
+            optional=s.optional,
+            params=SEARCH_PARAMS.get(s.generator, s.params),
+        )
+        for s in default_systems()
+    ]
+    return [
+        f"task.path={world}/data/test.jsonl",
+        f"weak_base={world}/weak_base",
+        f"weak_aligned={world}/weak_aligned",
+        f"tokenizer={world}/tokenizer",
+        f"wspo_dir={wspo}",
+        f"out_dir={out}",
+        f"systems={json.dumps(systems)}",
+        *BUDGET,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +131,9 @@ def test_missing_wspo_is_skipped_and_unknown_systems_are_refused(micro_world, tm
 
 
 def test_markdown_table_has_a_header_an_aligned_separator_and_one_row_per_system():
-    row = dict(length_reward=0.98765, content=0.25, mean_tokens=24.46, in_window=0.9, sampled_tokens=204.2,
-               seconds=19.44)
+    row = dict(
+        length_reward=0.98765, content=0.25, mean_tokens=24.46, in_window=0.9, sampled_tokens=204.2, seconds=19.44
+    )
     columns = Layout.of(SummaryTask.metrics).columns
     table = markdown_table({"strong_base": row, "strong_base+search": dict(row, content=1.0)}, columns)
     assert table.splitlines() == [

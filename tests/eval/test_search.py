@@ -31,9 +31,13 @@ def hf(model, tokenizer, use_cache: bool = True) -> HFSampler:
 @torch.no_grad()
 def hand_score(tuned, untuned, tokenizer, prompt: str, text: str, finished: bool) -> float:
     """Sum over response tokens of log p_tuned - log p_untuned, one unpadded sequence at a time."""
-    chat = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
     prompt_ids = tokenizer(chat, add_special_tokens=False)["input_ids"]
-    response_ids = tokenizer(text, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if finished else [])
+    response_ids = tokenizer(text, add_special_tokens=False)["input_ids"] + (
+        [tokenizer.eos_token_id] if finished else []
+    )
     ids = torch.tensor([prompt_ids + response_ids])  # [1, seq]
     total = 0.0
     for sign, model in ((1.0, tuned), (-1.0, untuned)):
@@ -45,7 +49,9 @@ def hand_score(tuned, untuned, tokenizer, prompt: str, text: str, finished: bool
 @torch.no_grad()
 def strong_logprob(model, tokenizer, prompt: str, token_ids: list[int], finished: bool) -> float:
     """Sum of the strong model's log-probs of a response's tokens (EOS too when finished), in one forward."""
-    chat = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
     prompt_ids = tokenizer(chat, add_special_tokens=False)["input_ids"]
     ids = torch.tensor([prompt_ids + token_ids + ([tokenizer.eos_token_id] if finished else [])])  # [1, seq]
     logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)  # [seq, vocab]
@@ -55,7 +61,9 @@ def strong_logprob(model, tokenizer, prompt: str, token_ids: list[int], finished
 @torch.no_grad()
 def reference_sample(model, tokenizer, prompt: str, max_new_tokens: int, seed: int) -> list[int]:
     """Plain sampling without any cache: the whole sequence is re-encoded for every token."""
-    chat = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
     ids = tokenizer(chat, add_special_tokens=False, return_tensors="pt")["input_ids"]  # [1, seq]
     generator = torch.Generator().manual_seed(seed)
     out: list[int] = []
@@ -83,7 +91,11 @@ def test_sample_token_limits():
 def test_prune_keeps_top_width_and_carries_finished_hypotheses():
     done = Hypothesis([1], "a", True, 5.0)
     beam = [done, Hypothesis([2], "b", False, 9.0)]  # the unfinished parent is not a candidate any more
-    children = [Hypothesis([2, 3], "bc", False, 1.0), Hypothesis([2, 4], "bd", True, 7.0), Hypothesis([2, 5], "be", False, 6.0)]
+    children = [
+        Hypothesis([2, 3], "bc", False, 1.0),
+        Hypothesis([2, 4], "bd", True, 7.0),
+        Hypothesis([2, 5], "be", False, 6.0),
+    ]
     kept, rows, live = prune(beam, children, width=3)
     assert [h.text for h in kept] == ["bd", "be", "a"]
     assert rows == [2] and live == [1]  # only "be" goes on, from stepper row 2, at beam index 1
@@ -98,7 +110,9 @@ def test_scorer_equals_hand_computation_eos_only_when_finished(world):
     texts, finished = [response, partial, response, ""], [True, False, False, False]
     scores = world.scorer.score(world.prompt, texts, finished)
     for text, done, score in zip(texts, finished, scores):
-        assert score == pytest.approx(hand_score(world.tuned, world.untuned, world.tokenizer, world.prompt, text, done), abs=1e-3)
+        assert score == pytest.approx(
+            hand_score(world.tuned, world.untuned, world.tokenizer, world.prompt, text, done), abs=1e-3
+        )
     assert scores[3] == 0.0
     # The finished and unfinished scores of one text differ by the EOS term alone, which is not zero.
     assert abs(scores[0] - scores[2]) > 1e-4
@@ -123,7 +137,9 @@ def test_best_of_n_returns_the_candidate_with_the_highest_weak_score(world):
     # W=4, K=1, L=budget draws the same four responses in round 0 and keeps them all.
     everyone = chunk_beam_search(*args, width=4, num_samples=1, chunk_len=MAX_NEW, max_new_tokens=MAX_NEW, seed=1)
     assert len(everyone.beam) == 4 and len({tuple(h.token_ids) for h in everyone.beam}) > 1
-    recomputed = [hand_score(world.tuned, world.untuned, world.tokenizer, world.prompt, h.text, h.finished) for h in everyone.beam]
+    recomputed = [
+        hand_score(world.tuned, world.untuned, world.tokenizer, world.prompt, h.text, h.finished) for h in everyone.beam
+    ]
     top = max(range(4), key=lambda i: recomputed[i])
     assert best.token_ids == everyone.beam[top].token_ids
     assert best.score == pytest.approx(max(recomputed), abs=1e-3)
@@ -143,9 +159,12 @@ def test_search_is_deterministic_for_a_seed(world):
 
 @pytest.mark.integration
 def test_stepper_cache_gives_the_log_probs_of_a_full_forward_after_repeats_and_reorders(world):
-    prompt_ids = world.tokenizer(world.tokenizer.apply_chat_template(
-        [{"role": "user", "content": world.prompt}], tokenize=False, add_generation_prompt=True
-    ), add_special_tokens=False)["input_ids"]
+    prompt_ids = world.tokenizer(
+        world.tokenizer.apply_chat_template(
+            [{"role": "user", "content": world.prompt}], tokenize=False, add_generation_prompt=True
+        ),
+        add_special_tokens=False,
+    )["input_ids"]
     cached = LMStepper(world.strong, [prompt_ids], use_cache=True)
     slow = LMStepper(world.strong, [prompt_ids], use_cache=False)
     steps = [([0, 0, 0], [5, 6, 7]), (None, [8, 9, 10]), ([2, 0, 2], [11, 12, 13]), ([1, 0], [14, 15])]
@@ -160,7 +179,7 @@ def test_stepper_cache_gives_the_log_probs_of_a_full_forward_after_repeats_and_r
             full = torch.log_softmax(world.strong(input_ids=cached.seqs).logits[:, -1].float(), dim=-1)
         torch.testing.assert_close(fast, full, atol=1e-4, rtol=0)
         torch.testing.assert_close(slow.logprobs(), full, atol=1e-5, rtol=0)
-    assert cached.seqs[:, len(prompt_ids):].tolist() == [[5, 8, 12, 14], [7, 10, 11, 15]]
+    assert cached.seqs[:, len(prompt_ids) :].tolist() == [[5, 8, 12, 14], [7, 10, 11, 15]]
 
 
 @pytest.mark.integration
@@ -273,7 +292,9 @@ def test_search_with_a_weak_pair_on_another_tokenizer_scores_text(world, other_p
     result = chunk_beam_search(hf(world.strong, world.tokenizer), scorer, world.prompt, 2, 2, 4, MAX_NEW, seed=2)
     assert result.text == world.tokenizer.decode(result.token_ids, skip_special_tokens=True)
     for hyp in result.beam:
-        expected = hand_score(other_pair.tuned, other_pair.untuned, other_pair.tokenizer, world.prompt, hyp.text, hyp.finished)
+        expected = hand_score(
+            other_pair.tuned, other_pair.untuned, other_pair.tokenizer, world.prompt, hyp.text, hyp.finished
+        )
         assert hyp.score == pytest.approx(expected, abs=1e-3)
     assert any(h.score != 0.0 for h in result.beam)
 
@@ -281,10 +302,16 @@ def test_search_with_a_weak_pair_on_another_tokenizer_scores_text(world, other_p
 @pytest.mark.integration
 def test_eft_refuses_different_vocabularies(world, other_pair):
     with pytest.raises(ValueError, match=r"400.*300"):
-        eft_generate(hf(world.strong, world.tokenizer), other_pair.tuned, other_pair.untuned, world.prompt, 1.0,
-                     MAX_NEW)
+        eft_generate(
+            hf(world.strong, world.tokenizer), other_pair.tuned, other_pair.untuned, world.prompt, 1.0, MAX_NEW
+        )
     with pytest.raises(ValueError, match="vocabulary"):
         eft_generate(
-            hf(world.strong, world.tokenizer), world.tuned, world.untuned, world.prompt, 1.0, MAX_NEW,
+            hf(world.strong, world.tokenizer),
+            world.tuned,
+            world.untuned,
+            world.prompt,
+            1.0,
+            MAX_NEW,
             weak_tokenizer=other_pair.tokenizer,
         )

@@ -29,8 +29,10 @@ class OverlapTask(Task):
 
     def score_example(self, response, example) -> dict[str, float]:
         words, known = response.text.split(), set(example.prompt.split())
-        return {"reward": sum(word in known for word in words) / len(words) if words else 0.0,
-                "words": float(len(words))}
+        return {
+            "reward": sum(word in known for word in words) / len(words) if words else 0.0,
+            "words": float(len(words)),
+        }
 
 
 TOY = f"{__name__}.OverlapTask"
@@ -38,9 +40,19 @@ TOY = f"{__name__}.OverlapTask"
 
 def eval_config(world, out, task: dict, systems: list[SystemConfig], **kwargs) -> EvalConfig:
     """An EvalConfig over the micro world with concrete paths (no templates) and test-sized budgets."""
-    settings = dict(out_dir=str(out), task=task, systems=systems, weak_base=str(world / "weak_base"),
-                    weak_aligned=str(world / "weak_aligned"), tokenizer=str(world / "tokenizer"),
-                    wspo_dir=str(out / "no-wspo"), num_examples=3, max_new_tokens=6, seed=5, threads=1)
+    settings = dict(
+        out_dir=str(out),
+        task=task,
+        systems=systems,
+        weak_base=str(world / "weak_base"),
+        weak_aligned=str(world / "weak_aligned"),
+        tokenizer=str(world / "tokenizer"),
+        wspo_dir=str(out / "no-wspo"),
+        num_examples=3,
+        max_new_tokens=6,
+        seed=5,
+        threads=1,
+    )
     return EvalConfig(**{**settings, **kwargs})
 
 
@@ -48,8 +60,11 @@ def eval_config(world, out, task: dict, systems: list[SystemConfig], **kwargs) -
 def toy_report(micro_world, tmp_path_factory, world):
     """`run` on the toy task with plain sampling, EFT and a search of the strong base."""
     strong = str(micro_world / "strong_base")
-    systems = [SystemConfig("strong", strong), SystemConfig("strong+eft", strong, "eft", {"beta": 1.0}),
-               SystemConfig("strong+search", strong, "cbs", {"width": 2, "num_samples": 2, "chunk_len": 3})]
+    systems = [
+        SystemConfig("strong", strong),
+        SystemConfig("strong+eft", strong, "eft", {"beta": 1.0}),
+        SystemConfig("strong+search", strong, "cbs", {"width": 2, "num_samples": 2, "chunk_len": 3}),
+    ]
     prompts = [example["prompt"] for example in world.examples[:4]]
     out = tmp_path_factory.mktemp("toy")
     config = eval_config(micro_world, out, {"_component_": TOY, "prompts": prompts, "tag": "mine"}, systems)

@@ -117,11 +117,14 @@ def test_vllm_chunk_beam_search_on_the_micro_world(request, tmp_path):
     args = json.dumps([str(micro_world), prompts, WIDTH, SAMPLES, CHUNK, MAX_NEW, SEED, str(tmp_path / "eval")])
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(HF_HUB_OFFLINE="1", TQDM_DISABLE="1", VLLM_CPU_KVCACHE_SPACE=env.get("VLLM_CPU_KVCACHE_SPACE", "1"))
-    proc = subprocess.run([str(python), "-c", SCRIPT, args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, f"vLLM search failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    proc = subprocess.run(
+        [str(python), "-c", SCRIPT, args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, (
+        f"vLLM search failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    )
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULTS "))
-    results = json.loads(line[len("RESULTS "):])
+    results = json.loads(line[len("RESULTS ") :])
     first, second = results["runs"]
 
     # A fixed seed gives the same search (the second run also reads the KV blocks cached by the first).
@@ -137,8 +140,11 @@ def test_vllm_chunk_beam_search_on_the_micro_world(request, tmp_path):
         # The result is the argmax of its beam, which is sorted best first.
         assert result["score"] == max(h["score"] for h in beam) == beam[0]["score"]
         assert [h["score"] for h in beam] == sorted((h["score"] for h in beam), reverse=True)
-        assert (result["text"], result["token_ids"], result["finished"]) == \
-            (beam[0]["text"], beam[0]["token_ids"], beam[0]["finished"])
+        assert (result["text"], result["token_ids"], result["finished"]) == (
+            beam[0]["text"],
+            beam[0]["token_ids"],
+            beam[0]["finished"],
+        )
         for hyp in beam:
             assert 0 < len(hyp["token_ids"]) <= MAX_NEW and tokenizer.eos_token_id not in hyp["token_ids"]
             assert hyp["text"] == tokenizer.decode(hyp["token_ids"], skip_special_tokens=True)
@@ -173,8 +179,11 @@ def test_vllm_chunk_beam_search_on_the_micro_world(request, tmp_path):
     # `w2s eval` ran the declared vLLM search: same responses as the search above (same seeds, same settings),
     # and the same row twice (a fixed seed gives the same eval).
     row, again = results["eval"]
-    assert (row["kind"], row["engine"], row["search"]) == ("cbs", "vllm", dict(width=WIDTH, num_samples=SAMPLES,
-                                                                                 chunk_len=CHUNK))
+    assert (row["kind"], row["engine"], row["search"]) == (
+        "cbs",
+        "vllm",
+        dict(width=WIDTH, num_samples=SAMPLES, chunk_len=CHUNK),
+    )
     assert [sample["response"] for sample in row["samples"]] == [result["text"] for result in first]
     assert row["sampled_tokens"] == sum(result["num_sampled"] for result in first) / len(first)
     assert {k: v for k, v in row.items() if k != "seconds"} == {k: v for k, v in again.items() if k != "seconds"}

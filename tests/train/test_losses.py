@@ -15,7 +15,11 @@ def reference_loss(policy, ref, weak, mask, gamma):
 
 def test_matches_the_formula_with_ragged_masks():
     torch.manual_seed(0)
-    policy, ref, weak = torch.randn(3, 7, dtype=torch.float64), torch.randn(3, 7, dtype=torch.float64), torch.randn(3, 7, dtype=torch.float64)
+    policy, ref, weak = (
+        torch.randn(3, 7, dtype=torch.float64),
+        torch.randn(3, 7, dtype=torch.float64),
+        torch.randn(3, 7, dtype=torch.float64),
+    )
     mask = torch.tensor([[0, 0, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 1]], dtype=torch.float64)
     loss, metrics = wspo_loss(policy, ref, weak, mask, gamma=0.3)
     assert float(loss) == pytest.approx(float(reference_loss(policy, ref, weak, mask, 0.3)), rel=1e-12)
@@ -54,4 +58,3 @@ def test_metrics_correlation_and_means():
 def test_empty_response_is_refused():
     with pytest.raises(ValueError, match="no response tokens"):
         wspo_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2), gamma=0.1)
-

@@ -18,10 +18,19 @@ def test_order_is_a_pure_function_of_seed_and_epoch():
 
 
 def test_collate_places_values_on_target_positions():
-    row = {"row_id": 3, "input_ids": np.array([5, 6, 7, 8, 9], dtype=np.int32), "prompt_len": 3,
-           "values": {"weak_log_ratio": np.array([0.5, -1.0], dtype=np.float32)}}
-    short = {**row, "row_id": 4, "input_ids": np.array([5, 6, 7], dtype=np.int32), "prompt_len": 2,
-             "values": {"weak_log_ratio": np.array([2.0], dtype=np.float32)}}
+    row = {
+        "row_id": 3,
+        "input_ids": np.array([5, 6, 7, 8, 9], dtype=np.int32),
+        "prompt_len": 3,
+        "values": {"weak_log_ratio": np.array([0.5, -1.0], dtype=np.float32)},
+    }
+    short = {
+        **row,
+        "row_id": 4,
+        "input_ids": np.array([5, 6, 7], dtype=np.int32),
+        "prompt_len": 2,
+        "values": {"weak_log_ratio": np.array([2.0], dtype=np.float32)},
+    }
     batch = collate([row, short])
     assert batch["mask"].tolist() == [[0, 0, 1, 1], [0, 1, 0, 0]]
     assert batch["weak_log_ratio"].tolist() == [[0, 0, 0.5, -1.0], [0, 2.0, 0, 0]]
@@ -42,7 +51,10 @@ def rows_seen(reader, position):
 @pytest.mark.integration
 @pytest.mark.parametrize("fmt", ["parquet", "zarr"])
 def test_ranks_split_rows_without_overlap(small_cache, fmt):
-    ranks = [CacheReader(small_cache, fmt, seed=3, rank=r, world_size=3, micro_batch_size=2, block_shards=2) for r in range(3)]
+    ranks = [
+        CacheReader(small_cache, fmt, seed=3, rank=r, world_size=3, micro_batch_size=2, block_shards=2)
+        for r in range(3)
+    ]
     seen = [sum(rows_seen(reader, Position()), []) for reader in ranks]
     flat = sum(seen, [])
     assert len(flat) == len(set(flat)) == ranks[0].steps_per_epoch() * 6 == 36  # 40 rows, global batch 6: 4 dropped

@@ -30,8 +30,16 @@ def cache_with_ref(micro_world, tmp_path_factory):
 
 
 def train_config(world, cache, out, **overrides):
-    settings = dict(out_dir=str(out), cache_dir=str(cache), policy=str(world / "strong_base"), micro_batch_size=4,
-                    grad_accum=2, lr=1e-3, max_steps=4, seed=0)
+    settings = dict(
+        out_dir=str(out),
+        cache_dir=str(cache),
+        policy=str(world / "strong_base"),
+        micro_batch_size=4,
+        grad_accum=2,
+        lr=1e-3,
+        max_steps=4,
+        seed=0,
+    )
     settings.update(overrides)
     return TrainConfig(**settings)
 
@@ -102,7 +110,9 @@ def test_refuses_a_cache_tokenised_differently(micro_world, cache_with_ref, tmp_
     shutil.copytree(micro_world / "strong_base", other)
     texts = [json.loads(line)["prompt"] for line in (micro_world / "data" / "train.jsonl").read_text().splitlines()]
     train_tokenizer(texts, 350).save_pretrained(other)
-    with pytest.raises(CacheMismatch, match=r"tokenises row 0 of .*cache\.jsonl differently .* first difference at token"):
+    with pytest.raises(
+        CacheMismatch, match=r"tokenises row 0 of .*cache\.jsonl differently .* first difference at token"
+    ):
         run(train_config(micro_world, cache_with_ref, tmp_path / "x", policy=str(other)))
 
 
@@ -122,11 +132,24 @@ def test_refuses_a_corrupted_shard_and_an_unknown_schema(micro_world, cache_with
 
 
 def test_gamma_sweep_lora_and_zero3(micro_world, cache_with_ref, tmp_path):
-    results = run(train_config(micro_world, cache_with_ref, tmp_path / "sweep", gammas=[0.1, 1.0], max_steps=2, lora=True,
-                               use_cached_ref=False))
+    results = run(
+        train_config(
+            micro_world,
+            cache_with_ref,
+            tmp_path / "sweep",
+            gammas=[0.1, 1.0],
+            max_steps=2,
+            lora=True,
+            use_cached_ref=False,
+        )
+    )
     assert [r["gamma"] for r in results] == [0.1, 1.0]
     for gamma in ("0.1", "1"):
         assert AutoModelForCausalLM.from_pretrained(tmp_path / "sweep" / f"gamma-{gamma}" / "final") is not None
-    run(train_config(micro_world, cache_with_ref, tmp_path / "z3", max_steps=2, deepspeed_config="configs/ds_zero3.json"))
+    run(
+        train_config(
+            micro_world, cache_with_ref, tmp_path / "z3", max_steps=2, deepspeed_config="configs/ds_zero3.json"
+        )
+    )
     final = AutoModelForCausalLM.from_pretrained(tmp_path / "z3" / "final")
     assert final.num_parameters() == AutoModelForCausalLM.from_pretrained(micro_world / "strong_base").num_parameters()

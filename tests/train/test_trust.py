@@ -45,8 +45,9 @@ def test_a_policy_other_than_the_cached_reference_is_refused_naming_both(micro_w
         run(train_config(micro_world, cache_with_ref, tmp_path / "a", policy=other, max_steps=1))
     assert not (tmp_path / "a" / "checkpoints").exists()
     # deliberately: either the policy's own frozen copy, or the cached reference on purpose
-    (own,) = run(train_config(micro_world, cache_with_ref, tmp_path / "b", policy=other, max_steps=1,
-                              use_cached_ref=False))
+    (own,) = run(
+        train_config(micro_world, cache_with_ref, tmp_path / "b", policy=other, max_steps=1, use_cached_ref=False)
+    )
     first = read_metrics(tmp_path / "b")[0]
     assert own["steps"] == 1 and abs(first["strong_ratio_mean"]) < 1e-6  # a true reference: ratio 0 at step 1
     run(train_config(micro_world, cache_with_ref, tmp_path / "c", policy=other, max_steps=1, accept_other_ref=True))
@@ -54,8 +55,9 @@ def test_a_policy_other_than_the_cached_reference_is_refused_naming_both(micro_w
 
 
 @pytest.mark.integration
-def test_a_non_finite_step_stops_the_run_keeps_the_last_checkpoint_and_publishes_nothing(micro_world, cache_with_ref,
-                                                                                         tmp_path):
+def test_a_non_finite_step_stops_the_run_keeps_the_last_checkpoint_and_publishes_nothing(
+    micro_world, cache_with_ref, tmp_path
+):
     out = tmp_path / "blowup"
     with pytest.raises(TrainingStopped, match=r"step \d+: the .*non-finite.*without publishing final/"):
         run(train_config(micro_world, cache_with_ref, out, lr=1e30, clip=0.0, save_every=1, max_steps=6))
@@ -95,8 +97,13 @@ def test_publish_final_leaves_nothing_when_writing_fails(tmp_path):
 @pytest.mark.integration
 def test_a_refused_train_leaves_the_existing_run_untouched(micro_world, cache_with_ref, tmp_path, capsys):
     out = tmp_path / "cli"
-    words = [f"train.cache_dir={cache_with_ref}", f"train.policy={micro_world / 'strong_base'}", f"train.out_dir={out}",
-             "train.max_steps=2", "train.micro_batch_size=4"]
+    words = [
+        f"train.cache_dir={cache_with_ref}",
+        f"train.policy={micro_world / 'strong_base'}",
+        f"train.out_dir={out}",
+        "train.max_steps=2",
+        "train.micro_batch_size=4",
+    ]
     assert main(["train", *words]) == 0
     before = {p: p.read_bytes() for p in (out / "config.yaml", out / "provenance.json", out / checkpoints.DONE)}
     assert main(["train", *words, "train.gamma=0.7"]) == 2

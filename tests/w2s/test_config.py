@@ -47,7 +47,7 @@ def test_every_field_has_a_docstring_for_help():
     docs = field_docs(WorldConfig)
     assert "seed" in docs and "tokenizer" in docs["seed"]
     rows = describe(Settings)
-    assert ("world.weak.steps" in {key for key, _, _ in rows})
+    assert "world.weak.steps" in {key for key, _, _ in rows}
     assert all(help_ for _, _, help_ in rows), [key for key, _, help_ in rows if not help_]
 
 
