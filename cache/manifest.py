@@ -1,9 +1,13 @@
 """`manifest.json` and its parts: the one place that writes, reads and checks them.
 
 The manifest is written last and atomically; it records the schema version, the provenance, the build's
-config, totals, and every shard with its rows, tokens and, per format, the bytes and sha256 of its file (Parquet)
-or folder (Zarr). A cache without it is unfinished, whatever else the folder holds. A build split between
-workers writes one part manifest per worker instead, which `w2s cache merge` joins.
+config, the `layout` (which store, which fields with their storage dtypes, and each format's encodings: all a
+reader needs), totals, and every shard with its rows, tokens and, per format, the bytes and sha256 of its file
+(Parquet) or folder (Zarr). A cache without it is unfinished, whatever else the folder holds. A build split
+between workers writes one part manifest per worker instead, which `w2s cache merge` joins.
+
+Checking a shard file against its entry comes at two costs: `check_entry(..., hashed=False)` compares sizes
+(a stat per file), the default also re-hashes the contents.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from w2s.cache.formats import format_encodings, formats_for
 from w2s.errors import CacheMismatch
 from w2s.io import sha256_dir, sha256_file
-from w2s.schemas.cache import KNOWN_SCHEMA_VERSIONS, SCHEMA_VERSION
+from w2s.schemas.cache import KNOWN_SCHEMA_VERSIONS, SCHEMA_VERSION, Layout
 
 if TYPE_CHECKING:
     from w2s.cache.config import CacheConfig
@@ -29,6 +34,18 @@ def part_manifest_name(shard_index: int, num_shards: int) -> str:
     return f"manifest.part-{shard_index:05d}-of-{num_shards:05d}.json"
 
 
+def cache_layout(config: CacheConfig, provenance: dict) -> Layout:
+    """The layout a build with `config` writes (the strong reference is stored when it was scored)."""
+    return Layout(config.store, config.storage_dtype, "strong_ref" in provenance.get("models", {}))
+
+
+def layout_entry(config: CacheConfig, provenance: dict) -> dict:
+    """The manifest's `layout`: store, fields and their storage dtypes, and the encodings of each format built."""
+    layout = cache_layout(config, provenance)
+    encodings = {fmt.name: format_encodings(fmt, layout) for fmt in formats_for(config.format)}
+    return {**layout.describe(), "encodings": encodings}
+
+
 def manifest_body(provenance: dict, shards: list[dict], config: CacheConfig) -> dict:
     """A (part) manifest over `shards` (entries from `shard_entry`), sorted by index, with their totals."""
     shards = sorted(shards, key=lambda s: s["index"])
@@ -36,6 +53,7 @@ def manifest_body(provenance: dict, shards: list[dict], config: CacheConfig) -> 
         "schema_version": SCHEMA_VERSION,
         "provenance": provenance,
         "config": asdict(config),
+        "layout": layout_entry(config, provenance),
         "totals": {
             "rows": sum(s["rows"] for s in shards),
             "tokens": sum(s["tokens"] for s in shards),
@@ -67,16 +85,28 @@ def file_entry(path: Path) -> dict:
     return {"name": name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def check_entry(cache_dir: Path, entry: dict) -> str | None:
-    """Why a recorded shard file no longer matches its entry, or None when it does."""
+def file_stat(path: Path) -> tuple[int, int]:
+    """Bytes and newest modification time (ns) of a shard file, or of every file in a shard folder."""
+    if not path.is_dir():
+        stat = path.stat()
+        return stat.st_size, stat.st_mtime_ns
+    stats = [f.stat() for f in path.rglob("*") if f.is_file()]
+    return sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)
+
+
+def check_entry(cache_dir: Path, entry: dict, hashed: bool = True) -> str | None:
+    """Why a recorded shard file no longer matches its entry (its size, and its sha256 when `hashed`), or None
+    when it does."""
     path = cache_dir / entry["name"]
     if not path.exists():
         return f"{path}: missing"
-    actual = file_entry(path)
-    if actual["bytes"] != entry["bytes"]:
-        return f"{path}: {actual['bytes']} bytes, manifest says {entry['bytes']}"
-    if actual["sha256"] != entry["sha256"]:
-        return f"{path}: sha256 {actual['sha256'][:12]}..., manifest says {entry['sha256'][:12]}..."
+    size = file_stat(path)[0]
+    if size != entry["bytes"]:
+        return f"{path}: {size} bytes, manifest says {entry['bytes']}"
+    if hashed:
+        digest = file_entry(path)["sha256"]
+        if digest != entry["sha256"]:
+            return f"{path}: sha256 {digest[:12]}..., manifest says {entry['sha256'][:12]}..."
     return None
 
 

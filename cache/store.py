@@ -4,19 +4,34 @@ goes through it; it reads `manifest.json` once, and reaches shards only through 
     cache = Cache.open("runs/tiny/cache")      # reads and checks the manifest
     cache.formats                              # ('parquet', 'zarr')
     shard = cache.read_shard(0, "zarr")        # a ShardData
-    problems = cache.verify()                  # [] when sound
+    problems = cache.verify()                  # [] when sound: every file's size, sha256 and row ids
+    problems = cache.verify("sample")          # sizes, plus sha256 and row ids of a random sample of shards
+
+Verification comes at three levels (`VerifyLevel`). `full` re-hashes every shard file of every format and reads
+its row ids (`w2s verify`, `w2s inspect`, a rerun of `w2s cache`). `sizes` checks the manifest (read by `open`),
+every file's size and the row ranges, a stat per file; `sample` adds the full check of `SAMPLE_SHARDS` shards
+picked at random. At both cheap levels, a file modified after `manifest.json` was written (its mtime is newer)
+gets the full check too: a shard rewritten in place with the same size is caught, whatever the sample. The
+trainer starts at `sample` (`train.verify_cache`) and checks each shard's row ids as it loads it.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from w2s.cache.formats import get_format
-from w2s.cache.manifest import check_entry, load_manifest
+from w2s.cache.manifest import MANIFEST, check_entry, file_stat, load_manifest
 from w2s.errors import CacheMismatch
-from w2s.schemas.cache import ShardData
+from w2s.schemas.cache import Layout, ShardData
+
+VerifyLevel = Literal["sizes", "sample", "full"]
+SAMPLE_SHARDS = 2
+"""Shards whose files a `sample` verification re-hashes (picked afresh at each check, so repeated starts cover
+the cache)."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +40,8 @@ class Cache:
 
     path: Path
     manifest: dict
+    manifest_mtime_ns: int = 0
+    """When `manifest.json` was written: shard files modified later are re-hashed by the cheap checks."""
 
     @classmethod
     def open(cls, cache_dir: str | Path) -> Cache:
@@ -33,7 +50,14 @@ class Cache:
         Raises:
             CacheMismatch: no manifest, an unreadable one, or a schema version this w2s does not read.
         """
-        return cls(Path(cache_dir), load_manifest(Path(cache_dir)))
+        path = Path(cache_dir)
+        manifest = load_manifest(path)
+        return cls(path, manifest, (path / MANIFEST).stat().st_mtime_ns)
+
+    @property
+    def layout(self) -> Layout:
+        """Which store the cache is, which fields it holds and how they are stored (schema 1: a full store)."""
+        return Layout.from_manifest(self.manifest)
 
     @property
     def provenance(self) -> dict:
@@ -90,17 +114,28 @@ class Cache:
             rows += [(int(shard.row_id[i]), shard.sequence(i).tolist()) for i in range(shard.num_rows)]
         return rows[:count]
 
-    def verify(self) -> list[str]:
-        """Checks every shard file of every format (size, sha256, dense row ids) and the row totals.
+    def verify(self, level: VerifyLevel = "full", sample: int = SAMPLE_SHARDS, seed: int | None = None) -> list[str]:
+        """Checks the shard files at `level` (see the module's docstring) and the row ranges and totals.
+
+        Args:
+            level: `full` (every file hashed and its row ids read), `sample` or `sizes`.
+            sample: shards fully checked at level `sample`.
+            seed: picks the sample (None: a fresh random one).
 
         Returns:
             One line per problem; empty when the cache is sound.
         """
+        positions = range(len(self.shards))
+        if level == "full":
+            deep = set(positions)
+        else:
+            count = min(sample, len(positions)) if level == "sample" else 0
+            deep = set(random.Random(seed).sample(positions, count))
         problems: list[str] = []
         next_row = 0
-        for shard in self.shards:
+        for position, shard in enumerate(self.shards):
             for fmt, entry in shard["files"].items():
-                problems += self._check_file(shard, fmt, entry)
+                problems += self._check_file(shard, fmt, entry, position in deep)
             if shard["row_start"] != next_row:
                 problems.append(f"shard {shard['index']}: starts at row {shard['row_start']}, expected {next_row}")
             next_row = shard["row_start"] + shard["rows"]
@@ -108,16 +143,29 @@ class Cache:
             problems.append(f"shards hold {next_row} rows, manifest totals say {self.totals['rows']}")
         return problems
 
-    def _check_file(self, shard: dict, fmt: str, entry: dict) -> list[str]:
-        """Problems of one shard file: its recorded size and checksum, then its row ids, read by its format."""
+    def _check_file(self, shard: dict, fmt: str, entry: dict, deep: bool) -> list[str]:
+        """Problems of one shard file: its recorded size; when `deep` or modified after the manifest, also its
+        checksum and its row ids, read by its format."""
+        path = self.path / entry["name"]
+        if not path.exists():
+            return [f"{path}: missing"]
+        size, modified = file_stat(path)
+        if size != entry["bytes"]:
+            return [f"{path}: {size} bytes, manifest says {entry['bytes']}"]
+        if not deep and modified <= self.manifest_mtime_ns:
+            return []
         problem = check_entry(self.path, entry)
         if problem:
             return [problem]
-        path = self.path / entry["name"]
         try:
             row_ids = get_format(fmt).read(path, columns=["row_id"]).row_id.tolist()
         except Exception as err:  # any reader failure is one more line of the report, not a crash
             return [f"{path}: unreadable as {fmt}: {type(err).__name__}: {err}"]
+        return self.check_row_ids(shard, path, row_ids)
+
+    @staticmethod
+    def check_row_ids(shard: dict, path: Path, row_ids: list[int]) -> list[str]:
+        """[] when `row_ids` (read from `path`) are the rows the shard's manifest entry says, else the problem."""
         expected = list(range(shard["row_start"], shard["row_start"] + shard["rows"]))
         if row_ids != expected:
             last = expected[-1] if expected else ""

@@ -63,7 +63,10 @@ class WeakScorer:
         input_ids, mask = pad_right(encoded, self.pad_id)  # [batch, seq] each
         scored = mask.bool()  # [batch, seq] response tokens only
         scored[:, :prompt_len] = False
-        tuned = target_logprobs(self.tuned, input_ids.to(self.tuned.device), mask.to(self.tuned.device))
-        untuned = target_logprobs(self.untuned, input_ids.to(self.untuned.device), mask.to(self.untuned.device))
+        targets = scored[:, 1:]  # [batch, seq-1]: only these reach the output layer; the rest come back 0
+        tuned, untuned = (
+            target_logprobs(model, input_ids.to(model.device), mask.to(model.device), targets.to(model.device))
+            for model in (self.tuned, self.untuned)
+        )
         ratio = tuned - untuned.to(tuned.device)  # [batch, seq-1]
-        return ratio.masked_fill(~scored[:, 1:].to(tuned.device), 0.0).sum(dim=1).tolist()
+        return ratio.masked_fill(~targets.to(tuned.device), 0.0).sum(dim=1).tolist()

@@ -5,7 +5,8 @@
   DeepSpeed's files). A resumed run takes the newest tag whose JSON is there, so a save killed half-way is never
   loaded. Only the newest `keep` checkpoints are kept.
 - `final/`: written to a temporary folder and renamed into place, so it is either whole or absent.
-- `done.json`: written last, after `final/`; only it makes a rerun report "already done".
+- `done.json`: written last, after `final/`; only it makes a rerun report "already done" (no checkpoint is needed
+  for that: the last one is written only when `train.save_final_checkpoint` asks for it).
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ def is_done(out_dir: Path, provenance: dict) -> bool:
     if not path.exists() or not (out_dir / "final").is_dir():
         return False
     return json.loads(path.read_text()).get("provenance") == json.loads(json.dumps(provenance))
+
+
+def done_steps(out_dir: Path) -> int:
+    """The steps the finished run recorded in its done marker."""
+    return int(json.loads((out_dir / DONE).read_text())["steps"])
 
 
 def remove_stale_temporaries(out_dir: Path) -> None:

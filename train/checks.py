@@ -2,7 +2,9 @@
 
 Token-level WSPO pairs the weak ratio of token t with the policy's log-prob of the same token t, so the cache's
 tokenisation must be exactly the policy tokenizer's. Each refusal says what differs. The schema version was
-checked when the cache was opened (`Cache.open`).
+checked when the cache was opened (`Cache.open`). Soundness is checked at `train.verify_cache`'s level: by
+default sizes and the manifest always, sha256 of a sample of shards and of any file modified after the manifest
+(`w2s.cache.store`), so that start-up does not grow with the cache; the reader checks row ids as it loads shards.
 """
 
 from __future__ import annotations
@@ -11,23 +13,30 @@ from transformers import PreTrainedTokenizerBase
 
 from w2s.cache.data import Row, encode_rows, load_rows
 from w2s.cache.provenance import tokenizer_fingerprint
-from w2s.cache.store import Cache
+from w2s.cache.store import Cache, VerifyLevel
 from w2s.errors import CacheMismatch, DataError
 
 
-def check_cache(cache: Cache, tokenizer: PreTrainedTokenizerBase, policy: str, sample_rows: int) -> None:
-    """Verifies sizes, checksums and row ids of every store, then compares tokenizers.
+def check_cache(
+    cache: Cache,
+    tokenizer: PreTrainedTokenizerBase,
+    policy: str,
+    sample_rows: int,
+    level: VerifyLevel = "full",
+) -> None:
+    """Verifies the cache at `level`, then compares tokenizers.
 
     Args:
         cache: the opened cache.
         tokenizer: the policy's tokenizer.
         policy: the policy's path or hub id, for messages.
         sample_rows: rows to re-tokenise when the tokenizer hashes differ (0: trust the hash alone).
+        level: how much of the cache to verify (`w2s.cache.store.Cache.verify`).
 
     Raises:
         CacheMismatch: naming the failed check, or the row and position where the tokenisations part.
     """
-    problems = cache.verify()
+    problems = cache.verify(level)
     if problems:
         raise CacheMismatch(f"{cache.path}: the cache fails verification:\n  " + "\n  ".join(problems))
     if sample_rows and cache.provenance["tokenizer_sha256"] != tokenizer_fingerprint(tokenizer):

@@ -60,13 +60,21 @@ class TrainConfig:
     lora_alpha: int = 16
     """LoRA alpha."""
     save_every: int = 0
-    """Checkpoint every N optimiser steps (0: only at the end); a rerun of the same command resumes."""
+    """Checkpoint every N optimiser steps, the last step included when it is a multiple of N (0: never); a rerun of
+    the same command resumes from the newest."""
+    save_final_checkpoint: bool = False
+    """Also save a DeepSpeed checkpoint (weights and optimizer state, ~16 bytes per parameter) when the run ends,
+    to continue training it later; final/ (the model) is always written."""
     keep_checkpoints: int = 2
     """Newest checkpoints kept on disk (each holds the optimizer state: about 16 bytes per parameter)."""
     log_every: int = 1
     """Print and log metrics every N optimiser steps."""
     check_rows: int = 16
     """Rows of the cache to re-tokenise with the policy's tokenizer at start (0 skips the check)."""
+    verify_cache: Literal["sizes", "sample", "full"] = "sample"
+    """Start-up check of the cache: 'sizes' (manifest, every file's size, row ranges; files modified after the
+    manifest are re-hashed), 'sample' (that, plus the sha256 and row ids of 2 random shards) or 'full' (every file
+    of every format hashed, as `w2s verify` does). Row ids are checked as each shard is read in any case."""
     block_shards: int = 4
     """Cache shards shuffled together (and held in memory at once) by the reader."""
 

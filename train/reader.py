@@ -5,10 +5,15 @@ The order of an epoch is a pure function of (seed, epoch): shards are permuted, 
 shards is ever in memory. Global position p of the epoch goes to rank p % world_size. The data position is two
 integers, (epoch, consumed): a resumed run recomputes the order and skips `consumed` global samples, so no row
 is repeated or skipped.
+
+Only the columns the loss uses are read (`fields`: by default `weak_log_ratio`, plus `logp_strong_ref` when the
+reference comes from the cache); each shard's row ids are checked against the manifest as it is loaded, which
+is the row-id half of a full verification at no extra read.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +21,12 @@ import numpy as np
 import torch
 
 from w2s.cache.store import Cache
+from w2s.errors import CacheMismatch
 from w2s.logprobs import pad_right
-from w2s.schemas.cache import ShardData
+from w2s.schemas.cache import STRONG_REF_FIELD, ShardData
+
+ROW_COLUMNS = ("row_id", "input_ids", "prompt_len")
+"""What every batch needs besides per-token values: the ids to run the policy on, and where the response starts."""
 
 
 @dataclass
@@ -59,10 +68,18 @@ class CacheReader:
         world_size: int = 1,
         micro_batch_size: int = 4,
         block_shards: int = 4,
+        fields: Sequence[str] | None = None,
     ):
-        """`cache`: an opened `Cache`, or its folder (opened here). Raises CacheMismatch when it has no `fmt` store."""
+        """`cache`: an opened `Cache`, or its folder (opened here); `fields`: the per-token fields to read (None:
+        `weak_log_ratio`, and `logp_strong_ref` when the cache holds it). Raises CacheMismatch when the cache has no
+        `fmt` store or lacks a field asked for."""
         self.cache = cache if isinstance(cache, Cache) else Cache.open(cache)
         self.fmt = self.cache.require_format(fmt)
+        held = self.cache.layout.token_fields()
+        self.fields = tuple(fields) if fields is not None else tuple(f for f in held if f in default_fields())
+        missing = [name for name in self.fields if name not in held]
+        if missing:
+            raise CacheMismatch(f"{self.cache.path}: the cache holds no {', '.join(missing)} (it holds {held})")
         self.shard_rows = [s["rows"] for s in self.cache.shards]  # rows of each shard, in manifest order
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.micro_batch_size, self.block_shards = micro_batch_size, block_shards
@@ -81,7 +98,12 @@ class CacheReader:
         if index not in self._loaded:
             if len(self._loaded) >= self.block_shards:
                 self._loaded.pop(next(iter(self._loaded)))
-            self._loaded[index] = self.cache.read_shard(index, self.fmt)
+            data = self.cache.read_shard(index, self.fmt, columns=(*ROW_COLUMNS, *self.fields))
+            path = self.cache.shard_path(index, self.fmt)
+            problems = Cache.check_row_ids(self.cache.shards[index], path, data.row_id.tolist())
+            if problems:
+                raise CacheMismatch(f"{self.cache.path}: the cache fails verification: {problems[0]}")
+            self._loaded[index] = data
         return self._loaded[index]
 
     def micro_batches(self, position: Position):
@@ -103,21 +125,26 @@ class CacheReader:
         }
 
 
+def default_fields(cached_ref: bool = True) -> tuple[str, ...]:
+    """The per-token fields the WSPO loss reads: the weak ratio, and the strong reference when it is cached."""
+    return ("weak_log_ratio", STRONG_REF_FIELD) if cached_ref else ("weak_log_ratio",)
+
+
 def collate(rows: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Right-pads rows; per-token values are placed on target positions (t-1 predicts t), `[batch, seq - 1]`."""
     input_ids, attention_mask = pad_right([row["input_ids"] for row in rows], pad_id)  # each [batch, seq]
     width = input_ids.shape[1]
-    mask = torch.zeros((len(rows), width - 1))  # [batch, seq-1]: 1 where the target is a response token
-    values = {name: torch.zeros((len(rows), width - 1)) for name in rows[0]["values"]}  # each [batch, seq-1]
+    mask = np.zeros((len(rows), width - 1), np.float32)  # [batch, seq-1]: 1 where the target is a response token
+    values = {name: np.zeros((len(rows), width - 1), np.float32) for name in rows[0]["values"]}  # each [batch, seq-1]
     for b, row in enumerate(rows):
-        length, prompt_len = len(row["input_ids"]), row["prompt_len"]
-        mask[b, prompt_len - 1 : length - 1] = 1.0
-        for name, tensor in values.items():
-            tensor[b, prompt_len - 1 : length - 1] = torch.tensor(row["values"][name])
+        start, end = row["prompt_len"] - 1, len(row["input_ids"]) - 1
+        mask[b, start:end] = 1.0
+        for name, array in values.items():
+            array[b, start:end] = row["values"][name]
     batch = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
-        "mask": mask,
+        "mask": torch.from_numpy(mask),
         "row_id": torch.tensor([row["row_id"] for row in rows]),
     }
-    return {**batch, **values}
+    return {**batch, **{name: torch.from_numpy(array) for name, array in values.items()}}

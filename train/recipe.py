@@ -34,7 +34,10 @@ from w2s.train.config import TrainConfig
 from w2s.train.guards import check_finite, check_reference_batch, check_reference_fingerprint, local_grad_norm
 from w2s.train.losses import wspo_loss
 from w2s.train.metrics import MetricsLog, rewind_metrics, summarise
-from w2s.train.reader import CacheReader, Position
+from w2s.train.reader import CacheReader, Position, default_fields
+
+STORAGE_TORCH = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+"""Torch dtypes of the low-precision storage dtypes, to round the policy's log-probs as the cache rounded its own."""
 
 
 @dataclass
@@ -56,6 +59,8 @@ class Run:
     ref_source: str = "model"
     """Where the reference log-probs come from: 'cache', 'model' (a frozen copy) or 'adapters_off' (LoRA)."""
     last_checkpoint: str | None = None
+    done: bool = False
+    """This very run finished before (its done marker is there): nothing to do."""
 
 
 def init_distributed() -> None:
@@ -119,13 +124,14 @@ def _cosine_factor(step: int, total: int, warmup: int) -> float:
     return cosine_lr(step, total, 1.0, warmup)
 
 
+NOT_PROVENANCE = ("out_dir", "gammas", "save_every", "log_every", "keep_checkpoints", "save_final_checkpoint")
+NOT_PROVENANCE += ("verify_cache",)
+"""Settings that change what a run writes or checks, never its result: a rerun may change them and resume."""
+
+
 def run_provenance(config: TrainConfig, manifest: dict) -> dict:
     """What makes a checkpoint: the cache's provenance and the settings that change the result."""
-    settings = {
-        k: v
-        for k, v in asdict(config).items()
-        if k not in ("out_dir", "gammas", "save_every", "log_every", "keep_checkpoints")
-    }
+    settings = {k: v for k, v in asdict(config).items() if k not in NOT_PROVENANCE}
     return {"cache": manifest["provenance"], "cache_totals": manifest["totals"], "train": settings}
 
 
@@ -135,11 +141,12 @@ def setup(config: TrainConfig) -> Run:
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer("policy", config.policy)
     cache = Cache.open(config.cache_dir)  # the one read of manifest.json
-    check_cache(cache, tokenizer, config.policy, config.check_rows)
+    check_cache(cache, tokenizer, config.policy, config.check_rows, config.verify_cache)
     manifest = cache.manifest
     rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    fields = default_fields(reference_source(config, manifest) == "cache") if config.mode == "cached" else ()
     reader = CacheReader(
-        cache, config.cache_format, config.seed, rank, world_size, config.micro_batch_size, config.block_shards
+        cache, config.cache_format, config.seed, rank, world_size, config.micro_batch_size, config.block_shards, fields
     )
     per_epoch = reader.steps_per_epoch() // config.grad_accum
     if per_epoch == 0:
@@ -158,10 +165,27 @@ def setup(config: TrainConfig) -> Run:
         config=deepspeed_settings(config, world_size),
         lr_scheduler=cosine_schedule(total_steps, config.warmup_ratio),
     )
+    skip_lone_allreduce(engine, world_size)
     run = Run(config, Path(config.out_dir), engine, reader, tokenizer, run_provenance(config, manifest), total_steps)
     attach_reference_and_weak(run, manifest)
     resume(run)
     return run
+
+
+def skip_lone_allreduce(engine, world_size: int) -> None:
+    """With one process and ZeRO stage 0, turns off DeepSpeed's gradient all-reduce after backward: it would
+    flatten every gradient, all-reduce it over gloo with nobody and divide by 1 (215-478 ms a step at 135M).
+    ZeRO stages 1-3 move gradients into their partitions in that same call, so they keep it; so does any run of
+    more than one process."""
+    if world_size == 1 and engine.zero_optimization_stage() == 0:
+        engine.enable_backward_allreduce = False
+
+
+def reference_source(config: TrainConfig, manifest: dict) -> str:
+    """Where reference log-probs come from: 'cache', 'adapters_off' (LoRA) or 'model' (a frozen copy)."""
+    if config.mode == "cached" and config.use_cached_ref and "strong_ref" in manifest["provenance"]["models"]:
+        return "cache"
+    return "adapters_off" if config.lora else "model"
 
 
 def attach_reference_and_weak(run: Run, manifest: dict) -> None:
@@ -169,12 +193,9 @@ def attach_reference_and_weak(run: Run, manifest: dict) -> None:
     config, device = run.config, run.engine.device
     run.manifest = manifest
     models = manifest["provenance"]["models"]
-    if config.mode == "cached" and config.use_cached_ref and "strong_ref" in models:
-        run.ref_source = "cache"
-    elif config.lora:
-        run.ref_source = "adapters_off"
-    else:
-        run.ref_source, run.reference = "model", frozen("reference", config.policy, device)
+    run.ref_source = reference_source(config, manifest)
+    if run.ref_source == "model":
+        run.reference = frozen("reference", config.policy, device)
     if config.mode == "online":
         run.weak = {role: frozen(role, models[role]["name_or_path"], device) for role in ("weak_base", "weak_aligned")}
 
@@ -192,6 +213,9 @@ def resume(run: Run) -> None:
                 f"{run.out_dir}: holds checkpoints of a different run (cache or settings differ: "
                 f"{differ or ['cache']}); use another out_dir"
             )
+    if checkpoints.is_done(run.out_dir, run.provenance):  # done.json decides, with or without a final checkpoint
+        run.step, run.done = checkpoints.done_steps(run.out_dir), True
+        return
     if latest is not None:
         tag, state = latest
         run.engine.load_checkpoint(str(run.out_dir / checkpoints.CHECKPOINTS), tag=tag)
@@ -212,6 +236,9 @@ def prove_reference(run: Run) -> None:
     batch = {k: v.to(run.engine.device) for k, v in batch.items()}
     with torch.no_grad():
         policy = sequence_logps(run.engine.module, batch)
+    storage = run.reader.cache.layout.dtype
+    if storage in STORAGE_TORCH:  # the cache rounded its reference to storage: round the policy the same way
+        policy = policy.to(STORAGE_TORCH[storage]).float()
     check_reference_batch(
         policy,
         batch["logp_strong_ref"],
@@ -223,8 +250,12 @@ def prove_reference(run: Run) -> None:
 
 
 def sequence_logps(model: torch.nn.Module, batch: dict) -> torch.Tensor:
-    """Per-target-token log-probs of a model on a batch, `[batch, seq - 1]`."""
-    return target_logprobs(model, batch["input_ids"], batch["attention_mask"])
+    """Per-target-token log-probs of a model on a batch, `[batch, seq - 1]`, on response tokens (0 elsewhere).
+
+    Only response positions (`mask`) reach the output layer, chunk by chunk (`w2s.logprobs`): the loss never
+    holds `[batch, seq, vocab]` logits, in the forward or the backward.
+    """
+    return target_logprobs(model, batch["input_ids"], batch["attention_mask"], scored=batch["mask"] > 0)
 
 
 def batch_terms(run: Run, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -295,7 +326,7 @@ def train(run: Run) -> MetricsLog:
         log.write(sums, log_now=run.step % config.log_every == 0)
         bar.update(1)
         bar.set_postfix(loss=f"{sums['loss']:.4f}")
-        if config.save_every and run.step % config.save_every == 0 and run.step < run.total_steps:
+        if config.save_every and run.step % config.save_every == 0:
             save_checkpoint(run)
     bar.close()
     return log
@@ -316,8 +347,11 @@ def write_final(run: Run, folder: Path, gathered: dict | None) -> None:
 
 
 def finish(run: Run) -> dict:
-    """Final checkpoint, `final/` (whole or absent), curves and a summary, then the done marker, last."""
-    save_checkpoint(run)
+    """`final/` (whole or absent), curves and a summary, then the done marker, last; a final DeepSpeed checkpoint
+    (optimizer state included) only when `save_final_checkpoint` asks for one and the schedule did not just save."""
+    saved_now = run.config.save_every and run.step % run.config.save_every == 0
+    if run.config.save_final_checkpoint and not saved_now:
+        save_checkpoint(run)
     # every rank takes part in gathering ZeRO-3 weights; only rank 0 writes
     gathered = run.engine._zero3_consolidated_16bit_state_dict() if run.engine.zero_optimization_stage() == 3 else None
     if not is_main():
@@ -334,7 +368,7 @@ def is_main() -> bool:
 
 def run_one(config: TrainConfig) -> dict:
     run = setup(config)
-    if checkpoints.is_done(run.out_dir, run.provenance):
+    if run.done:
         return {"out_dir": str(run.out_dir), "steps": run.step, "already_done": True}
     prove_reference(run)
     train(run)

@@ -23,11 +23,14 @@ def vllm_llm_kwargs(
     tensor_parallel_size: int = 1,
     max_len: int = 2048,
     gpu_memory_utilization: float = 0.4,
+    batch_tokens: int | None = None,
 ) -> dict:
     """Keyword arguments of `vllm.LLM` for one model, set up as the module docstring describes.
 
     Call it before importing vllm: on the CPU it sets VLLM_ENABLE_V1_MULTIPROCESSING=0 (unless set otherwise),
-    which the engine reads when it starts.
+    which the engine reads when it starts. `batch_tokens`, when given, caps the tokens of one engine step
+    (`max_num_batched_tokens`), which bounds the prompt_logprobs memory `w2s.memory.prompt_logprobs_bytes`
+    reserves; vLLM's own default otherwise.
     """
     on_cpu = not torch.cuda.is_available()
     if on_cpu:
@@ -49,7 +52,16 @@ def vllm_llm_kwargs(
         enforce_eager=on_cpu,
         seed=0,
         **memory,
+        **(_step_budget(batch_tokens, max_len) if batch_tokens else {}),
     )
+
+
+def _step_budget(batch_tokens: int, max_len: int) -> dict:
+    """max_num_batched_tokens = batch_tokens, but at least one longest sequence (so that it runs in one step even
+    without chunked prefill), and no more sequences per step than it allows (vLLM requires max_num_seqs <=
+    max_num_batched_tokens; 256 is vLLM's usual default)."""
+    tokens = max(batch_tokens, max_len + 1)
+    return dict(max_num_batched_tokens=tokens, max_num_seqs=min(256, tokens))
 
 
 def _one_more_position(model_path: str, max_len: int) -> dict | None:

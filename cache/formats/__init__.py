@@ -1,10 +1,14 @@
 """The registry of shard formats: every way a shard is written to and read from disk goes through here.
 
 A format is an object with a `name` (also its folder and file suffix, see `w2s.schemas.cache.shard_name`), a
-`write(shard, path, dtype)` that writes under a temporary name and renames into place, and a
-`read(path, columns=None)` that returns a `ShardData`. Adding a format (Lance, say) takes one new module here
-with such a class, and one `register(...)` line below; the build, the manifest, `Cache`, `verify` and the
-trainer's reader then handle it with no other change.
+`write(shard, path, layout)` that writes under a temporary name and renames into place, and a
+`read(path, columns=None)` that returns a `ShardData`. The `layout` (`w2s.schemas.cache.Layout`) says which
+fields the cache's store holds and how per-token values are stored; `shard_arrays(shard, layout)` gives them as
+flat arrays in their stored dtypes and `shard_from_arrays` turns what was read back into a `ShardData`, so a
+format only moves named arrays (and the layout) to and from disk. An optional `encodings(layout)` describes the
+codecs for the manifest. Adding a format (Lance, say) takes one new module here with such a class, and one
+`register(...)` line below; the build, the manifest, `Cache`, `verify` and the trainer's reader then handle it
+with no other change.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Protocol
 from w2s.cache.formats.parquet import ParquetFormat
 from w2s.cache.formats.zarr import ZarrFormat
 from w2s.errors import ConfigError
-from w2s.schemas.cache import ShardData, StorageDtype
+from w2s.schemas.cache import Layout, ShardData
 
 BOTH = ("parquet", "zarr")
 """What `format=both` writes."""
@@ -27,13 +31,19 @@ class ShardFormat(Protocol):
 
     name: str
 
-    def write(self, shard: ShardData, path: Path, dtype: StorageDtype) -> None:
-        """Writes `shard` at `path` (temporary name, then an atomic rename), per-token values stored as `dtype`."""
+    def write(self, shard: ShardData, path: Path, layout: Layout) -> None:
+        """Writes the fields of `layout` from `shard` at `path` (temporary name, then an atomic rename)."""
         ...
 
     def read(self, path: Path, columns: Sequence[str] | None = None) -> ShardData:
-        """Reads the shard at `path` (only `columns` when given); per-token values come back as float32."""
+        """Reads the shard at `path` (only those of `columns` it holds, when given); per-token values as float32."""
         ...
+
+
+def format_encodings(fmt: ShardFormat, layout: Layout) -> dict:
+    """What `fmt` says about its codecs for `layout` (empty for a format that says nothing)."""
+    describe = getattr(fmt, "encodings", None)
+    return describe(layout) if describe is not None else {}
 
 
 _REGISTRY: dict[str, ShardFormat] = {}

@@ -1,4 +1,11 @@
-"""Zarr v3 shards: one group per shard, every field a flat 1-D array (sharding codec), with offsets."""
+"""Zarr v3 shards: one group per shard, every stored array flat and 1-D, with offsets.
+
+Codecs by what an array holds (`compressor`, measured by `benchmarks/cache_storage.py --encodings`): floats
+byte-shuffled then zstd (Blosc), integers plain zstd. Small arrays are one chunk each, large ones chunks gathered
+in one shard object (sharding codec), and the metadata is written on one line: on the tiny world a shard of 256
+rows holds only ~5k response tokens, and pretty-printed, sharded metadata cost 2.5 bytes per token. Plain `zarr`
+reads it all (it ships the Blosc codec).
+"""
 
 from __future__ import annotations
 
@@ -9,17 +16,47 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from zarr.codecs import BloscCodec, ZstdCodec
 
-from w2s.schemas.cache import FIELDS, NUMPY_STORAGE, ShardData, StorageDtype, temporary_path
+from w2s.schemas.cache import (
+    FIELD_BY_NAME,
+    LAYOUT_KEY,
+    Layout,
+    ShardData,
+    shard_arrays,
+    shard_from_arrays,
+    temporary_path,
+)
 
 CHUNK_VALUES = 65536
 """Values per chunk: ~64k values inside one shard object per array gives few files and cheap partial reads."""
 
 
+BLOSC_LEVEL = 9
+"""Blosc level (0-9; Blosc maps it onto zstd's) of float arrays."""
+ZSTD_LEVEL = 19
+"""zstd level of integer arrays. Both levels are the highest that pay (`benchmarks/cache_storage.py --encodings`):
+a Zarr shard's write time goes mostly to creating its arrays, so, unlike Parquet's, it hardly grows with them."""
+
+
+def compressor(values: np.ndarray):
+    """The codec of one flat array. Floats (and bfloat16 bit patterns): Blosc zstd, byte-shuffled, the Zarr
+    counterpart of Parquet's BYTE_STREAM_SPLIT. Integers: plain zstd, which finds repeated phrases in token ids
+    (bit-shuffling them, i.e. bit-packing, measured 25% larger on the tiny world)."""
+    if values.dtype.kind == "f" or values.dtype == np.uint16:  # uint16: bfloat16 bit patterns
+        return BloscCodec(cname="zstd", clevel=BLOSC_LEVEL, shuffle="shuffle")
+    return ZstdCodec(level=ZSTD_LEVEL)
+
+
 def _flat_array(group: zarr.Group, name: str, values: np.ndarray) -> None:
+    """One flat array: a single chunk when it fits one, else chunks gathered in one shard object (the sharding
+    codec's index and metadata cost ~0.5 KB per array, a lot beside a few hundred per-row values)."""
     chunk = max(1, min(len(values), CHUNK_VALUES))
-    shard = max(1, len(values))  # the whole array in one shard object
-    array = group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=(chunk,), shards=(shard,))
+    shards = (max(1, len(values)),) if len(values) > CHUNK_VALUES else None
+    codec = compressor(values)
+    array = group.create_array(
+        name, shape=values.shape, dtype=values.dtype, chunks=(chunk,), shards=shards, compressors=codec
+    )
     if len(values):
         array[:] = values
 
@@ -29,24 +66,18 @@ def _string_array(group: zarr.Group, name: str, values: list[str]) -> None:
     array[:] = np.array(values, dtype=object)
 
 
-def _write_fields(group: zarr.Group, shard: ShardData, dtype: StorageDtype) -> None:
-    """One array per field of `FIELDS`, plus `input_offsets` and `offsets` for the jagged ones."""
-    for spec in FIELDS:
-        if spec.kind == "ids":
-            _flat_array(group, "input_ids", shard.input_ids)
-            _flat_array(group, "input_offsets", shard.input_offsets)
-        elif spec.kind == "token" and spec.name in shard.token_values:
-            _flat_array(group, spec.name, shard.token_values[spec.name].astype(NUMPY_STORAGE[dtype], copy=False))
-        elif spec.kind == "row" and spec.dtype == "string":
-            _string_array(group, spec.name, getattr(shard, spec.name))
-        elif spec.kind == "row":
-            _flat_array(group, spec.name, getattr(shard, spec.name))
-    _flat_array(group, "offsets", shard.offsets)
-    group.attrs["token_fields"] = list(shard.token_values)
-
-
-def _read(group: zarr.Group, name: str, dtype: type | str) -> np.ndarray:
-    return np.asarray(group[name][:]).astype(dtype)
+def _wanted(group: zarr.Group, columns: Sequence[str] | None) -> list[str]:
+    """The stored arrays a read of `columns` needs: their own, offsets for jagged ones, and what the compact
+    store derives `offsets` from."""
+    stored = list(group.array_keys())
+    if columns is None:
+        return stored
+    wanted = set(columns)
+    if "input_ids" in wanted:
+        wanted.add("input_offsets")
+    if any(FIELD_BY_NAME[name].kind == "token" for name in columns if name in FIELD_BY_NAME):
+        wanted |= {"offsets"} if "offsets" in stored else {"input_offsets", "prompt_len"}
+    return [name for name in stored if name in wanted]
 
 
 class ZarrFormat:
@@ -54,30 +85,37 @@ class ZarrFormat:
 
     name = "zarr"
 
-    def write(self, shard: ShardData, path: Path, dtype: StorageDtype) -> None:
+    def write(self, shard: ShardData, path: Path, layout: Layout) -> None:
         """Writes `shard` as a Zarr v3 group at `path` (temporary folder, then rename)."""
         tmp = temporary_path(path)
         shutil.rmtree(tmp, ignore_errors=True)
-        _write_fields(zarr.open_group(str(tmp), mode="w", zarr_format=3), shard, dtype)
+        with zarr.config.set({"json_indent": None}):  # one-line metadata: a third of the pretty-printed bytes
+            group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+            for name, values in shard_arrays(shard, layout).items():
+                if isinstance(values, list):
+                    _string_array(group, name, values)
+                else:
+                    _flat_array(group, name, values)
+            group.attrs.update({"token_fields": list(layout.token_fields()), LAYOUT_KEY: layout.summary()})
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
 
+    def encodings(self, layout: Layout) -> dict:
+        """How the arrays are compressed, for the manifest."""
+        return {
+            "floats": f"blosc zstd level {BLOSC_LEVEL}, byte shuffle",
+            "integers": f"zstd level {ZSTD_LEVEL}",
+            "strings": "zarr's default (vlen-utf8, zstd)",
+        }
+
     def read(self, path: Path, columns: Sequence[str] | None = None) -> ShardData:
         """Reads a Zarr shard (only `columns` when given); per-token values as float32."""
         group = zarr.open_group(str(path), mode="r")
-        wanted = [spec for spec in FIELDS if columns is None or spec.name in columns]
-        wanted_names = {spec.name for spec in wanted}
-        token_names = [name for name in group.attrs["token_fields"] if name in wanted_names]
-        shard = ShardData(token_values={name: _read(group, name, np.float32) for name in token_names})
-        if token_names:
-            shard.offsets = _read(group, "offsets", np.int64)
-        for spec in wanted:
-            if spec.kind == "ids":
-                shard.input_ids = _read(group, "input_ids", np.int32)
-                shard.input_offsets = _read(group, "input_offsets", np.int64)
-            elif spec.kind == "row" and spec.dtype == "string":
-                setattr(shard, spec.name, [str(x) for x in group[spec.name][:]])
-            elif spec.kind == "row":
-                setattr(shard, spec.name, _read(group, spec.name, spec.dtype))
-        return shard
+        attrs = group.attrs.asdict()
+        if LAYOUT_KEY in attrs:
+            layout = Layout.from_description(attrs[LAYOUT_KEY])
+        else:  # schema 1: a full float store
+            layout = Layout("full", "float32", "logp_strong_ref" in attrs["token_fields"])
+        arrays = {name: group[name][:] for name in _wanted(group, columns)}
+        return shard_from_arrays(arrays, layout)

@@ -58,26 +58,40 @@ def synthetic_shard(row_start: int, rows: int, seed: int = 0, with_strong_ref: b
     )
 
 
-def write_synthetic_cache(out_dir: Path, formats=("parquet", "zarr"), shard_rows=(3, 4, 2), dtype="float32") -> Path:
+def write_synthetic_cache(
+    out_dir: Path,
+    formats=("parquet", "zarr"),
+    shard_rows=(3, 4, 2),
+    dtype="float32",
+    store="full",
+    with_strong_ref=False,
+) -> Path:
     """A finished cache of made-up rows, written through the format registry with a real manifest (fast)."""
     from w2s.cache.formats import get_format
-    from w2s.cache.manifest import MANIFEST, file_entry, manifest_body, shard_entry
+    from w2s.cache.manifest import MANIFEST, cache_layout, file_entry, manifest_body, shard_entry
     from w2s.io import atomic_write_json
     from w2s.schemas.cache import shard_name
 
+    config = CacheConfig(
+        out_dir=str(out_dir),
+        format=formats[0] if len(formats) == 1 else "both",
+        storage_dtype=dtype,
+        store=store,
+    )
+    provenance = {"num_shards": 1, **({"models": {"strong_ref": {}}} if with_strong_ref else {})}
+    layout = cache_layout(config, provenance)
     entries, row_start = [], 0
     for index, rows in enumerate(shard_rows):
-        shard = synthetic_shard(row_start, rows)
+        shard = synthetic_shard(row_start, rows, with_strong_ref=with_strong_ref)
         files = {}
         for name in formats:
             path = out_dir / shard_name(index, name)
             path.parent.mkdir(parents=True, exist_ok=True)
-            get_format(name).write(shard, path, dtype)
+            get_format(name).write(shard, path, layout)
             files[name] = file_entry(path)
         entries.append(shard_entry(index, row_start, rows, int(shard.input_offsets[-1]), shard.num_tokens, files))
         row_start += rows
-    config = CacheConfig(out_dir=str(out_dir), format=formats[0] if len(formats) == 1 else "both", storage_dtype=dtype)
-    atomic_write_json(out_dir / MANIFEST, manifest_body({"num_shards": 1}, entries, config))
+    atomic_write_json(out_dir / MANIFEST, manifest_body(provenance, entries, config))
     return out_dir
 
 
@@ -88,9 +102,10 @@ def rewrite_shard(cache_dir: Path, index: int, fmt: str, shard) -> None:
 
     from w2s.cache.formats import get_format
     from w2s.cache.manifest import MANIFEST, file_entry
+    from w2s.schemas.cache import Layout
 
     manifest = json.loads((cache_dir / MANIFEST).read_text())
     path = cache_dir / manifest["shards"][index]["files"][fmt]["name"]
-    get_format(fmt).write(shard, path, manifest["config"]["storage_dtype"])
+    get_format(fmt).write(shard, path, Layout.from_manifest(manifest))
     manifest["shards"][index]["files"][fmt] = file_entry(path)
     (cache_dir / MANIFEST).write_text(json.dumps(manifest))

@@ -172,3 +172,63 @@ def test_inspect_and_verify_commands(cache_dir, tmp_path, capsys):
     victim.write_bytes(victim.read_bytes()[:-1])
     assert main(["verify", str(copy)]) == 1
     assert "shard-00002.zarr" in capsys.readouterr().err
+
+
+def test_a_compact_build_holds_what_training_reads_and_inspects(micro_world, cache_dir, tmp_path, capsys):
+    from w2s.cli import main
+    from w2s.errors import CacheMismatch
+
+    out = tmp_path / "compact"
+    body = build(
+        micro_world, out, strong_ref=str(micro_world / "strong_base"), store="compact", storage_dtype="bfloat16"
+    )
+    assert body["layout"]["store"] == "compact" and body["provenance"]["store"] == "compact"
+    assert verify_cache(out) == []
+    table = ds.dataset(str(out / "parquet"), format="parquet").to_table().sort_by("row_id")  # plain pyarrow
+    assert table.column_names == ["row_id", "input_ids", "prompt_len", "weak_log_ratio", "logp_strong_ref"]
+    full = ds.dataset(str(cache_dir / "parquet"), format="parquet").to_table().sort_by("row_id")
+    assert table["input_ids"].to_pylist() == full["input_ids"].to_pylist()
+    bits = np.asarray(table["weak_log_ratio"].combine_chunks().values)
+    ratios = (bits.astype(np.uint32) << 16).view(np.float32)  # the README's decoding of bfloat16
+    np.testing.assert_allclose(ratios, full["weak_log_ratio"].combine_chunks().values.to_numpy(), atol=0.02, rtol=2**-8)
+    compact_bytes = sum(s["files"]["parquet"]["bytes"] for s in body["shards"])
+    full_bytes = sum(
+        s["files"]["parquet"]["bytes"] for s in json.loads((cache_dir / "manifest.json").read_text())["shards"]
+    )
+    assert compact_bytes < full_bytes / 2
+    assert (
+        build(micro_world, out, strong_ref=str(micro_world / "strong_base"), store="compact", storage_dtype="bfloat16")[
+            "scored_now"
+        ]
+        == 0
+    )  # a rerun finds it finished
+    with pytest.raises(CacheMismatch, match="a finished cache from different inputs or settings"):
+        build(micro_world, out, strong_ref=str(micro_world / "strong_base"))  # a full build into it
+    assert main(["inspect", str(out)]) == 0
+    assert "compact store, stored bfloat16" in capsys.readouterr().out
+
+
+def test_bytes_per_response_token_bounds(micro_world, tmp_path):
+    """Deterministic sizes of one-shard caches of the micro world (its models are barely trained, so their
+    log-probs compress less than a real model's; `benchmarks/cache_storage.py` measures the tiny world)."""
+    sizes = {}
+    for store, dtype, ref in (("full", "float32", False), ("compact", "bfloat16", False), ("compact", "float16", True)):
+        strong = str(micro_world / "strong_base") if ref else ""
+        body = build(
+            micro_world,
+            tmp_path / f"{store}-{dtype}",
+            rows_per_shard=40,
+            store=store,
+            storage_dtype=dtype,
+            strong_ref=strong,
+        )
+        tokens = body["totals"]["response_tokens"]
+        sizes[store, dtype] = {fmt: body["shards"][0]["files"][fmt]["bytes"] / tokens for fmt in ("parquet", "zarr")}
+    bounds = {  # measured, plus 5%: 12.46, 14.50 / 3.76, 4.72 / 5.62, 6.77 (Zarr pays ~1 KB of metadata an array)
+        ("full", "float32"): {"parquet": 13.1, "zarr": 15.2},
+        ("compact", "bfloat16"): {"parquet": 4.0, "zarr": 5.0},
+        ("compact", "float16"): {"parquet": 5.9, "zarr": 7.1},
+    }
+    for key, per_format in bounds.items():
+        for fmt, bound in per_format.items():
+            assert sizes[key][fmt] < bound, (key, fmt, sizes[key][fmt])

@@ -1,6 +1,9 @@
 """`Cache`: opened from its manifest once, read through the registry, verified in every format."""
 
 import json
+import os
+import random
+import shutil
 
 import numpy as np
 import pytest
@@ -77,3 +80,76 @@ def test_verify_catches_a_changed_file_and_wrong_totals(cache_dir):
     problems = Cache.open(cache_dir).verify()
     assert "shard-00002.parquet: sha256" in problems[0]
     assert problems[1] == "shards hold 9 rows, manifest totals say 10"
+
+
+def age(path, seconds=60):
+    """Sets the modification time of a file, or of every file in a folder, `seconds` before the manifest's."""
+    then = (path.parents[1] / "manifest.json").stat().st_mtime_ns - seconds * 10**9
+    for file in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        os.utime(file, ns=(then, then))
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "zarr"])
+def test_cheap_levels_check_sizes_and_hash_what_changed_after_the_manifest(cache_dir, fmt):
+    name = "shard-00001.parquet" if fmt == "parquet" else "shard-00001.zarr/weak_log_ratio/c/0"
+    victim = cache_dir / fmt / name
+    victim.write_bytes(victim.read_bytes()[:-4] + b"0000")  # same size, other bytes, newer than the manifest
+    for level in ("sizes", "sample", "full"):
+        problems = Cache.open(cache_dir).verify(level, sample=0)
+        assert len(problems) == 1 and f"shard-00001.{fmt}: sha256" in problems[0], level
+    age(cache_dir / fmt / f"shard-00001.{fmt}")  # the same damage with the mtime put back: only hashing finds it
+    assert Cache.open(cache_dir).verify("sizes") == []
+    for seed in range(6):  # a sample of one shard finds the damage exactly when it picks shard 1
+        found = Cache.open(cache_dir).verify("sample", sample=1, seed=seed)
+        assert bool(found) == (random.Random(seed).sample(range(3), 1) == [1])
+    assert "sha256" in Cache.open(cache_dir).verify("sample", sample=3)[0]  # a sample of every shard
+    assert "sha256" in Cache.open(cache_dir).verify("full")[0]
+    assert "sha256" in verify_cache(cache_dir)[0]  # `w2s verify` stays a full check
+
+
+def test_cheap_levels_still_check_sizes_rows_and_missing_files(cache_dir):
+    victim = cache_dir / "parquet" / "shard-00002.parquet"
+    victim.write_bytes(victim.read_bytes() + b"x")
+    age(victim)
+    shutil.rmtree(cache_dir / "zarr" / "shard-00000.zarr")
+    manifest = json.loads((cache_dir / "manifest.json").read_text())
+    manifest["shards"][1]["row_start"] = 4
+    (cache_dir / "manifest.json").write_text(json.dumps(manifest))
+    problems = Cache.open(cache_dir).verify("sizes")
+    assert "shard-00000.zarr: missing" in problems[0]
+    assert "shard 1: starts at row 4, expected 3" in problems[1]
+    assert "shard-00002.parquet: " in problems[2] and "bytes, manifest says" in problems[2]
+
+
+def test_a_schema_1_cache_opens_verifies_and_reads(cache_dir):
+    manifest = json.loads((cache_dir / "manifest.json").read_text())
+    del manifest["layout"]
+    (cache_dir / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 1}))
+    cache = Cache.open(cache_dir)
+    assert cache.layout.store == "full" and cache.layout.dtype == "float32"
+    assert cache.verify() == [] and cache.read_shard(2).num_rows == 2
+
+
+def test_the_manifest_records_the_layout(tmp_path):
+    cache = Cache.open(write_synthetic_cache(tmp_path / "c", store="compact", dtype="bfloat16", with_strong_ref=True))
+    layout = cache.manifest["layout"]
+    assert layout["store"] == "compact" and [entry["name"] for entry in layout["fields"]] == [
+        "row_id",
+        "input_ids",
+        "prompt_len",
+        "weak_log_ratio",
+        "logp_strong_ref",
+    ]
+    assert layout["fields"][3] == {
+        "name": "weak_log_ratio",
+        "kind": "token",
+        "dtype": "bfloat16",
+        "stored_as": "uint16 (the upper 16 bits of the float32)",
+    }
+    assert layout["encodings"]["parquet"]["columns"]["input_ids"] == "BYTE_STREAM_SPLIT"
+    assert layout["encodings"]["parquet"]["compression"] == "zstd level 19"
+    assert set(layout["encodings"]) == {"parquet", "zarr"}
+    assert cache.verify() == [] and set(cache.read_shard(0, "zarr").token_values) == {
+        "weak_log_ratio",
+        "logp_strong_ref",
+    }

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tests.cache.helpers import build, write_synthetic_cache
+from tests.cache.helpers import build, rewrite_shard, synthetic_shard, write_synthetic_cache
 from w2s.cache.store import Cache
 from w2s.errors import CacheMismatch
 from w2s.train.reader import CacheReader, Position, collate, epoch_order
@@ -88,3 +88,41 @@ def test_a_reader_takes_an_opened_cache_or_its_folder(tmp_path):
         assert all(np.array_equal(x[key].numpy(), y[key].numpy()) for key in x)
     with pytest.raises(CacheMismatch, match="has no npz store"):
         CacheReader(folder, "npz")
+
+
+def test_the_reader_reads_only_what_the_loss_uses(tmp_path, monkeypatch):
+    folder = write_synthetic_cache(tmp_path / "c", shard_rows=(3, 4, 2), with_strong_ref=True)
+    asked = []
+    read_shard = Cache.read_shard
+    monkeypatch.setattr(
+        Cache, "read_shard", lambda self, *a, **k: asked.append(k["columns"]) or read_shard(self, *a, **k)
+    )
+    batch, _ = next(CacheReader(folder, "parquet", micro_batch_size=2).micro_batches(Position()))
+    assert asked[0] == ("row_id", "input_ids", "prompt_len", "weak_log_ratio", "logp_strong_ref")
+    assert "logp_weak_base" not in batch and "logp_strong_ref" in batch
+    batch, _ = next(CacheReader(folder, "zarr", micro_batch_size=2, fields=()).micro_batches(Position()))
+    assert asked[-1] == ("row_id", "input_ids", "prompt_len") and "weak_log_ratio" not in batch
+    with pytest.raises(CacheMismatch, match=r"holds no logp_weak_base \(it holds"):
+        CacheReader(write_synthetic_cache(tmp_path / "k", store="compact"), fields=("logp_weak_base",))
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "zarr"])
+def test_a_compact_cache_gives_the_batches_of_a_full_one(tmp_path, fmt):
+    full = write_synthetic_cache(tmp_path / "full", shard_rows=(3, 4, 2), with_strong_ref=True)
+    compact = write_synthetic_cache(tmp_path / "compact", shard_rows=(3, 4, 2), with_strong_ref=True, store="compact")
+    a = list(CacheReader(full, fmt, seed=4, micro_batch_size=2).micro_batches(Position()))
+    b = list(CacheReader(compact, fmt, seed=4, micro_batch_size=2).micro_batches(Position()))
+    assert len(a) == len(b) == 4
+    for (x, _), (y, _) in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        assert all(np.array_equal(x[key].numpy(), y[key].numpy()) for key in x)
+
+
+def test_the_reader_checks_row_ids_as_it_loads_a_shard(tmp_path):
+    folder = write_synthetic_cache(tmp_path / "c", shard_rows=(3, 4, 2))
+    shard = synthetic_shard(3, 4)
+    shard.row_id = shard.row_id + 1
+    rewrite_shard(folder, 1, "parquet", shard)  # sizes and checksums match the manifest again
+    reader = CacheReader(folder, "parquet", seed=0, micro_batch_size=9)
+    with pytest.raises(CacheMismatch, match=r"fails verification: .*shard-00001.parquet: row ids \[4, 5, 6\]"):
+        list(reader.micro_batches(Position()))

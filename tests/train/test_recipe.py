@@ -153,3 +153,68 @@ def test_gamma_sweep_lora_and_zero3(micro_world, cache_with_ref, tmp_path):
     )
     final = AutoModelForCausalLM.from_pretrained(tmp_path / "z3" / "final")
     assert final.num_parameters() == AutoModelForCausalLM.from_pretrained(micro_world / "strong_base").num_parameters()
+
+
+def final_weights(out):
+    return AutoModelForCausalLM.from_pretrained(out / "final").state_dict()
+
+
+def test_one_process_skips_the_all_reduce_and_trains_the_same(micro_world, cache_with_ref, tmp_path, monkeypatch):
+    import w2s.train.recipe as recipe
+
+    seen = []
+    skip = recipe.skip_lone_allreduce
+    monkeypatch.setattr(recipe, "skip_lone_allreduce", lambda engine, n: (skip(engine, n), seen.append(engine))[0])
+    run(train_config(micro_world, cache_with_ref, tmp_path / "lean", max_steps=3))
+    assert seen[-1].enable_backward_allreduce is False
+    monkeypatch.setattr(recipe, "skip_lone_allreduce", lambda engine, n: seen.append(engine))  # today's behaviour
+    run(train_config(micro_world, cache_with_ref, tmp_path / "reduced", max_steps=3))
+    assert seen[-1].enable_backward_allreduce is True
+    lean, reduced = read_metrics(tmp_path / "lean"), read_metrics(tmp_path / "reduced")
+    assert [r["loss"] for r in lean] == [r["loss"] for r in reduced]
+    a, b = final_weights(tmp_path / "lean"), final_weights(tmp_path / "reduced")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+TWO_RANKS = """
+import hashlib, json, sys, torch
+from pathlib import Path
+from tests.train.test_recipe import train_config
+from w2s.train.recipe import setup, train
+out = Path(sys.argv[3])
+run = setup(train_config(Path(sys.argv[1]), Path(sys.argv[2]), out, max_steps=2, micro_batch_size=2))
+train(run)
+weights = b"".join(p.detach().numpy().tobytes() for p in run.engine.module.parameters())
+result = {"all_reduce": run.engine.enable_backward_allreduce, "weights": hashlib.sha256(weights).hexdigest()}
+(out / f"rank-{torch.distributed.get_rank()}.json").write_text(json.dumps(result))
+"""
+
+
+def test_two_processes_keep_the_all_reduce(micro_world, cache_with_ref, tmp_path):
+    """torchrun, 2 processes on gloo: each rank reads other rows, and the all-reduce keeps their weights equal."""
+    launcher = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE")
+    env = {**{k: v for k, v in os.environ.items() if k not in launcher}, "PYTHONPATH": os.getcwd()}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--no-python"]
+    args = [sys.executable, "-c", TWO_RANKS, str(micro_world), str(cache_with_ref), str(tmp_path / "two")]
+    done = subprocess.run([*torchrun, *args], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "two" / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
+    assert all(rank["all_reduce"] for rank in ranks)
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # same weights on both ranks after two steps on different rows
+
+
+def test_training_on_a_compact_cache(micro_world, cache_with_ref, tmp_path):
+    """float16 and bfloat16 compact caches: the cached reference is still proved (the policy is rounded as the
+    cache rounded), and the losses stay near those of the float32 full store."""
+    full = read_metrics_of(micro_world, cache_with_ref, tmp_path / "full")
+    for dtype, tolerance in (("float16", 2e-3), ("bfloat16", 2e-2)):
+        compact = tmp_path / f"cache-{dtype}"
+        build(micro_world, compact, strong_ref=str(micro_world / "strong_base"), store="compact", storage_dtype=dtype)
+        assert not (compact / "parquet" / "shard-00000.parquet").read_bytes().count(b"logp_weak_base")
+        losses = read_metrics_of(micro_world, compact, tmp_path / f"wspo-{dtype}")
+        assert losses == pytest.approx(full, abs=tolerance), dtype
+
+
+def read_metrics_of(world, cache, out):
+    run(train_config(world, cache, out, max_steps=3))
+    return [r["loss"] for r in read_metrics(out)]

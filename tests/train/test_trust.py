@@ -109,3 +109,30 @@ def test_a_refused_train_leaves_the_existing_run_untouched(micro_world, cache_wi
     assert main(["train", *words, "train.gamma=0.7"]) == 2
     assert "holds checkpoints of a different run" in capsys.readouterr().err
     assert all(path.read_bytes() == data for path, data in before.items())
+
+
+@pytest.mark.integration
+def test_no_optimizer_checkpoint_at_the_end_unless_asked(micro_world, cache_with_ref, tmp_path):
+    """save_every=0 writes final/ and the done marker, no DeepSpeed checkpoint; a rerun is still "already done".
+    save_final_checkpoint=true adds the one checkpoint, to continue training later."""
+    lean = tmp_path / "lean"
+    (summary,) = run(train_config(micro_world, cache_with_ref, lean, max_steps=2))
+    assert summary["steps"] == 2 and (lean / "final" / "config.json").exists() and (lean / checkpoints.DONE).exists()
+    assert not (lean / checkpoints.CHECKPOINTS).exists()
+    (again,) = run(train_config(micro_world, cache_with_ref, lean, max_steps=2, verify_cache="full"))
+    assert again == {"out_dir": str(lean), "steps": 2, "already_done": True}  # the verify level is not the run's
+    kept = tmp_path / "kept"
+    run(train_config(micro_world, cache_with_ref, kept, max_steps=2, save_final_checkpoint=True))
+    assert [step for step, _ in checkpoints.checkpoint_tags(kept)] == [2]
+
+
+def test_the_start_up_check_is_a_choice_and_not_part_of_the_run():
+    from w2s.config import ConfigError, load_config
+    from w2s.settings import Settings
+    from w2s.train.recipe import NOT_PROVENANCE
+
+    with pytest.raises(ConfigError, match=r"train.verify_cache: 'all' is not one of \['sizes', 'sample', 'full'\]"):
+        load_config(Settings, None, ["train.verify_cache=all"])
+    settings = load_config(Settings, None, ["train.verify_cache=sizes", "train.save_final_checkpoint=true"])
+    assert settings.train.verify_cache == "sizes" and settings.train.save_final_checkpoint
+    assert {"verify_cache", "save_final_checkpoint"} <= set(NOT_PROVENANCE)  # a rerun may change them and resume
