@@ -17,6 +17,15 @@ from w2s.logprobs import (
     target_logprobs,
 )
 
+
+@pytest.fixture(autouse=True)
+def plain_functional_linear(monkeypatch):
+    """DeepSpeed's ZeRO-3 start-up replaces torch.nn.functional.linear for the rest of the process ("this will
+    persist unless manually reset"), so after a ZeRO-3 test in the same session the plain reference path here
+    would run DeepSpeed's version on a fake partitioned weight: every test here uses torch's own."""
+    monkeypatch.setattr(torch.nn.functional, "linear", torch._C._nn.linear)
+
+
 response_logps = logprobs_of_targets
 VOCAB = 300
 MODEL_TYPES = {
