@@ -203,7 +203,8 @@ def attach_reference_and_weak(run: Run, manifest: dict) -> None:
 def resume(run: Run) -> None:
     """Loads the newest complete checkpoint of this run, refusing one made from other inputs."""
     saved = run.out_dir / "provenance.json"
-    checkpoints.remove_stale_temporaries(run.out_dir) if is_main() else None
+    if is_main():
+        checkpoints.remove_stale_temporaries(run.out_dir)
     latest = checkpoints.latest_checkpoint(run.out_dir)
     if latest is not None or (run.out_dir / checkpoints.DONE).exists():
         recorded = json.loads(saved.read_text())
