@@ -7,8 +7,9 @@ in Python must pass concrete paths.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import InitVar, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 from w2s.config import require, require_finite
 
@@ -23,7 +24,16 @@ PARAMS: dict[str, dict[str, type]] = {
     "bon": {"n": int},
     "eft": {"beta": float},
 }
-"""The params each generator takes (all required): cbs W, K, L; bon N; eft the weight of the weak log-ratio."""
+"""The params each generator takes: cbs W, K, L; bon N; eft the weight of the weak log-ratio."""
+
+DEFAULT_PARAMS: dict[str, dict[str, float]] = {
+    "sample": {},
+    "cbs": {"width": 2, "num_samples": 2, "chunk_len": 30},
+    "bon": {"n": 4},
+    "eft": {"beta": 1.0},
+}
+"""The value a param takes when a system leaves it out: the W2S search paper's AlpacaEval settings (W, K, L =
+2, 2, 30), best-of-4, and EFT at beta 1."""
 
 DEFAULT_TASK = {
     "_component_": "w2s.world.task.SummaryTask",
@@ -52,17 +62,24 @@ class SystemConfig:
     optional: bool = False
     """Skip this system, with the reason in the report, when `model` has no config.json (e.g. WSPO before
     `w2s train`); otherwise a missing model is an error."""
+    responses: str = ""
+    """A responses.jsonl written by `w2s generate`/`w2s search`: score those responses (matched by prompt id)
+    instead of generating; `model` then only names the tokenizer that decoded them."""
 
-    def __post_init__(self) -> None:
-        key = f"eval.systems[{self.name}]"
-        require(bool(self.name), "eval.systems", "every system needs a name")
+    where: InitVar[str] = ""
+    """The config key refusals name (default `eval.systems[<name>]`); not a setting."""
+
+    def __post_init__(self, where: str) -> None:
+        self.check(where or f"eval.systems[{self.name}]")
+
+    def check(self, key: str) -> None:
+        """Refuses a bad generator/params/engine combination (naming `key`); fills left-out params with
+        `DEFAULT_PARAMS` and makes them int or float."""
+        require(bool(self.name), key, "every system needs a name")
         expected = PARAMS[self.generator]
-        unknown, missing = sorted(set(self.params) - set(expected)), sorted(set(expected) - set(self.params))
-        require(
-            not unknown and not missing,
-            f"{key}.params",
-            f"{self.generator} takes exactly {sorted(expected)}; unknown {unknown}, missing {missing}",
-        )
+        unknown = sorted(set(self.params) - set(expected))
+        require(not unknown, f"{key}.params", f"{self.generator} takes {sorted(expected)}; unknown {unknown}")
+        self.params = {**DEFAULT_PARAMS[self.generator], **self.params}
         for name, kind in expected.items():
             value = self.params[name]
             require(
@@ -122,31 +139,18 @@ class VllmOptions:
 
 
 @dataclass
-class EvalConfig:
-    """What `w2s eval` compares, on which task, with which budgets."""
+class GenerationSettings:
+    """How every response is drawn: the weak pair that guides, the budget and the sampling settings. Shared by
+    `w2s eval` (section eval) and `w2s generate`/`w2s search` (section generate)."""
 
-    out_dir: str = "{run_root}/eval"
-    """Output folder: report.json, report.md, comparison.png, reward_vs_gamma.png (gamma sweep only), config.yaml."""
-    task: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_TASK))
-    """The task: `_component_` (dotted path of a w2s.eval.task.Task class) and its arguments. A mapping
-    without `_component_` updates the arguments of the default task (the tiny world's test split)."""
-    systems: list[SystemConfig] = field(default_factory=default_systems)
-    """The systems to compare, in report order: each {name, model, generator, params, engine, optional}."""
-    run: list[str] = field(default_factory=list)
-    """Names of the declared systems to run (in declared order); empty runs them all."""
+    section: ClassVar[str] = "eval"
     weak_base: str = "{world}/weak_base"
     """The weak model before alignment: the guide's denominator (cbs, bon, eft)."""
     weak_aligned: str = "{world}/weak_aligned"
-    """The weak model after alignment: the guide's numerator; its tokenizer scores the decoded text."""
+    """The weak model after alignment: the guide's numerator; its tokenizer (and chat template) scores the
+    decoded text, so it may differ from the strong model's."""
     tokenizer: str = "{world}/tokenizer"
-    """Tokenizer for any model folder that holds none."""
-    wspo_dir: str = "{wspo}"
-    """WSPO output: every wspo_dir/gamma-*/final feeds the reward-vs-gamma plot (gamma read from
-    final/w2s_provenance.json)."""
-    gamma_sweep: bool = True
-    """Also evaluate every wspo_dir/gamma-*/final (plain sampling) and plot the task's metrics against gamma."""
-    num_examples: int = 200
-    """Test prompts evaluated (the task's first ones)."""
+    """Tokenizer for any local model folder that holds none."""
     max_new_tokens: int = 64
     """Token budget of every response."""
     temperature: float = 0.7
@@ -159,14 +163,47 @@ class EvalConfig:
     """Seeds plain generation; search, best-of-N and EFT use seed + i for prompt i."""
     batch_size: int = 64
     """Prompts per batch of plain generation (engine hf)."""
-    num_shown: int = 3
-    """Sample outputs per system saved in report.json (the first test prompts)."""
     threads: int = 1
-    """torch CPU threads while evaluating; these tiny models run fastest on one on a shared machine."""
+    """torch CPU threads while generating; tiny models run fastest on one on a shared machine."""
     vllm: VllmOptions = field(default_factory=VllmOptions)
     """Engine settings of systems with engine vllm."""
 
     def __post_init__(self) -> None:
+        for key in ("max_new_tokens", "batch_size", "threads"):
+            require(getattr(self, key) >= 1, f"{self.section}.{key}", f"must be >= 1, got {getattr(self, key)}")
+        require_finite(self.temperature, f"{self.section}.temperature")
+        require(self.temperature >= 0, f"{self.section}.temperature", "must be >= 0 (0 is greedy)")
+        require(self.top_k >= 0, f"{self.section}.top_k", "must be >= 0 (0 keeps all tokens)")
+        require_finite(self.top_p, f"{self.section}.top_p", positive=True)
+        require(self.top_p <= 1, f"{self.section}.top_p", "must be in (0, 1]")
+
+
+@dataclass
+class EvalConfig(GenerationSettings):
+    """What `w2s eval` compares, on which task, with which budgets."""
+
+    out_dir: str = "{run_root}/eval"
+    """Output folder: report.json, report.md, comparison.png, reward_vs_gamma.png (gamma sweep only), config.yaml."""
+    task: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_TASK))
+    """The task: `_component_` (dotted path of a w2s.eval.task.Task class) and its arguments. A mapping
+    without `_component_` updates the arguments of the default task (the tiny world's test split)."""
+    systems: list[SystemConfig] = field(default_factory=default_systems)
+    """The systems to compare, in report order: each {name, model, generator, params, engine, optional,
+    responses}."""
+    run: list[str] = field(default_factory=list)
+    """Names of the declared systems to run (in declared order); empty runs them all."""
+    wspo_dir: str = "{wspo}"
+    """WSPO output: every wspo_dir/gamma-*/final feeds the reward-vs-gamma plot (gamma read from
+    final/w2s_provenance.json)."""
+    gamma_sweep: bool = True
+    """Also evaluate every wspo_dir/gamma-*/final (plain sampling) and plot the task's metrics against gamma."""
+    num_examples: int = 200
+    """Test prompts evaluated (the task's first ones)."""
+    num_shown: int = 3
+    """Sample outputs per system saved in report.json (the first test prompts)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if "_component_" not in self.task:  # a partial mapping (e.g. one override) updates the default task
             self.task = {**DEFAULT_TASK, **self.task}
         require(
@@ -178,15 +215,57 @@ class EvalConfig:
         require(len(set(names)) == len(names), "eval.systems", f"system names must be unique, got {names}")
         unknown = [name for name in self.run if name not in names]
         require(not unknown, "eval.run", f"unknown system(s) {unknown}; declared: {names}")
-        for key in ("num_examples", "max_new_tokens", "batch_size", "threads"):
-            require(getattr(self, key) >= 1, f"eval.{key}", f"must be >= 1, got {getattr(self, key)}")
+        require(self.num_examples >= 1, "eval.num_examples", f"must be >= 1, got {self.num_examples}")
         require(self.num_shown >= 0, "eval.num_shown", "must be >= 0")
-        require_finite(self.temperature, "eval.temperature")
-        require(self.temperature >= 0, "eval.temperature", "must be >= 0 (0 is greedy)")
-        require(self.top_k >= 0, "eval.top_k", "must be >= 0 (0 keeps all tokens)")
-        require_finite(self.top_p, "eval.top_p", positive=True)
-        require(self.top_p <= 1, "eval.top_p", "must be in (0, 1]")
 
     def selected(self) -> list[SystemConfig]:
         """The systems `run` names (all when it is empty), in declared order."""
         return [system for system in self.systems if not self.run or system.name in self.run]
+
+
+@dataclass
+class GenerateConfig(GenerationSettings):
+    """What `w2s generate` (and `w2s search`) runs: one system on one prompt set, into a responses folder."""
+
+    section: ClassVar[str] = "generate"
+    out_dir: str = "{run_root}/generate"
+    """Output folder: parts/ (written as it goes), responses.jsonl, model_outputs.json (AlpacaEval), run.json."""
+    prompts: str = "{world}/data/test.jsonl"
+    """The prompt set: a local jsonl/json/parquet/arrow file (or folder of them), or a hub dataset name."""
+    split: str = "train"
+    """Dataset split (local files load as 'train'; AlpacaEval's hub set is 'eval')."""
+    prompt_field: str = "prompt"
+    """Field holding the prompt text (ignored when messages_field is set)."""
+    messages_field: str = ""
+    """Field holding chat messages; a last assistant message is the reference, the others the prompt."""
+    id_field: str = "example_id"
+    """Field holding a unique prompt id; rows without it get 'row-<n>'."""
+    limit: int = 0
+    """Only the first N prompts (0: all)."""
+    model: str = "{world}/strong_base"
+    """The strong model (a folder or hub id); any tokenizer: the weak pair re-tokenises its text."""
+    generator: Literal["", "sample", "cbs", "bon", "eft"] = ""
+    """sample, cbs (chunk-level beam search), bon (best-of-N) or eft; empty: cbs under `w2s search`, sample
+    under `w2s generate`."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """The generator's settings (cbs {width, num_samples, chunk_len}, bon {n}, eft {beta}); left-out ones take
+    the defaults (cbs 2, 2, 30; bon 4; eft 1.0)."""
+    engine: Engine = "hf"
+    """hf (transformers) or vllm (prefix caching, tensor parallel; see generate.vllm)."""
+    name: str = ""
+    """The `generator` name written into model_outputs.json (AlpacaEval); empty: <model folder>+<generator>."""
+    save_every: int = 16
+    """Prompts per part file: the unit a killed run resumes from."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.save_every >= 1, "generate.save_every", f"must be >= 1, got {self.save_every}")
+        require(self.limit >= 0, "generate.limit", f"must be >= 0 (0: all), got {self.limit}")
+        if self.generator:
+            self.system()  # refuses bad params now, before anything loads
+
+    def system(self, default_generator: str = "sample") -> SystemConfig:
+        """The system this run generates with (params checked and completed)."""
+        generator = self.generator or default_generator
+        name = self.name or f"{Path(self.model.rstrip('/')).name}+{generator}"
+        return SystemConfig(name, self.model, generator, dict(self.params), self.engine, where="generate")

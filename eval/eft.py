@@ -90,4 +90,5 @@ def eft_generate(
         for stepper in (strong, tuned, untuned):
             stepper.append(token.to(stepper.seqs.device))
     text = tokenizer.decode(ids, skip_special_tokens=True)
-    return SearchResult(text, ids, score, len(ids) + finished, finished, strong_logprob)
+    drawn = len(ids) + finished  # every drawn token had both weak models' next-token distribution
+    return SearchResult(text, ids, score, drawn, finished, strong_logprob, weak_tokens=drawn)

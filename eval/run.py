@@ -42,7 +42,8 @@ def evaluate(config: EvalConfig, task: Task, system: Planned, models: Models, ex
     spec = system.spec
     job = prepare(models, spec)  # loading is not timed
     started = time.perf_counter()
-    ids, sampled = responses_of(models, spec, job, [example.prompt for example in examples])
+    prompts, example_ids = [example.prompt for example in examples], [example.example_id for example in examples]
+    ids, sampled = responses_of(models, spec, job, prompts, example_ids)
     tokenizer = models.tokenizer(spec.model)
     responses = [Response(tokenizer.decode(row, skip_special_tokens=True), row) for row in ids]
     row = {"kind": spec.generator, "engine": spec.engine, "model": spec.model, "gamma": system.gamma}
@@ -52,6 +53,7 @@ def evaluate(config: EvalConfig, task: Task, system: Planned, models: Models, ex
     if spec.params:
         row["search"] = dict(spec.params)
     row["samples"] = shown(config, task, responses, examples)
+    row["per_example"] = [task.score_example(r, e) for r, e in zip(responses, examples)]  # for bootstrap intervals
     return row
 
 

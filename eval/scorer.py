@@ -31,6 +31,10 @@ class WeakScorer:
         self.tokenizer, self.batch_size = tokenizer, batch_size
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
+        self.tokens_scored = 0
+        """Weak response tokens scored so far (EOS included), each by both models: the guide's compute."""
+        self.tokens_forwarded = 0
+        """Weak tokens run through each model so far, prompts included (padding excluded)."""
 
     @torch.no_grad()
     def score(self, prompt: str | list[dict], responses: list[str], finished: list[bool]) -> list[float]:
@@ -53,6 +57,8 @@ class WeakScorer:
             prompt_ids + self.tokenizer(text, add_special_tokens=False)["input_ids"] + (eos if done else [])
             for text, done in zip(responses, finished)
         ]
+        self.tokens_scored += sum(len(ids) - len(prompt_ids) for ids in encoded)
+        self.tokens_forwarded += sum(len(ids) for ids in encoded)
         scores: list[float] = []
         for start in range(0, len(encoded), self.batch_size):
             scores += self._score_batch(encoded[start : start + self.batch_size], len(prompt_ids))

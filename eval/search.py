@@ -52,6 +52,9 @@ class SearchResult:
     """Strong model's log-likelihood of the best response (temperature 1), EOS included when finished."""
     beam: list[Hypothesis] = field(default_factory=list)
     """The final hypotheses, best first; `beam[0]` is the result."""
+    weak_tokens: int = 0
+    """Weak response tokens the guide scored over the whole search (each by both weak models; a candidate is
+    rescored from its start every round), EOS included: the weak compute, beside `num_sampled`."""
 
 
 def expand_beam(
@@ -123,6 +126,7 @@ def chunk_beam_search(
     if min(width, num_samples, chunk_len) < 1:
         raise ValueError(f"width, num_samples and chunk_len must be >= 1, got {width}, {num_samples}, {chunk_len}")
     sampler.begin(encode_prompt(sampler.tokenizer, prompt), seed)
+    weak_before = scorer.tokens_scored if scorer is not None else 0
     beam, live, used, num_sampled = [Hypothesis([], "", False, 0.0)], [0], 0, 0  # live: beam indices to extend
     while live and used < max_new_tokens:
         repeats = width * num_samples if used == 0 else num_samples
@@ -134,7 +138,10 @@ def chunk_beam_search(
         score_children(scorer, prompt, children)
         beam, _, live = prune(beam, children, width)
     best = beam[0]
-    return SearchResult(best.text, best.token_ids, best.score, num_sampled, best.finished, best.strong_logprob, beam)
+    weak_tokens = scorer.tokens_scored - weak_before if scorer is not None else 0
+    return SearchResult(
+        best.text, best.token_ids, best.score, num_sampled, best.finished, best.strong_logprob, beam, weak_tokens
+    )
 
 
 def best_of_n(

@@ -17,8 +17,10 @@ from tqdm import tqdm
 from transformers import AutoConfig
 
 from w2s.config import ConfigError
-from w2s.eval.config import EvalConfig, SystemConfig
+from w2s.errors import DataError
+from w2s.eval.config import EvalConfig, GenerationSettings, SystemConfig
 from w2s.eval.eft import check_same_vocab, eft_generate
+from w2s.eval.responses import read_responses, responses_file
 from w2s.eval.samplers import HFSampler, Sampler, Sampling
 from w2s.eval.scorer import WeakScorer
 from w2s.eval.search import SearchResult, best_of_n, chunk_beam_search, sample
@@ -86,7 +88,7 @@ class Guide:
 class Models:
     """Loads every model, tokenizer, vLLM engine and the weak pair once, however many systems share them."""
 
-    def __init__(self, config: EvalConfig) -> None:
+    def __init__(self, config: GenerationSettings) -> None:
         self.config, self.weak = config, None
         self.models, self.tokenizers, self.engines = {}, {}, {}  # by path
         self.sampling = Sampling(config.temperature, config.top_k, config.top_p)
@@ -162,7 +164,11 @@ GUIDED = ("cbs", "bon", "eft")
 
 
 def prepare(models: Models, spec: SystemConfig) -> Job | None:
-    """Loads what a system needs before it is timed; None for batched plain sampling (transformers)."""
+    """Loads what a system needs before it is timed; None for batched plain sampling (transformers) and for
+    recorded responses (only the tokenizer is loaded)."""
+    if spec.responses:
+        models.tokenizer(spec.model)
+        return None
     if spec.engine == "hf":
         models.get(spec.model)
         if spec.generator == "sample":
@@ -173,7 +179,7 @@ def prepare(models: Models, spec: SystemConfig) -> Job | None:
         try:
             check_same_vocab(job.sampler.model, (guide.tuned, guide.untuned), job.sampler.tokenizer, guide.tokenizer)
         except ValueError as err:
-            raise ConfigError(f"eval.systems[{spec.name}]: {err}") from err
+            raise ConfigError(f"{spec.name}: {err}") from err
     return job
 
 
@@ -182,25 +188,70 @@ def sampled_tokens(response: list[int], max_new_tokens: int) -> int:
     return len(response) + (len(response) < max_new_tokens)
 
 
-def responses_of(
-    models: Models, spec: SystemConfig, job: Job | None, prompts: list
-) -> tuple[list[list[int]], list[int]]:
-    """One response per prompt (token ids) and the strong tokens sampled for each (EOS and candidates included)."""
+@dataclass
+class Generated:
+    """One response and what it cost."""
+
+    token_ids: list[int]
+    """The strong model's tokens, cut at (and excluding) EOS."""
+    strong_tokens: int
+    """Strong tokens sampled for it, EOS and every discarded candidate included."""
+    weak_tokens: int = 0
+    """Weak tokens the guide scored for it (each by both weak models); 0 for unguided systems."""
+    weak_score: float | None = None
+    """The guide's score of the response (cbs, bon, eft); None for unguided systems."""
+    finished: bool | None = None
+    """Whether it ended with EOS rather than at the budget (None where the generator does not say)."""
+
+
+def generate_for(
+    models: Models, spec: SystemConfig, job: Job | None, prompts: list, first_index: int = 0
+) -> list[Generated]:
+    """One response per prompt. Prompt i of the run (`first_index + i`) is searched with seed + first_index + i;
+    a batch of plain samples is seeded with seed + first_index, so a run split into parts draws the same tokens
+    whichever parts a resumed run redoes."""
     config = models.config
     if job is None:
         model, tokenizer = models.get(spec.model)
+        seed, budget = config.seed + first_index, config.max_new_tokens
         responses = generate(
-            model,
-            tokenizer,
-            prompts,
-            config.max_new_tokens,
-            config.temperature,
-            config.top_k,
-            config.top_p,
-            config.seed,
-            config.batch_size,
+            model, tokenizer, prompts, budget, config.temperature, config.top_k, config.top_p, seed, config.batch_size
         )
-        return responses, [sampled_tokens(ids, config.max_new_tokens) for ids in responses]
-    search = SEARCHES[spec.generator]
-    results = [search(job, prompt, config.seed + index) for index, prompt in enumerate(tqdm(prompts, desc=spec.name))]
-    return [r.token_ids for r in results], [r.num_sampled for r in results]
+        return [Generated(ids, sampled_tokens(ids, budget), finished=len(ids) < budget) for ids in responses]
+    search, guided = SEARCHES[spec.generator], spec.generator in GUIDED
+    results = [
+        search(job, prompt, config.seed + first_index + index)
+        for index, prompt in enumerate(tqdm(prompts, desc=spec.name, leave=False))
+    ]
+    return [
+        Generated(r.token_ids, r.num_sampled, r.weak_tokens, r.score if guided else None, r.finished) for r in results
+    ]
+
+
+def recorded_responses(spec: SystemConfig, example_ids: list[str]) -> list[Generated]:
+    """The responses a `w2s generate` run wrote to `spec.responses`, in `example_ids` order.
+
+    Raises:
+        DataError: an unreadable file, or an id with no response there, naming the file.
+    """
+    path = responses_file(Path(spec.responses))
+    records = {str(record["id"]): record for record in read_responses(path)}
+    missing = [example_id for example_id in example_ids if example_id not in records]
+    if missing:
+        raise DataError(f"{path}: no response for {len(missing)} prompt id(s), first {missing[0]!r}")
+    return [
+        Generated(r["token_ids"], r["strong_tokens"], r["weak_tokens"], r.get("weak_score"), r.get("finished"))
+        for r in (records[example_id] for example_id in example_ids)
+    ]
+
+
+def responses_of(
+    models: Models, spec: SystemConfig, job: Job | None, prompts: list, example_ids: list[str] | None = None
+) -> tuple[list[list[int]], list[int]]:
+    """One response per prompt (token ids) and the strong tokens sampled for each (EOS and candidates included);
+    a system with `responses` reads them from that file (by `example_ids`) instead of generating."""
+    if spec.responses:
+        generated = recorded_responses(spec, list(example_ids or []))
+    else:
+        generated = generate_for(models, spec, job, prompts)
+    return [g.token_ids for g in generated], [g.strong_tokens for g in generated]

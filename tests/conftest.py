@@ -54,9 +54,12 @@ def micro_world_config(out_dir: str, seed: int = 0):
 
 @pytest.fixture(scope="session")
 def micro_world(tmp_path_factory):
-    """Path of a micro world built once for the whole test session."""
+    """Path of a micro world built once for the whole test session (W2S_MICRO_WORLD=<folder> reuses one built by
+    `micro_world_config` there, to iterate on a few tests quickly; CI never sets it)."""
     from w2s.world.build import build_world
 
+    if os.environ.get("W2S_MICRO_WORLD"):
+        return Path(os.environ["W2S_MICRO_WORLD"])
     out_dir = tmp_path_factory.mktemp("world") / "world"
     build_world(micro_world_config(str(out_dir)))
     return out_dir

@@ -57,6 +57,25 @@ def run_eval(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def run_generate(settings: Settings, args: argparse.Namespace) -> int:
+    """`w2s generate` (plain sampling unless generate.generator says otherwise) and `w2s search` (cbs unless it
+    says otherwise): one system on one prompt set, resumable, into generate.out_dir."""
+    from w2s.eval.generate import run
+
+    default = "cbs" if args.command == "search" else "sample"
+    run(settings.generate, default)
+    settings.generate.generator = settings.generate.generator or default  # the saved config names what ran
+    save_config(settings, settings.generate.out_dir)
+    return 0
+
+
+def run_export(settings: Settings, args: argparse.Namespace) -> int:
+    from w2s.eval.export import run
+
+    run(settings.export)
+    return 0
+
+
 def run_inspect(settings: Settings, args: argparse.Namespace) -> int:
     """`w2s inspect CACHE`: rows, tokens, reward statistics and extreme tokens, and a PNG of the rewards."""
     from w2s.cache.inspect import inspect_cache
@@ -98,6 +117,26 @@ COMMANDS: dict[str, tuple[str, Callable[[Settings, argparse.Namespace], int], st
         "eval",
         (),
     ),
+    "generate": (
+        "one model or system (sample, cbs, bon, eft) on a prompt set: responses.jsonl and AlpacaEval's "
+        "model_outputs.json, resumable",
+        run_generate,
+        "generate",
+        (),
+    ),
+    "search": (
+        "weak-to-strong search (chunk-level beam search unless generator=bon|eft|sample) on a prompt set; "
+        "`w2s generate` with generator cbs",
+        run_generate,
+        "generate",
+        (),
+    ),
+    "export": (
+        "a summarisation dataset (XSUM by default, through `datasets`) as prompt/response jsonl",
+        run_export,
+        "export",
+        (),
+    ),
     "inspect": (
         "summarise a cache: rows, tokens, rewards, extreme tokens, and a PNG histogram",
         run_inspect,
@@ -121,8 +160,15 @@ def _help_epilog() -> str:
     )
 
 
+def accept_local_rank(parser: argparse.ArgumentParser) -> None:
+    """The `deepspeed` launcher appends `--local_rank=N` (before the command, with `--module`); the rank is
+    read from the LOCAL_RANK variable every launcher sets, so the argument is accepted and otherwise unused."""
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="w2s", description="Weak-to-strong alignment with an offline logit cache.")
+    accept_local_rank(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (summary, _, _, _) in COMMANDS.items():
         command = sub.add_parser(
@@ -135,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config file (default {DEFAULT_CONFIG})")
         if name == "world":  # the one stage that can be redone from nothing; elsewhere --force is refused
             command.add_argument("--force", action="store_true", help="rebuild the world even if it is current")
+        accept_local_rank(command)
         command.add_argument("words", nargs="*", help="positional arguments, then dotted key=value overrides")
     return parser
 

@@ -55,7 +55,16 @@ def require_finite(value: float, key: str, positive: bool = False, nonzero: bool
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Reads the docstring written under each field of a dataclass (the litgpt convention)."""
+    """Reads the docstring written under each field of a dataclass (the litgpt convention), base classes first."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            docs.update(_own_field_docs(klass))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
+    """The field docstrings written in `cls`'s own body."""
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     except (OSError, TypeError):

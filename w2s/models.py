@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from w2s.errors import UserError
 
@@ -51,8 +51,17 @@ def load_model_config(role: str, name_or_path: str):
 
 def load_causal_lm(role: str, name_or_path: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """The `role` model as a causal LM in `dtype` (in train mode as loaded; callers set eval/frozen)."""
+    return _load(AutoModelForCausalLM, role, name_or_path, dtype)
+
+
+def load_sequence_classifier(role: str, name_or_path: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The `role` model as a sequence classifier (a reward model), in eval mode."""
+    return _load(AutoModelForSequenceClassification, role, name_or_path, dtype).eval()
+
+
+def _load(auto_class, role: str, name_or_path: str, dtype: torch.dtype) -> torch.nn.Module:
     _check_path(role, name_or_path)
     try:
-        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+        return auto_class.from_pretrained(name_or_path, dtype=dtype)
     except Exception as err:  # see load_tokenizer
         raise ModelError(f"the {role} model at {name_or_path} cannot be loaded: {_why(err)}") from err

@@ -15,7 +15,8 @@ from typing import Any
 
 from w2s.cache.config import CacheConfig
 from w2s.config import require
-from w2s.eval.config import EvalConfig
+from w2s.eval.config import EvalConfig, GenerateConfig
+from w2s.eval.export import ExportConfig
 from w2s.train.config import TrainConfig
 from w2s.world.config import WorldConfig
 
@@ -36,6 +37,10 @@ class Settings:
     """Stage 2: the WSPO trainer."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Stage 3: evaluation of every declared system on a task, in one report."""
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    """`w2s generate` / `w2s search`: one system on one prompt set, into a responses folder."""
+    export: ExportConfig = field(default_factory=ExportConfig)
+    """`w2s export`: a summarisation dataset (XSUM) as prompt/response jsonl."""
 
     def __post_init__(self) -> None:
         require(
@@ -46,7 +51,7 @@ class Settings:
         roots = {"run_root": self.run_root}
         for name, section in (("world", self.world), ("cache", self.cache), ("wspo", self.train)):
             roots[name] = _fill(section.out_dir, roots, f"{name}.out_dir")
-        for section in (self.world, self.cache, self.train, self.eval):
+        for section in (self.world, self.cache, self.train, self.eval, self.generate, self.export):
             _fill_tree(section, roots)
 
 

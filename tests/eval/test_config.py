@@ -43,7 +43,7 @@ def test_systems_load_from_a_mapping_and_bad_ones_are_refused_with_their_key():
     refusals = [
         (dict(generator="eft", engine="vllm", params={"beta": 1.0}), r"eval.systems\[s\].engine: eft needs engine hf"),
         (dict(generator="beam"), r"'beam' is not one of"),
-        (dict(generator="bon", params={}), r"params: bon takes exactly \['n'\]; unknown \[\], missing \['n'\]"),
+        (dict(generator="bon", params={"m": 2}), r"params: bon takes \['n'\]; unknown \['m'\]"),
         (dict(generator="bon", params={"n": 0}), r"params.n: must be an integer >= 1"),
         (dict(generator="bon", params={"n": 2.5}), r"params.n: must be an integer >= 1"),
         (dict(generator="sample", params={"n": 2}), r"unknown \['n'\]"),
@@ -53,6 +53,14 @@ def test_systems_load_from_a_mapping_and_bad_ones_are_refused_with_their_key():
     for fields, message in refusals:
         with pytest.raises(ConfigError, match=message):
             from_dict(EvalConfig, {"systems": [dict(name="s", model="m", **fields)]})
+
+
+def test_left_out_params_take_the_papers_defaults():
+    config = from_dict(
+        EvalConfig, {"systems": [{"name": "s", "model": "m", "generator": "cbs", "params": {"width": 4}}]}
+    )
+    assert config.systems[0].params == {"width": 4, "num_samples": 2, "chunk_len": 30}
+    assert SystemConfig("b", "m", "bon").params == {"n": 4} and SystemConfig("e", "m", "eft").params == {"beta": 1.0}
 
 
 def test_run_selects_declared_systems_and_refuses_unknown_names():

@@ -90,7 +90,19 @@ SCRIPT = textwrap.dedent(
                         tokenizer=str(world / "tokenizer"), wspo_dir=str(world / "no-wspo"), gamma_sweep=False,
                         num_examples=len(prompts), max_new_tokens=max_new, seed=seed, num_shown=len(prompts))
     reports = [run(config)["systems"]["vllm_search"] for _ in range(2)]
-    print("RESULTS " + json.dumps(dict(runs=runs, eval=reports)))
+
+    # `w2s search engine=vllm`: the same search once more, through the command's Python entry point.
+    from w2s.eval.config import GenerateConfig
+    from w2s.eval.generate import run as generate
+    from w2s.eval.responses import read_records
+    generate(GenerateConfig(out_dir=out + "-search", prompts=str(world / "data" / "test.jsonl"), limit=len(prompts),
+                            model=str(world / "strong_base"), engine="vllm", vllm={"max_len": 256},
+                            params=dict(width=width, num_samples=samples, chunk_len=chunk),
+                            weak_base=str(world / "weak_base"), weak_aligned=str(world / "weak_aligned"),
+                            tokenizer=str(world / "tokenizer"), max_new_tokens=max_new, seed=seed), "cbs")
+    searched = [dict(output=r["output"], strong_tokens=r["strong_tokens"], weak_tokens=r["weak_tokens"])
+                for r in read_records(Path(out + "-search") / "responses.jsonl")]
+    print("RESULTS " + json.dumps(dict(runs=runs, eval=reports, search=searched)))
     """
 )
 
@@ -188,3 +200,8 @@ def test_vllm_chunk_beam_search_on_the_micro_world(request, tmp_path):
     assert row["sampled_tokens"] == sum(result["num_sampled"] for result in first) / len(first)
     assert {k: v for k, v in row.items() if k != "seconds"} == {k: v for k, v in again.items() if k != "seconds"}
     assert 0.0 <= row["length_reward"] <= 1.0 and 0.0 <= row["content"] <= 1.0
+
+    # `w2s search engine=vllm` wrote the same responses, with their strong and weak costs.
+    assert [r["output"] for r in results["search"]] == [result["text"] for result in first]
+    assert [r["strong_tokens"] for r in results["search"]] == [result["num_sampled"] for result in first]
+    assert all(r["weak_tokens"] > 0 for r in results["search"])

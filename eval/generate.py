@@ -1,0 +1,206 @@
+"""`w2s generate` and `w2s search`: one system (plain sampling, chunk-level beam search, best-of-N or EFT) on one
+prompt set, written as it goes and resumable.
+
+Reads top to bottom: `setup()` resolves the system, reads the prompt set and claims the output folder (a folder
+of another run is refused, naming what differs); `run()` loads the models once, then walks the prompts part by
+part (`save_every` prompts), skipping parts a killed run already published; `finish()` writes responses.jsonl,
+AlpacaEval's model_outputs.json and a summary (`w2s.eval.responses` owns the files). Prompt i is always drawn with
+seed + i, so a resumed run writes what an uninterrupted one would.
+
+The strong model may use any tokenizer: the weak pair scores decoded text with its own tokenizer and chat
+template (`w2s.eval.scorer`). EFT mixes next-token distributions and so needs one shared vocabulary.
+
+Python API: `search(prompts, model=..., weak_base=..., weak_aligned=...)` returns records without files.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from statistics import mean
+
+import torch
+from rich.console import Console
+from tqdm import tqdm
+
+from w2s.cache.provenance import code_version, model_fingerprint
+from w2s.errors import CacheMismatch
+from w2s.eval import responses as files
+from w2s.eval.config import GenerateConfig, SystemConfig
+from w2s.eval.prompts import PromptSource, load_prompts
+from w2s.eval.systems import GUIDED, Job, Models, generate_for, prepare
+from w2s.eval.task import Example
+from w2s.io import atomic_write_json
+
+SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "batch_size")
+"""Settings that change which tokens are drawn: part of a run's identity."""
+
+
+@dataclass
+class Generation:
+    """What the loop needs, made by `setup()`."""
+
+    config: GenerateConfig
+    spec: SystemConfig
+    examples: list[Example]
+    out_dir: Path
+    identity: dict
+
+
+def run_identity(config: GenerateConfig, spec: SystemConfig, fingerprint: str) -> dict:
+    """Everything that fixes the responses: the system, the models' weights, the sampling settings, the prompts."""
+    roles = {"strong": spec.model}
+    if spec.generator in GUIDED:
+        roles.update(weak_base=config.weak_base, weak_aligned=config.weak_aligned)
+    prompt_keys = ("prompts", "split", "prompt_field", "messages_field", "id_field", "save_every")
+    return {
+        "system": {key: value for key, value in asdict(spec).items() if key not in ("optional", "responses")},
+        "models": {role: model_fingerprint(path) for role, path in roles.items()},
+        "sampling": {key: getattr(config, key) for key in SAMPLING_KEYS},
+        "prompts": {**{key: getattr(config, key) for key in prompt_keys}, "fingerprint": fingerprint},
+    }
+
+
+def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two identities."""
+    keys = sorted(set(old) | set(new))
+    found = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append(f"{prefix}{key}")
+    return found
+
+
+def claim(out_dir: Path, identity: dict) -> None:
+    """Writes run.json in a new folder; in a folder with one, refuses unless it records this very run."""
+    path = out_dir / files.RUN
+    if path.is_file():
+        try:
+            recorded = json.loads(path.read_text()).get("identity", {})
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+            raise CacheMismatch(f"{path}: unreadable ({err}); remove the folder to start again") from err
+        changed = differences(recorded, identity)
+        if changed:
+            raise CacheMismatch(
+                f"{path}: this folder holds responses of another run ({', '.join(changed[:4])} differ); "
+                "use another generate.out_dir, or remove the folder to start again"
+            )
+        return
+    atomic_write_json(path, {"identity": identity, "code_version": code_version()})
+
+
+def setup(config: GenerateConfig, default_generator: str = "sample") -> Generation:
+    """Resolves the system, reads the prompts and claims the output folder; nothing is written before the inputs
+    pass their checks."""
+    spec = config.system(default_generator)
+    source = PromptSource(config.prompts, config.split, config.prompt_field, config.messages_field, config.id_field)
+    examples, fingerprint = load_prompts(source, config.limit)
+    identity = run_identity(config, spec, fingerprint)
+    out_dir = Path(config.out_dir).absolute()
+    claim(out_dir, identity)
+    return Generation(config, spec, examples, out_dir, identity)
+
+
+def records_of(gen: Generation, models: Models, job: Job | None, first: int, examples: list[Example]) -> list[dict]:
+    """Generates one part: the records of `examples`, the run's prompts first..first+len-1."""
+    started = time.perf_counter()
+    generated = generate_for(models, gen.spec, job, [example.prompt for example in examples], first)
+    seconds = (time.perf_counter() - started) / max(1, len(examples))
+    tokenizer = models.tokenizer(gen.spec.model)
+    return [
+        {
+            "id": example.example_id,
+            "prompt": example.prompt,
+            "output": tokenizer.decode(g.token_ids, skip_special_tokens=True),
+            "token_ids": g.token_ids,
+            "strong_tokens": g.strong_tokens,
+            "weak_tokens": g.weak_tokens,
+            "weak_score": g.weak_score,
+            "finished": g.finished,
+            "generator": gen.spec.name,
+            "seconds": round(seconds, 4),
+        }
+        for example, g in zip(examples, generated)
+    ]
+
+
+def run(config: GenerateConfig, default_generator: str = "sample") -> dict:
+    """`w2s generate` (`default_generator` sample) or `w2s search` (cbs): every prompt's response, in parts, then
+    the published files and a one-screen summary. Returns the summary."""
+    started, gen = time.perf_counter(), setup(config, default_generator)
+    step, total = config.save_every, len(gen.examples)
+    parts = [(first, gen.examples[first : first + step]) for first in range(0, total, step)]
+    done = {first: files.read_part(gen.out_dir, first // step, [e.example_id for e in chunk]) for first, chunk in parts}
+    todo = [(first, chunk) for first, chunk in parts if done[first] is None]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        models = Models(config)
+        job = prepare(models, gen.spec) if todo else None
+        bar = tqdm(total=total, initial=total - sum(len(chunk) for _, chunk in todo), desc=gen.spec.name, unit="prompt")
+        for first, chunk in todo:
+            done[first] = records_of(gen, models, job, first, chunk)
+            files.write_part(gen.out_dir, first // step, done[first])
+            bar.update(len(chunk))
+        bar.close()
+    finally:
+        torch.set_num_threads(threads)
+    records = [record for first, _ in parts for record in done[first]]
+    return finish(gen, records, resumed=len(parts) - len(todo), seconds=time.perf_counter() - started)
+
+
+def finish(gen: Generation, records: list[dict], resumed: int, seconds: float) -> dict:
+    """Publishes the files and prints the summary."""
+    summary = {
+        "system": gen.identity["system"],
+        "prompts": len(records),
+        "parts_resumed": resumed,
+        "mean_response_tokens": mean(len(r["token_ids"]) for r in records),
+        "mean_strong_tokens": mean(r["strong_tokens"] for r in records),
+        "mean_weak_tokens": mean(r["weak_tokens"] for r in records),
+        "finished_share": mean(bool(r["finished"]) for r in records),
+        "seconds": round(seconds, 2),
+    }
+    files.publish(gen.out_dir, records, summary)
+    Console().print(
+        f"[green]{gen.spec.name}[/green]: {summary['prompts']} responses in {gen.out_dir} "
+        f"({resumed} part(s) kept from an earlier run) in {seconds:.1f} s; per prompt: "
+        f"{summary['mean_response_tokens']:.1f} response tokens, {summary['mean_strong_tokens']:.1f} strong tokens "
+        f"sampled, {summary['mean_weak_tokens']:.1f} weak tokens scored; {summary['finished_share']:.0%} ended with "
+        f"EOS. AlpacaEval file: {gen.out_dir / files.ALPACA_EVAL}"
+    )
+    return summary
+
+
+def search(
+    prompts: list[str | list[dict]],
+    model: str,
+    weak_base: str,
+    weak_aligned: str,
+    generator: str = "cbs",
+    params: dict | None = None,
+    **settings,
+) -> list[dict]:
+    """Python API: steers `model` with the weak pair on in-memory prompts; returns one record per prompt (as in
+    responses.jsonl: output, token_ids, strong_tokens, weak_tokens, weak_score, finished), writing nothing.
+
+    `settings` are any `generate` keys (max_new_tokens, temperature, seed, engine, tokenizer, vllm, ...).
+    """
+    config = GenerateConfig(
+        model=model,
+        weak_base=weak_base,
+        weak_aligned=weak_aligned,
+        generator=generator,
+        params=params or {},
+        **settings,
+    )
+    spec = config.system()
+    examples = [Example(prompt, f"prompt-{index}") for index, prompt in enumerate(prompts)]
+    gen = Generation(config, spec, examples, Path(config.out_dir), {})
+    models = Models(config)
+    return records_of(gen, models, prepare(models, spec), 0, examples)

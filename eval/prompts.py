@@ -1,0 +1,88 @@
+"""A prompt set, read once for every command that generates: `w2s generate`, `w2s search` and the prompt tasks.
+
+Rows come from `w2s.cache.data.load_rows` (local jsonl/json/parquet/arrow read by w2s itself, or a hub dataset),
+so a bad file is named by file and line exactly as the cache names it. Each row becomes an `Example`: the prompt
+(a text field, or chat messages whose last assistant message, if any, is kept as the reference), a unique id, and
+the whole record for the task's metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from w2s.cache.data import load_rows, locate
+from w2s.errors import DataError
+from w2s.eval.task import Example
+
+
+@dataclass(frozen=True)
+class PromptSource:
+    """Where a prompt set lives and which fields hold what."""
+
+    path: str
+    """Local file or folder, or a hub dataset name."""
+    split: str = "train"
+    """Split of a hub dataset (local files load as 'train')."""
+    prompt_field: str = "prompt"
+    """Field holding the prompt text (ignored when messages_field is set)."""
+    messages_field: str = ""
+    """Field holding chat messages."""
+    id_field: str = "example_id"
+    """Field holding a unique id; rows without it get 'row-<n>'."""
+    reference_field: str = ""
+    """Field holding a reference response, if any (shown in reports, never given to a system)."""
+
+
+def _messages(record: dict, name: str, where: str) -> tuple[list[dict], str | None]:
+    """The prompt messages of a chat record and its reference (a last assistant message)."""
+    messages = record.get(name)
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: field '{name}' must be a non-empty list of chat messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str) or "role" not in message:
+            raise DataError(f"{where}: field '{name}[{i}]' must have a 'role' and a string 'content'")
+    if messages[-1]["role"] == "assistant":
+        messages, reference = messages[:-1], messages[-1]["content"]
+        if not messages:
+            raise DataError(f"{where}: field '{name}' holds only an assistant message, no prompt")
+        return messages, reference
+    return messages, None
+
+
+def _example(record: dict, source: PromptSource, where: str, row: int) -> Example:
+    """One record as an example; DataError naming `where` and the field for a missing or mistyped one."""
+    if source.messages_field:
+        prompt, reference = _messages(record, source.messages_field, where)
+    else:
+        prompt, reference = record.get(source.prompt_field), None
+        if not isinstance(prompt, str) or not prompt:
+            got = "missing" if prompt is None else f"a {type(prompt).__name__}" if prompt else "empty"
+            raise DataError(f"{where}: field '{source.prompt_field}' must be a non-empty string, got {got}")
+    if source.reference_field and isinstance(record.get(source.reference_field), str):
+        reference = record[source.reference_field]
+    example_id = record.get(source.id_field)
+    example_id = f"row-{row}" if example_id is None else str(example_id)
+    return Example(prompt, example_id, reference, dict(record))
+
+
+def load_prompts(source: PromptSource, limit: int = 0) -> tuple[list[Example], str]:
+    """The prompt set's first `limit` rows (all when 0) as examples, and a fingerprint of the whole set.
+
+    Raises:
+        DataError: a missing or unreadable file, a bad row or a repeated id, naming the file and line.
+    """
+    dataset, fingerprint = load_rows(source.path, source.split)
+    count = len(dataset) if limit <= 0 else min(limit, len(dataset))
+    examples, seen = [], {}
+    for row in range(count):
+        file, line = locate(dataset, source.path, row)
+        where = f"{file}: row {line}"  # rows counted from 0, as the cache names them
+        example = _example(dict(dataset[row]), source, where, row)
+        if example.example_id in seen:
+            raise DataError(
+                f"{where}: field '{source.id_field}': duplicate id {example.example_id!r} (first at row "
+                f"{seen[example.example_id]})"
+            )
+        seen[example.example_id] = row
+        examples.append(example)
+    return examples, fingerprint

@@ -1,0 +1,172 @@
+"""Tasks on a user's own prompt set, for `w2s eval`: the WSPO paper's length reward (XSUM), and a Hugging Face
+reward model (sequence classification) scoring prompt + response.
+
+    eval:
+      task: {_component_: w2s.eval.tasks.LengthTask, prompts: data/xsum-test.jsonl, l_min: 20, l_max: 30}
+      task: {_component_: w2s.eval.tasks.RewardModelTask, prompts: tatsu-lab/alpaca_eval, split: eval,
+             prompt_field: instruction, reward_model: OpenAssistant/reward-model-deberta-v3-large-v2}
+
+Both read their prompts through `w2s.eval.prompts`, the reader `w2s generate` uses, so the same file feeds both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from statistics import mean
+
+import torch
+
+from w2s.errors import ConfigError
+from w2s.eval.prompts import PromptSource, load_prompts
+from w2s.eval.responses import instruction_of
+from w2s.eval.task import Example, Metric, Response, Task
+from w2s.models import ModelError, load_sequence_classifier, load_tokenizer
+from w2s.rewards import length_reward
+
+MEAN_TOKENS = Metric("mean_tokens", "mean tokens", "{:.1f}", "tokens")
+
+
+class PromptTask(Task):
+    """A task whose examples are a prompt set (a file or hub dataset), read as `w2s generate` reads it.
+
+    Args:
+        prompts: local jsonl/json/parquet/arrow file or folder, or a hub dataset name.
+        split: split of a hub dataset.
+        prompt_field: field holding the prompt text (ignored when messages_field is set).
+        messages_field: field holding chat messages (a last assistant message is the reference).
+        id_field: field holding a unique id.
+        reference_field: field holding a reference response, if any.
+    """
+
+    def __init__(
+        self,
+        prompts: str,
+        split: str = "train",
+        prompt_field: str = "prompt",
+        messages_field: str = "",
+        id_field: str = "example_id",
+        reference_field: str = "",
+    ) -> None:
+        self.source = PromptSource(prompts, split, prompt_field, messages_field, id_field, reference_field)
+
+    def examples(self) -> list[Example]:
+        return load_prompts(self.source)[0]
+
+
+class LengthTask(PromptTask):
+    """The WSPO paper's summarisation reward: 1 inside [l_min, l_max] tokens, falling linearly to 0 `tolerance`
+    tokens outside.
+
+    Args:
+        l_min, l_max: the window of full reward (tokens, EOS excluded).
+        tolerance: tokens outside the window at which the reward reaches 0.
+        tokenizer: count tokens with this tokenizer (e.g. the paper's Qwen2) for every system; empty counts each
+            system's own tokens.
+        (the other arguments: see `PromptTask`)
+    """
+
+    metrics = (
+        Metric("length_reward", "length reward", "{:.3f}", "reward", "length reward"),
+        MEAN_TOKENS,
+        Metric("in_window", "in window", "{:.2f}", "in win"),
+    )
+
+    def __init__(
+        self, prompts: str, l_min: int = 20, l_max: int = 30, tolerance: int = 10, tokenizer: str = "", **source
+    ) -> None:
+        super().__init__(prompts, **source)
+        if not 0 <= l_min <= l_max or tolerance < 1:
+            raise ConfigError(
+                f"eval.task: needs 0 <= l_min <= l_max and tolerance >= 1, got {l_min}, {l_max}, {tolerance}"
+            )
+        self.l_min, self.l_max, self.tolerance = l_min, l_max, tolerance
+        self.tokenizer = load_tokenizer("length task", tokenizer) if tokenizer else None
+
+    def length(self, response: Response) -> int:
+        if self.tokenizer is None:
+            return len(response.token_ids)
+        return len(self.tokenizer(response.text, add_special_tokens=False)["input_ids"])
+
+    def score_example(self, response: Response, example: Example) -> dict[str, float]:
+        tokens = self.length(response)
+        return {
+            "length_reward": length_reward(tokens, self.l_min, self.l_max, self.tolerance),
+            "mean_tokens": float(tokens),
+            "in_window": float(self.l_min <= tokens <= self.l_max),
+        }
+
+    def describe(self) -> str:
+        counted = "each system's own tokens" if self.tokenizer is None else f"{self.tokenizer.name_or_path} tokens"
+        return f"length reward on `{self.source.path}`, window [{self.l_min}, {self.l_max}] {counted}"
+
+
+class RewardModelTask(PromptTask):
+    """A reward model (`AutoModelForSequenceClassification` with one output) scores prompt + response; the
+    reward model's chat template renders them when it has one, else "prompt\\n\\nresponse".
+
+    Args:
+        reward_model: a folder or hub id.
+        batch_size: responses per forward pass (1 when the reward model's tokenizer has no padding token).
+        max_len: tokens kept of each prompt + response (cut from the left, so the response is kept).
+        (the other arguments: see `PromptTask`)
+    """
+
+    metrics = (Metric("reward", "reward", "{:.3f}", "reward", "reward model score"), MEAN_TOKENS)
+
+    def __init__(self, prompts: str, reward_model: str, batch_size: int = 8, max_len: int = 2048, **source) -> None:
+        super().__init__(prompts, **source)
+        if batch_size < 1 or max_len < 2:
+            raise ConfigError(f"eval.task: needs batch_size >= 1 and max_len >= 2, got {batch_size}, {max_len}")
+        self.path, self.batch_size, self.max_len = reward_model, batch_size, max_len
+        self.model, self.tokenizer = None, None  # loaded at the first score, after every system has generated
+
+    def load(self) -> None:
+        if self.model is not None:
+            return
+        self.tokenizer = load_tokenizer("reward", self.path)
+        self.model = load_sequence_classifier("reward", self.path)
+        if self.model.config.num_labels != 1:
+            raise ModelError(
+                f"the reward model at {self.path} has {self.model.config.num_labels} outputs; "
+                "RewardModelTask needs a single-score head (num_labels 1)"
+            )
+        self.tokenizer.truncation_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.batch_size = 1  # no padding token: one sequence at a time, so nothing is ever padded
+        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+
+    def render(self, prompt: str | list[dict], response: str) -> str:
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        if getattr(self.tokenizer, "chat_template", None):
+            conversation = messages + [{"role": "assistant", "content": response}]
+            return self.tokenizer.apply_chat_template(conversation, tokenize=False)
+        return f"{instruction_of(prompt)}\n\n{response}"
+
+    @torch.no_grad()
+    def rewards(self, responses: Sequence[Response], examples: Sequence[Example]) -> list[float]:
+        self.load()
+        texts = [self.render(example.prompt, response.text) for response, example in zip(responses, examples)]
+        scores: list[float] = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(
+                texts[start : start + self.batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_len,
+                add_special_tokens=False,
+            )
+            scores += self.model(**batch.to(self.model.device)).logits[:, 0].float().tolist()  # [batch]
+        return scores
+
+    def score_example(self, response: Response, example: Example) -> dict[str, float]:
+        return {"reward": self.rewards([response], [example])[0], "mean_tokens": float(len(response.token_ids))}
+
+    def score(self, responses: Sequence[Response], examples: Sequence[Example]) -> dict[str, float]:
+        return {
+            "reward": mean(self.rewards(responses, examples)),
+            "mean_tokens": mean(len(r.token_ids) for r in responses),
+        }
+
+    def describe(self) -> str:
+        return f"reward model `{self.path}` on `{self.source.path}`"
