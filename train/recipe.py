@@ -3,16 +3,16 @@
 Reads top to bottom: `setup()` checks the cache against the policy, loads the models (the weak pair only in
 `online` mode, the reference only when the cache lacks it) and the DeepSpeed engine, and restores a checkpoint
 when one is there; `train()` is a plain loop of micro-batches and optimiser steps; `finish()` saves the final
-Hugging Face model, the curves and a summary. One process on a CPU by default; `deepspeed` or `torchrun`
-launch many processes and nodes with the same command.
+Hugging Face model, the curves and a summary. One process on a CPU by default; `deepspeed`, `torchrun`,
+`accelerate launch` or `scripts/slurm_train.sbatch` launch many processes and nodes with the same command.
+DeepSpeed's settings, the policy's loading (into ZeRO-3 partitions) and metrics across ranks are in
+`w2s.train.engine`.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import os
-import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,11 +26,20 @@ from w2s.cache.store import Cache
 from w2s.errors import CacheMismatch, ConfigError
 from w2s.io import atomic_write_json
 from w2s.logprobs import target_logprobs
-from w2s.models import load_causal_lm, load_tokenizer
+from w2s.models import load_tokenizer
 from w2s.schedule import cosine_lr
 from w2s.train import checkpoints
 from w2s.train.checks import check_cache
 from w2s.train.config import TrainConfig
+from w2s.train.engine import (
+    deepspeed_settings,
+    frozen,
+    init_distributed,
+    load_policy,
+    mean_over_ranks,
+    model_dtype,
+    read_json,
+)
 from w2s.train.guards import check_finite, check_reference_batch, check_reference_fingerprint, local_grad_norm
 from w2s.train.losses import wspo_loss
 from w2s.train.metrics import MetricsLog, rewind_metrics, summarise
@@ -63,56 +72,6 @@ class Run:
     """This very run finished before (its done marker is there): nothing to do."""
 
 
-def init_distributed() -> None:
-    """One plain `python` process gets a world of one; launchers (deepspeed, torchrun) set these themselves."""
-    if "WORLD_SIZE" not in os.environ:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-
-
-def use_bf16(precision: str) -> bool:
-    if precision == "auto":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return precision == "bf16"
-
-
-def load_policy(config: TrainConfig) -> torch.nn.Module:
-    model = load_causal_lm("policy", config.policy)
-    if config.lora:
-        from peft import LoraConfig, get_peft_model
-
-        targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
-        model = get_peft_model(
-            model, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules=targets)
-        )
-    return model
-
-
-def frozen(role: str, path: str, device: torch.device) -> torch.nn.Module:
-    model = load_causal_lm(role, path).to(device).eval()
-    model.requires_grad_(False)
-    return model
-
-
-def deepspeed_settings(config: TrainConfig, world_size: int) -> dict:
-    """The JSON config with batch, accumulation, clipping, lr and precision filled from the train section."""
-    settings = json.loads(Path(config.deepspeed_config).read_text())
-    settings.update(
-        train_micro_batch_size_per_gpu=config.micro_batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        train_batch_size=config.micro_batch_size * config.grad_accum * world_size,
-        gradient_clipping=config.clip,
-    )
-    settings.setdefault("optimizer", {"type": "Adam", "params": {"torch_adam": True}})
-    settings["optimizer"]["params"].update(lr=config.lr, weight_decay=config.weight_decay)
-    settings["bf16"] = {"enabled": use_bf16(config.precision)}
-    return settings
-
-
 def cosine_schedule(total_steps: int, warmup_ratio: float):
     """A LambdaLR factory for DeepSpeed: the project's one warm-up + cosine schedule, as a multiplier of lr."""
     warmup = max(1, int(total_steps * warmup_ratio))
@@ -137,13 +96,16 @@ def run_provenance(config: TrainConfig, manifest: dict) -> dict:
 
 def setup(config: TrainConfig) -> Run:
     """Checks inputs, loads models and engine, and resumes from the last checkpoint of the same run."""
+    if config.deepspeed_config:
+        read_json(config.deepspeed_config)  # a missing or broken JSON is refused before anything starts
     init_distributed()
+    rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    settings = deepspeed_settings(config, world_size)
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer("policy", config.policy)
     cache = Cache.open(config.cache_dir)  # the one read of manifest.json
     check_cache(cache, tokenizer, config.policy, config.check_rows, config.verify_cache)
     manifest = cache.manifest
-    rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
     fields = default_fields(reference_source(config, manifest) == "cache") if config.mode == "cached" else ()
     reader = CacheReader(
         cache, config.cache_format, config.seed, rank, world_size, config.micro_batch_size, config.block_shards, fields
@@ -155,14 +117,11 @@ def setup(config: TrainConfig) -> Run:
             f"({reader.global_batch * config.grad_accum})"
         )
     total_steps = min(config.max_steps or per_epoch * config.epochs, per_epoch * config.epochs)
-    zero_stage = json.loads(Path(config.deepspeed_config).read_text()).get("zero_optimization", {}).get("stage", 0)
-    if config.lora and zero_stage == 3:
-        raise ConfigError("train.lora with ZeRO stage 3 is not supported: use stage 0 to 2 for LoRA")
-    model = load_policy(config)
+    model = load_policy(config, settings)
     engine, *_ = deepspeed.initialize(
         model=model,
         model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=deepspeed_settings(config, world_size),
+        config=settings,
         lr_scheduler=cosine_schedule(total_steps, config.warmup_ratio),
     )
     skip_lone_allreduce(engine, world_size)
@@ -195,7 +154,7 @@ def attach_reference_and_weak(run: Run, manifest: dict) -> None:
     models = manifest["provenance"]["models"]
     run.ref_source = reference_source(config, manifest)
     if run.ref_source == "model":
-        run.reference = frozen("reference", config.policy, device)
+        run.reference = frozen("reference", config.policy, device, model_dtype(config.precision))
     if config.mode == "online":
         run.weak = {role: frozen(role, models[role]["name_or_path"], device) for role in ("weak_base", "weak_aligned")}
 
@@ -305,7 +264,7 @@ def optimiser_step(run: Run, stream) -> dict:
     after = run.engine.get_global_grad_norm()  # measured by DeepSpeed when it clips
     check_finite(run.step + 1, sums["loss"], after if after is not None else before, run.last_checkpoint)
     sums["read_seconds"] = read_seconds
-    return sums
+    return mean_over_ranks(sums)  # every rank's step, not rank 0's alone
 
 
 def train(run: Run) -> MetricsLog:

@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
-from w2s.config import describe, load_config, save_config
+from w2s.config import describe, load_config, save_config, shipped_or_given
 from w2s.errors import ConfigError, UserError
 from w2s.settings import Settings
 
@@ -178,7 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=_help_epilog(),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        command.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config file (default {DEFAULT_CONFIG})")
+        command.add_argument(
+            "--config",
+            default=DEFAULT_CONFIG,
+            help=f"YAML config file (default {DEFAULT_CONFIG}; configs/<file> not found here is read from the "
+            "copy installed with w2s)",
+        )
         if name == "world":  # the one stage that can be redone from nothing; elsewhere --force is refused
             command.add_argument("--force", action="store_true", help="rebuild the world even if it is current")
         accept_local_rank(command)
@@ -207,7 +211,7 @@ def split_words(command: str, words: list[str]) -> tuple[dict[str, str | None], 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config_path = args.config if Path(args.config).exists() or args.config != DEFAULT_CONFIG else None
+    config_path = shipped_or_given(args.config)  # `configs/<file>` falls back to the copy shipped with w2s
     try:
         named, overrides = split_words(args.command, args.words)
         settings = load_config(Settings, config_path, overrides)

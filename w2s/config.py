@@ -37,6 +37,24 @@ __all__ = [
 ]
 
 
+SHIPPED_CONFIGS = next(
+    (p for p in (Path(__file__).parent / "configs", Path(__file__).parents[1] / "configs") if p.is_dir()),
+    Path(__file__).parent / "configs",
+)
+"""The configs shipped with w2s: w2s/configs/ once installed (package data), the repository's configs/ in a
+checkout."""
+
+
+def shipped_or_given(name: str) -> Path:
+    """A config file named by the user: as given (relative to the working directory) when it exists, else the copy
+    shipped with w2s for a `configs/<file>` name, so `--config configs/tiny.yaml` works from any directory."""
+    path = Path(name).expanduser()
+    shipped = SHIPPED_CONFIGS / path.name
+    if not path.exists() and not path.is_absolute() and path.parent == Path("configs") and shipped.is_file():
+        return shipped
+    return path
+
+
 def require(condition: bool, key: str, why: str) -> None:
     """Refuses a config value at load time: raises ConfigError("key: why") unless `condition` holds.
 

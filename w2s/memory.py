@@ -80,6 +80,7 @@ class Shape:
     hidden: int
     layers: int
     kv_width: int  # num_key_value_heads x head_dim
+    intermediate: int = 0  # the MLP's width (the training estimate needs it)
 
     @classmethod
     def of(cls, config) -> Shape:
@@ -93,7 +94,8 @@ class Shape:
         heads = text.num_attention_heads
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
         kv_heads = getattr(text, "num_key_value_heads", None) or heads
-        return cls(params, text.vocab_size, text.hidden_size, text.num_hidden_layers, kv_heads * head_dim)
+        width = getattr(text, "intermediate_size", 0) or 0
+        return cls(params, text.vocab_size, text.hidden_size, text.num_hidden_layers, kv_heads * head_dim, width)
 
     def kv_bytes(self, tokens: int, b: int) -> int:
         """KV cache of `tokens` positions: keys and values of every layer."""
@@ -191,8 +193,11 @@ def _paper_settings(path) -> dict:
 
     config = yaml.safe_load(Path(path).read_text())
     cache, train = config["cache"], config["train"]
-    ds_path = Path(path).parent.parent / train["deepspeed_config"]
-    zero = json.loads(ds_path.read_text()).get("zero_optimization", {})
+    if train.get("deepspeed_config"):
+        ds_path = Path(path).parent.parent / train["deepspeed_config"]
+        zero = json.loads(ds_path.read_text()).get("zero_optimization", {})
+    else:  # the train section's own settings (train.zero_stage, train.offload)
+        zero = {"stage": train.get("zero_stage", 0), "offload_optimizer": {"device": train.get("offload", "none")}}
     return dict(
         max_len=cache["max_len"],
         batch_tokens=cache.get("batch_tokens", CacheConfig.batch_tokens),
@@ -201,6 +206,8 @@ def _paper_settings(path) -> dict:
         lora=bool(train.get("lora", False)),
         zero_stage=zero.get("stage", 0),
         offload=zero.get("offload_optimizer", {}).get("device", "none") != "none",
+        lora_rank=train.get("lora_rank", 8),
+        gradient_checkpointing=bool(train.get("gradient_checkpointing", False)),
     )
 
 
@@ -244,3 +251,112 @@ def paper_table(repo, device_gib: float = 80.0, gpus: int = 4) -> str:
             cells = [f"{m / GIB:.1f} + {lp / GIB:.1f} = **{(m + lp) / GIB:.1f} GiB**" for m, lp in cases]
             lines.append(f"| {config.stem} | {stage} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
+
+
+ZERO3_PREFETCH = 50_000_000
+"""DeepSpeed's `stage3_prefetch_bucket_size` default: parameters gathered ahead of the layer being computed."""
+
+
+def layer_params(shape: Shape) -> int:
+    """Parameters of one Llama/Qwen2-style decoder layer: q, k, v, o (with q/k/v biases), gate/up/down, 2 norms."""
+    h, k, f = shape.hidden, shape.kv_width, shape.intermediate
+    return 2 * h * h + 2 * h * k + 3 * h * f + (h + 2 * k) + 2 * h
+
+
+def layer_activation_bytes(shape: Shape, tokens: int, b: int) -> int:
+    """Bytes one decoder layer saves for its backward over `tokens` positions (model dtype `b` bytes).
+
+    Per position: the two RMSNorms' normalised outputs (2h x b) and, in 16-bit, their float32 inputs and
+    reciprocal RMS (2 x (4h + 4)); q, k, v (h + 2k); the rotated q and k (h + k); the attention output (h);
+    gate, up, SiLU(gate) and their product (4f). Attention runs as SDPA/flash: no [seq, seq] matrix is kept.
+    """
+    h, k, f = shape.hidden, shape.kv_width, shape.intermediate
+    norms = 2 * (4 * h + 4) if b != 4 else 2 * 4
+    return tokens * (b * (5 * h + 3 * k + 4 * f) + norms)
+
+
+def activation_bytes(shape: Shape, tokens: int, b: int, checkpointing: bool) -> int:
+    """Activations of the model body kept for the backward: every layer's (see `layer_activation_bytes`), or,
+    with gradient checkpointing, each layer's input (tokens x hidden x b) plus one layer recomputed at a time."""
+    one = layer_activation_bytes(shape, tokens, b)
+    if checkpointing:
+        return shape.layers * tokens * shape.hidden * b + one
+    return shape.layers * one
+
+
+def lora_params(shape: Shape, rank: int) -> int:
+    """LoRA adapters on q, k, v, o of every layer (w2s's targets): rank x (in + out) each."""
+    h, k = shape.hidden, shape.kv_width
+    return shape.layers * rank * (2 * (h + h) + 2 * (h + k))
+
+
+@dataclass(frozen=True)
+class TrainMemory:
+    """Per-GPU bytes of one training step, by part; `host` is the CPU memory an offloaded optimizer takes per GPU."""
+
+    weights: float
+    gradients: float
+    optimizer: float
+    gathered: float
+    activations: float
+    logprobs: float
+    host: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.gradients + self.optimizer + self.gathered + self.activations + self.logprobs
+
+
+def train_memory(
+    shape: Shape,
+    micro_batch: int,
+    max_len: int,
+    gpus: int,
+    zero_stage: int,
+    offload: bool = False,
+    b: int = 2,
+    checkpointing: bool = False,
+    lora_rank: int = 0,
+) -> TrainMemory:
+    """Per-GPU memory of a WSPO step on the cached reference (the policy alone on the GPU), on paper.
+
+    Model states as `model_state_bytes` (b + b + 12 bytes per trained parameter, split by ZeRO stage; an
+    offloaded optimizer keeps its 12, plus a float32 copy of the gradients, on the CPU); with LoRA (`lora_rank` >
+    0) the frozen weights are whole on every GPU and only the adapters are trained. ZeRO-3 gathers the weights of
+    the module being computed (at most the embedding or output layer, vocab x hidden) plus the prefetch bucket.
+    Activations of a micro-batch of `max_len` rows, and the chunked log-prob step over every position.
+    """
+    tokens, trained = micro_batch * max_len, shape.params
+    weights = b * shape.params
+    if lora_rank:
+        trained = lora_params(shape, lora_rank)
+        weights += b * trained
+    split = {stage: gpus if zero_stage >= stage else 1 for stage in (1, 2, 3)}
+    if not lora_rank:
+        weights /= split[3]
+    optimizer = 12 * trained / split[1]
+    host = (optimizer + 4 * trained / split[2]) if offload else 0.0
+    gathered = b * (max(shape.vocab * shape.hidden, layer_params(shape)) + ZERO3_PREFETCH) if zero_stage == 3 else 0
+    path = "module" if zero_stage == 3 else "linear"
+    head = logprob_step_bytes(tokens, shape.vocab, shape.hidden, b, path=path, train=True, head_grad=not lora_rank)
+    return TrainMemory(
+        weights=weights,
+        gradients=b * trained / split[2],
+        optimizer=0.0 if offload else optimizer,
+        gathered=gathered,
+        activations=activation_bytes(shape, tokens, b, checkpointing),
+        logprobs=head,
+        host=host,
+    )
+
+
+def paper_train_memory(path, gpus: int = 4, checkpointing: bool | None = None) -> TrainMemory:
+    """`train_memory` of a paper config (`configs/paper_*.yaml`): its Qwen2-7B policy on `gpus` GPUs, as the config
+    sets it (ZeRO stage, offload, LoRA, micro-batch, max_len, dtype); `checkpointing` overrides the config's."""
+    s = _paper_settings(path)
+    checkpointing = s["gradient_checkpointing"] if checkpointing is None else checkpointing
+    lora_rank = s["lora_rank"] if s["lora"] else 0
+    return train_memory(
+        _qwen2("Qwen2-7B"), s["micro_batch"], s["max_len"], gpus, s["zero_stage"], s["offload"], s["b"],
+        checkpointing, lora_rank,
+    )  # fmt: skip
