@@ -165,7 +165,9 @@ def accept_local_rank(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_keys: bool = True) -> argparse.ArgumentParser:
+    """The command line; `with_keys` lists every config key in each command's --help (reading the field
+    docstrings takes about 2 s, so it is done only when help is asked for)."""
     parser = argparse.ArgumentParser(prog="w2s", description="Weak-to-strong alignment with an offline logit cache.")
     accept_local_rank(parser)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -174,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
             name,
             help=summary,
             description=summary,
-            epilog=_help_epilog(),
+            epilog=_help_epilog() if with_keys else None,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         command.add_argument(
@@ -210,7 +212,8 @@ def split_words(command: str, words: list[str]) -> tuple[dict[str, str | None], 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = build_parser(with_keys="-h" in words or "--help" in words).parse_args(words)
     config_path = shipped_or_given(args.config)  # `configs/<file>` falls back to the copy shipped with w2s
     try:
         named, overrides = split_words(args.command, args.words)

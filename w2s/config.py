@@ -165,7 +165,7 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
         value = data[field.name]
         if dataclasses.is_dataclass(hints[field.name]) and isinstance(value, dict):
             # A partial mapping updates the field's own default (which may differ from the class defaults).
-            value = _deep_merge(_default_dict(field), value)
+            value = _merge_section(hints[field.name], _default_dict(field), value)
         kwargs[field.name] = _coerce(value, hints[field.name], f"{prefix}.{field.name}" if prefix else field.name)
     return cls(**kwargs)
 
@@ -176,12 +176,18 @@ def _default_dict(field: dataclasses.Field) -> dict:
     return dataclasses.asdict(field.default) if dataclasses.is_dataclass(field.default) else {}
 
 
-def _deep_merge(base: dict, update: dict) -> dict:
+def _merge_section(cls: type, base: dict, update: dict) -> dict:
+    """`base` (a section's defaults) updated by `update`; nested sections are merged key by key, while any other
+    value, a plain mapping such as `eval.task` included, is replaced whole (its own class decides what a partial
+    mapping means)."""
+    hints = typing.get_type_hints(cls)
     merged = dict(base)
     for key, value in update.items():
-        merged[key] = (
-            _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-        )
+        nested = hints.get(key)
+        if dataclasses.is_dataclass(nested) and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge_section(nested, merged[key], value)
+        else:
+            merged[key] = value
     return merged
 
 

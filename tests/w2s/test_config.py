@@ -69,3 +69,23 @@ def test_every_shipped_config_loads():
     assert len(configs) >= 3
     for path in configs:
         load_config(Settings, path)
+
+
+def test_a_task_mapping_is_taken_whole_and_every_shipped_task_takes_its_arguments(tmp_path):
+    """A config's task with its own `_component_` is not merged with the tiny world's task arguments (which would
+    hand LengthTask a `path` it does not take), and each shipped config's task accepts the arguments it names."""
+    import inspect
+    from pathlib import Path
+
+    from w2s.eval.task import locate
+
+    text = "eval:\n  task: {_component_: w2s.eval.tasks.LengthTask, prompts: p.jsonl}\n"
+    (tmp_path / "c.yaml").write_text(text)
+    assert load_config(Settings, tmp_path / "c.yaml").eval.task == {
+        "_component_": "w2s.eval.tasks.LengthTask",
+        "prompts": "p.jsonl",
+    }
+    for path in sorted(Path("configs").glob("*.yaml")):
+        task = dict(load_config(Settings, path).eval.task)
+        cls = locate(task.pop("_component_"), f"{path}: eval.task")
+        inspect.signature(cls).bind(**task)  # TypeError names the argument a class does not take
