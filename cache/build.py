@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -38,6 +39,7 @@ from w2s.cache.ledger import (
     worker_lock,
 )
 from w2s.cache.manifest import cache_layout, file_entry, manifest_body, shard_entry
+from w2s.cache.portable import absolute_paths, save_tokenizer_copy
 from w2s.cache.provenance import code_version, model_fingerprint, tokenizer_fingerprint
 from w2s.errors import CacheMismatch, ConfigError
 from w2s.io import atomic_write_json
@@ -58,6 +60,8 @@ class CacheJob:
     layout: Layout
     """Which store is written and how (from the config; `w2s.cache.manifest.cache_layout`)."""
     scorers: dict[str, Scorer] | None = None
+    tokenizer: Any = None
+    """The models' shared tokenizer (its copy goes into the cache: `w2s.cache.portable`)."""
 
 
 def model_paths(config: CacheConfig) -> dict[str, str]:
@@ -123,11 +127,13 @@ def check_config(config: CacheConfig) -> None:
 
 def setup(config: CacheConfig, load_models: bool = True) -> CacheJob:
     """Validates the settings, reads and tokenises every row, fingerprints the inputs and loads the scorers.
+    Local paths are made absolute first (`w2s.cache.portable`), so the manifest records where things are.
 
     Raises:
         DataError, CacheMismatch, ConfigError, ModelError: before anything is written.
     """
     check_config(config)
+    config = absolute_paths(config)
     paths = model_paths(config)
     tokenizer, tokenizer_sha = load_shared_tokenizer(paths)
     dataset, fingerprint = load_rows(config.dataset, config.split)
@@ -139,23 +145,29 @@ def setup(config: CacheConfig, load_models: bool = True) -> CacheJob:
     num_shards_total = -(-len(rows) // config.rows_per_shard)
     my_shards = [c for c in range(num_shards_total) if c % config.num_shards == config.shard_index]
     job = CacheJob(config, Path(config.out_dir), rows, provenance, my_shards, cache_layout(config, provenance))
+    job.tokenizer = tokenizer
     if load_models:
-        backend = provenance["backend"]
-        job.scorers = {
-            role: make_scorer(
-                backend,
-                role,
-                path,
-                config.model_dtype,
-                config.batch_tokens,
-                config.device,
-                config.tensor_parallel_size,
-                config.max_len,
-                len(paths),
-            )
-            for role, path in paths.items()
-        }
+        job.scorers = load_scorers(config, provenance["backend"])
     return job
+
+
+def load_scorers(config: CacheConfig, backend: str) -> dict[str, Scorer]:
+    """One scorer per model role, on `backend` (loads the models: once per process, or per Ray actor)."""
+    paths = model_paths(config)
+    return {
+        role: make_scorer(
+            backend,
+            role,
+            path,
+            config.model_dtype,
+            config.batch_tokens,
+            config.device,
+            config.tensor_parallel_size,
+            config.max_len,
+            len(paths),
+        )
+        for role, path in paths.items()
+    }
 
 
 def score_shard(job: CacheJob, shard_rows: list[Row]) -> ShardData:
@@ -233,6 +245,7 @@ def _build_locked(job: CacheJob) -> dict:
     remove_stale_temporaries(job)  # under the lock: any temporary of this worker's shards is a dead run's
     resume = resume_point(job)
     if resume.finished is not None:
+        publish_extras(job)
         return {**resume.finished, "seconds": 0.0, "scored_now": 0, "checked": resume.checked, "redone": []}
     done = resume.done
     todo = [c for c in job.my_shards if c not in done]
@@ -248,22 +261,40 @@ def _build_locked(job: CacheJob) -> dict:
         save_ledger(job, done)
         bar.update(len(shard_rows))
     bar.close()
+    body = finish(job, done)
+    elapsed = time.time() - started
+    return {**body, "seconds": elapsed, "scored_now": len(todo), "checked": resume.checked, "redone": resume.redone}
+
+
+def publish_extras(job: CacheJob) -> None:
+    """What a cache keeps beside its shards: a copy of the tokenizer (`w2s.cache.portable`)."""
+    if job.tokenizer is not None:
+        save_tokenizer_copy(job.tokenizer, job.out_dir)
+
+
+def finish(job: CacheJob, done: dict[int, dict]) -> dict:
+    """Writes this worker's manifest over its finished shards (last, atomically) and drops its ledger."""
+    publish_extras(job)
     body = manifest_body(job.provenance, [done[c] for c in job.my_shards], job.config)
     atomic_write_json(job.out_dir / manifest_name(job.config), body)
     ledger_path(job).unlink(missing_ok=True)
-    return {
-        **body,
-        "seconds": time.time() - started,
-        "scored_now": len(todo),
-        "checked": resume.checked,
-        "redone": resume.redone,
-    }
+    return body
 
 
 def run(config: CacheConfig) -> dict:
-    """`w2s cache`: setup, build, and a one-screen summary."""
+    """`w2s cache`: setup, build (in this process, or on Ray with engine=ray), and a one-screen summary."""
+    if config.engine == "ray":
+        from w2s.cache.ray_engine import run_on_ray
+
+        return run_on_ray(config)
     job = setup(config)
     body = build_cache(job)
+    print_summary(job, body)
+    return body
+
+
+def print_summary(job: CacheJob, body: dict, engine: str = "") -> None:
+    """What was built: rows, tokens, shards, how long, and bytes per response token of each store."""
     console = Console()
     if body["checked"]:
         redone = body["redone"]
@@ -272,12 +303,11 @@ def run(config: CacheConfig) -> dict:
     tokens = max(1, body["totals"]["response_tokens"])
     sizes = ", ".join(
         f"{fmt.name} {sum(s['files'][fmt.name]['bytes'] for s in body['shards']) / tokens:.1f}"
-        for fmt in formats_for(config.format)
+        for fmt in formats_for(job.config.format)
     )
     console.print(
         f"[green]cache written[/green] to {job.out_dir}: {body['totals']['rows']} rows, "
         f"{body['totals']['response_tokens']} response tokens in {len(body['shards'])} shards "
-        f"({body['scored_now']} scored now) by {job.provenance['backend']} in {body['seconds']:.1f} s; "
+        f"({body['scored_now']} scored now) by {job.provenance['backend']}{engine} in {body['seconds']:.1f} s; "
         f"{job.layout.store} store, {job.layout.dtype}: {sizes} bytes per response token on disk"
     )
-    return body

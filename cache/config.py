@@ -11,6 +11,7 @@ from w2s.schemas.cache import StorageDtype, Store
 
 Backend = Literal["auto", "transformers", "vllm"]
 ModelDtype = Literal["float32", "bfloat16", "float16"]
+Engine = Literal["local", "ray"]
 
 
 @dataclass
@@ -68,6 +69,17 @@ class CacheConfig:
     """vLLM tensor parallel size."""
     device: str = "auto"
     """transformers backend device: auto (cuda when present), cpu, cuda, cuda:1, ..."""
+    engine: Engine = "local"
+    """Who scores the shards: 'local' (this process) or 'ray' (a pool of Ray actors, one model load each, on the
+    cluster at ray_address; needs `pip install w2s[ray]`). The store is byte-identical either way."""
+    ray_address: str = ""
+    """engine=ray: the cluster to join ('auto', 'ray://head:10001', host:port); empty: the RAY_ADDRESS variable,
+    else a local Ray started for this run."""
+    ray_actors: int = 0
+    """engine=ray: scoring actors (each loads the models once); 0: as many as the cluster's CPUs (or GPUs) hold,
+    at most one per shard."""
+    ray_max_retries: int = 3
+    """engine=ray: restarts of a dead actor, and retries of its shards in flight (worker or node lost)."""
 
     def __post_init__(self) -> None:
         require(
@@ -78,6 +90,9 @@ class CacheConfig:
         )
         for key in ("rows_per_shard", "batch_tokens", "num_shards", "tensor_parallel_size"):
             require(getattr(self, key) >= 1, f"cache.{key}", f"must be at least 1, got {getattr(self, key)}")
+        for key in ("ray_actors", "ray_max_retries"):
+            require(getattr(self, key) >= 0, f"cache.{key}", f"must be at least 0, got {getattr(self, key)}")
+        require("://" not in self.out_dir, "cache.out_dir", "a build writes a local (or mounted) folder, not a URL")
         require(self.max_len >= 2, "cache.max_len", f"must be at least 2 (prompt and response), got {self.max_len}")
         try:
             formats_for(self.format)  # an unregistered format is refused at load time, naming the known ones

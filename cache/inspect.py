@@ -17,9 +17,9 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from w2s.cache.portable import cache_tokenizer  # noqa: E402
 from w2s.cache.store import Cache  # noqa: E402
 from w2s.errors import CacheMismatch  # noqa: E402
-from w2s.models import load_tokenizer  # noqa: E402
 
 COLUMNS = ("row_id", "input_ids", "prompt_len", "weak_seq_reward", "weak_log_ratio")
 
@@ -102,8 +102,8 @@ def verified(cache: Cache) -> str:
 
 
 def inspect_cache(cache_dir: str | Path, plot_path: str | Path | None = None) -> dict:
-    """Verifies the cache, prints the summary and writes `inspect.png` in the cache folder (or at `plot_path`);
-    returns the figures.
+    """Verifies the cache, prints the summary and writes `inspect.png` in the cache folder (or at `plot_path`; for a
+    cache on another filesystem, a URL, in the current folder); returns the figures.
 
     Raises:
         CacheMismatch: no finished cache there, or one that fails verification (nothing is written then).
@@ -111,9 +111,10 @@ def inspect_cache(cache_dir: str | Path, plot_path: str | Path | None = None) ->
     cache = Cache.open(cache_dir)
     Console().print(verified(cache))
     rewards, ratios, tokens = load_columns(cache)
-    tokenizer = load_tokenizer("weak_base", cache.provenance["models"]["weak_base"]["name_or_path"])
+    tokenizer = cache_tokenizer(cache)  # the cache's own copy: works from any directory, wherever the models went
     top, bottom = extreme_tokens(ratios, tokens, tokenizer)
-    plot_path = Path(plot_path or cache.path / "inspect.png")
+    default_plot = Path("inspect.png") if cache.place.remote else cache.place.join("inspect.png")
+    plot_path = Path(plot_path or default_plot)
     plot_histograms(rewards, ratios, plot_path)
     print_summary(cache, rewards, ratios, top, bottom)
     Console().print(f"histograms: {plot_path}")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from w2s.cache.formats import format_encodings, formats_for
+from w2s.cache.fs import Place, local_stat
 from w2s.errors import CacheMismatch
 from w2s.io import sha256_dir, sha256_file
 from w2s.schemas.cache import KNOWN_SCHEMA_VERSIONS, SCHEMA_VERSION, Layout
@@ -46,13 +47,23 @@ def layout_entry(config: CacheConfig, provenance: dict) -> dict:
     return {**layout.describe(), "encodings": encodings}
 
 
+RUN_ONLY = ("engine", "ray_address", "ray_actors", "ray_max_retries")
+"""Settings of how a build ran, never of what it wrote: left out of the manifest, so that a store built through
+Ray is byte-identical, manifest included, to one built by a single process."""
+
+
+def recorded_config(config: CacheConfig) -> dict:
+    """The build's settings as the manifest records them (without `RUN_ONLY`)."""
+    return {key: value for key, value in asdict(config).items() if key not in RUN_ONLY}
+
+
 def manifest_body(provenance: dict, shards: list[dict], config: CacheConfig) -> dict:
     """A (part) manifest over `shards` (entries from `shard_entry`), sorted by index, with their totals."""
     shards = sorted(shards, key=lambda s: s["index"])
     return {
         "schema_version": SCHEMA_VERSION,
         "provenance": provenance,
-        "config": asdict(config),
+        "config": recorded_config(config),
         "layout": layout_entry(config, provenance),
         "totals": {
             "rows": sum(s["rows"] for s in shards),
@@ -87,41 +98,39 @@ def file_entry(path: Path) -> dict:
 
 def file_stat(path: Path) -> tuple[int, int]:
     """Bytes and newest modification time (ns) of a shard file, or of every file in a shard folder."""
-    if not path.is_dir():
-        stat = path.stat()
-        return stat.st_size, stat.st_mtime_ns
-    stats = [f.stat() for f in path.rglob("*") if f.is_file()]
-    return sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)
+    return local_stat(path)
 
 
-def check_entry(cache_dir: Path, entry: dict, hashed: bool = True) -> str | None:
+def check_entry(cache_dir: str | Path | Place, entry: dict, hashed: bool = True) -> str | None:
     """Why a recorded shard file no longer matches its entry (its size, and its sha256 when `hashed`), or None
-    when it does."""
-    path = cache_dir / entry["name"]
-    if not path.exists():
+    when it does. `cache_dir` may be a URL (`w2s.cache.fs`)."""
+    place = Place.of(cache_dir)
+    path = place.join(entry["name"])
+    if not place.exists(entry["name"]):
         return f"{path}: missing"
-    size = file_stat(path)[0]
+    size = place.stat(entry["name"])[0]
     if size != entry["bytes"]:
         return f"{path}: {size} bytes, manifest says {entry['bytes']}"
     if hashed:
-        digest = file_entry(path)["sha256"]
+        digest = place.sha256(entry["name"])
         if digest != entry["sha256"]:
             return f"{path}: sha256 {digest[:12]}..., manifest says {entry['sha256'][:12]}..."
     return None
 
 
-def load_manifest(cache_dir: Path) -> dict:
-    """A finished cache's manifest (read once by `Cache.open`).
+def load_manifest(cache_dir: str | Path | Place) -> dict:
+    """A finished cache's manifest (read once by `Cache.open`); `cache_dir` may be a URL (`w2s.cache.fs`).
 
     Raises:
         CacheMismatch: no manifest (an unfinished cache), one that is not JSON, or an unknown schema version.
     """
-    path = cache_dir / MANIFEST
-    if not path.exists():
-        raise CacheMismatch(f"{cache_dir}: no {MANIFEST}: not a finished cache (build it, or merge its parts)")
+    place = Place.of(cache_dir)
+    path = place.join(MANIFEST)
+    if not place.exists(MANIFEST):
+        raise CacheMismatch(f"{place.root}: no {MANIFEST}: not a finished cache (build it, or merge its parts)")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        manifest = json.loads(place.read_text(MANIFEST))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CacheMismatch(f"{path}: not valid JSON ({err})") from err
     if not isinstance(manifest, dict) or manifest.get("schema_version") not in KNOWN_SCHEMA_VERSIONS:
         version = manifest.get("schema_version") if isinstance(manifest, dict) else None

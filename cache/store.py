@@ -1,7 +1,7 @@
 """`Cache`: a finished logit cache as one object. Every reader of a cache (the trainer, `inspect`, `verify`)
 goes through it; it reads `manifest.json` once, and reaches shards only through the format registry.
 
-    cache = Cache.open("runs/tiny/cache")      # reads and checks the manifest
+    cache = Cache.open("runs/tiny/cache")      # reads and checks the manifest (or "s3://bucket/cache", any fsspec URL)
     cache.formats                              # ('parquet', 'zarr')
     shard = cache.read_shard(0, "zarr")        # a ShardData
     problems = cache.verify()                  # [] when sound: every file's size, sha256 and row ids
@@ -13,6 +13,9 @@ every file's size and the row ranges, a stat per file; `sample` adds the full ch
 picked at random. At both cheap levels, a file modified after `manifest.json` was written (its mtime is newer)
 gets the full check too: a shard rewritten in place with the same size is caught, whatever the sample. The
 trainer starts at `sample` (`train.verify_cache`) and checks each shard's row ids as it loads it.
+
+A cache on another filesystem is opened by its URL (`w2s.cache.fs`): files are then read through fsspec, and a
+file whose filesystem keeps no modification time always gets the full check.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 from w2s.cache.formats import get_format
-from w2s.cache.manifest import MANIFEST, check_entry, file_stat, load_manifest
+from w2s.cache.fs import Place
+from w2s.cache.manifest import MANIFEST, check_entry, load_manifest
 from w2s.errors import CacheMismatch
 from w2s.schemas.cache import Layout, ShardData
 
@@ -38,21 +43,31 @@ the cache)."""
 class Cache:
     """A finished cache folder and its manifest (read once, by `open`)."""
 
-    path: Path
+    path: Path | str
+    """The folder: a `Path`, or the URL of a folder on another filesystem (`w2s.cache.fs`)."""
     manifest: dict
-    manifest_mtime_ns: int = 0
-    """When `manifest.json` was written: shard files modified later are re-hashed by the cheap checks."""
+    manifest_mtime_ns: int | None = 0
+    """When `manifest.json` was written: shard files modified later are re-hashed by the cheap checks (None: the
+    filesystem keeps no time, and every file is)."""
 
     @classmethod
     def open(cls, cache_dir: str | Path) -> Cache:
-        """Reads and checks `manifest.json`.
+        """Reads and checks `manifest.json`; `cache_dir` is a local folder or the URL of one on any fsspec filesystem.
 
         Raises:
-            CacheMismatch: no manifest, an unreadable one, or a schema version this w2s does not read.
+            CacheMismatch: no manifest, an unreadable one, a schema version this w2s does not read, or a URL fsspec
+                cannot open.
         """
-        path = Path(cache_dir)
-        manifest = load_manifest(path)
-        return cls(path, manifest, (path / MANIFEST).stat().st_mtime_ns)
+        place = Place.of(cache_dir)
+        manifest = load_manifest(place)
+        cache = cls(place.root, manifest, place.stat(MANIFEST)[1])
+        cache.__dict__["place"] = place  # the filesystem found once
+        return cache
+
+    @cached_property
+    def place(self) -> Place:
+        """Where the folder lies, and how its files are reached."""
+        return Place.of(self.path)
 
     @property
     def layout(self) -> Layout:
@@ -95,9 +110,9 @@ class Cache:
             )
         return fmt
 
-    def shard_path(self, index: int, fmt: str) -> Path:
-        """Where shard `index` is stored in format `fmt`."""
-        return self.path / self.shards[index]["files"][fmt]["name"]
+    def shard_path(self, index: int, fmt: str) -> Path | str:
+        """Where shard `index` is stored in format `fmt` (a URL for a cache on another filesystem)."""
+        return self.place.join(self.shards[index]["files"][fmt]["name"])
 
     def read_shard(self, index: int, fmt: str | None = None, columns: Sequence[str] | None = None) -> ShardData:
         """Shard `index` (position in `shards`) in format `fmt` (None: the default), only `columns` when given."""
@@ -146,15 +161,16 @@ class Cache:
     def _check_file(self, shard: dict, fmt: str, entry: dict, deep: bool) -> list[str]:
         """Problems of one shard file: its recorded size; when `deep` or modified after the manifest, also its
         checksum and its row ids, read by its format."""
-        path = self.path / entry["name"]
-        if not path.exists():
+        path = self.place.join(entry["name"])
+        if not self.place.exists(entry["name"]):
             return [f"{path}: missing"]
-        size, modified = file_stat(path)
+        size, modified = self.place.stat(entry["name"])
         if size != entry["bytes"]:
             return [f"{path}: {size} bytes, manifest says {entry['bytes']}"]
-        if not deep and modified <= self.manifest_mtime_ns:
+        known = modified is not None and self.manifest_mtime_ns is not None
+        if not deep and known and modified <= self.manifest_mtime_ns:
             return []
-        problem = check_entry(self.path, entry)
+        problem = check_entry(self.place, entry)
         if problem:
             return [problem]
         try:
@@ -164,7 +180,7 @@ class Cache:
         return self.check_row_ids(shard, path, row_ids)
 
     @staticmethod
-    def check_row_ids(shard: dict, path: Path, row_ids: list[int]) -> list[str]:
+    def check_row_ids(shard: dict, path: Path | str, row_ids: list[int]) -> list[str]:
         """[] when `row_ids` (read from `path`) are the rows the shard's manifest entry says, else the problem."""
         expected = list(range(shard["row_start"], shard["row_start"] + shard["rows"]))
         if row_ids != expected:

@@ -9,6 +9,10 @@ is repeated or skipped.
 Only the columns the loss uses are read (`fields`: by default `weak_log_ratio`, plus `logp_strong_ref` when the
 reference comes from the cache); each shard's row ids are checked against the manifest as it is loaded, which
 is the row-id half of a full verification at no extra read.
+
+The cache may lie on any filesystem fsspec reaches: pass its URL (`s3://bucket/cache`, `gs://...`, `memory://...`)
+where a folder goes. `Cache.open` then reads the manifest, and the format readers the shards, through fsspec; a
+plain path (or `file://` URL) is read as a local folder, as fast as before.
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ class CacheReader:
         block_shards: int = 4,
         fields: Sequence[str] | None = None,
     ):
-        """`cache`: an opened `Cache`, or its folder (opened here); `fields`: the per-token fields to read (None:
+        """`cache`: an opened `Cache`, or its folder or URL (opened here); `fields`: the per-token fields to read (None:
         `weak_log_ratio`, and `logp_strong_ref` when the cache holds it). Raises CacheMismatch when the cache has no
         `fmt` store or lacks a field asked for."""
         self.cache = cache if isinstance(cache, Cache) else Cache.open(cache)

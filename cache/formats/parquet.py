@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from w2s.cache.fs import filesystem, is_url, local_path
 from w2s.schemas.cache import (
     FIELD_BY_NAME,
     Field,
@@ -122,9 +123,14 @@ class ParquetFormat:
             "columns": {spec.name: column_encoding(spec, layout) for spec in layout.fields()},
         }
 
-    def read(self, path: Path, columns: Sequence[str] | None = None) -> ShardData:
-        """Reads a Parquet shard (only those of `columns` it holds, when given); per-token values as float32."""
-        file = pq.ParquetFile(path)
+    def read(self, path: Path | str, columns: Sequence[str] | None = None) -> ShardData:
+        """Reads a Parquet shard (only those of `columns` it holds, when given); per-token values as float32.
+        `path` may be a URL on any fsspec filesystem (`w2s.cache.fs`)."""
+        if is_url(path):
+            fs, inner = filesystem(str(path))
+            file = pq.ParquetFile(inner, filesystem=fs)
+        else:
+            file = pq.ParquetFile(local_path(path))
         stored = file.schema_arrow.names
         layout = layout_from_metadata(file.schema_arrow.metadata, stored)
         table = file.read(columns=[name for name in stored if columns is None or name in columns])

@@ -18,6 +18,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
+from w2s.cache.fs import is_url, local_path
 from w2s.schemas.cache import (
     FIELD_BY_NAME,
     LAYOUT_KEY,
@@ -109,9 +110,10 @@ class ZarrFormat:
             "strings": "zarr's default (vlen-utf8, zstd)",
         }
 
-    def read(self, path: Path, columns: Sequence[str] | None = None) -> ShardData:
-        """Reads a Zarr shard (only `columns` when given); per-token values as float32."""
-        group = zarr.open_group(str(path), mode="r")
+    def read(self, path: Path | str, columns: Sequence[str] | None = None) -> ShardData:
+        """Reads a Zarr shard (only `columns` when given); per-token values as float32. `path` may be a URL on any
+        fsspec filesystem (`w2s.cache.fs`): zarr then reads it through its fsspec store."""
+        group = zarr.open_group(str(path) if is_url(path) else str(local_path(path)), mode="r")
         attrs = group.attrs.asdict()
         if LAYOUT_KEY in attrs:
             layout = Layout.from_description(attrs[LAYOUT_KEY])
