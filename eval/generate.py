@@ -33,6 +33,7 @@ from w2s.eval.prompts import PromptSource, load_prompts
 from w2s.eval.systems import GUIDED, Job, Models, generate_for, prepare
 from w2s.eval.task import Example
 from w2s.io import atomic_write_json
+from w2s.models import ModelError, check_model_path
 
 SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "batch_size")
 """Settings that change which tokens are drawn: part of a run's identity."""
@@ -49,7 +50,7 @@ class Generation:
     identity: dict
 
 
-def run_identity(config: GenerateConfig, spec: SystemConfig, fingerprint: str) -> dict:
+def run_identity(config: GenerateConfig, spec: SystemConfig, prompts_fingerprint: str) -> dict:
     """Everything that fixes the responses: the system, the models' weights, the sampling settings, the prompts."""
     roles = {"strong": spec.model}
     if spec.generator in GUIDED:
@@ -57,10 +58,19 @@ def run_identity(config: GenerateConfig, spec: SystemConfig, fingerprint: str) -
     prompt_keys = ("prompts", "split", "prompt_field", "messages_field", "id_field", "save_every")
     return {
         "system": {key: value for key, value in asdict(spec).items() if key not in ("optional", "responses")},
-        "models": {role: model_fingerprint(path) for role, path in roles.items()},
+        "models": {role: fingerprint(role, path) for role, path in roles.items()},
         "sampling": {key: getattr(config, key) for key in SAMPLING_KEYS},
-        "prompts": {**{key: getattr(config, key) for key in prompt_keys}, "fingerprint": fingerprint},
+        "prompts": {**{key: getattr(config, key) for key in prompt_keys}, "fingerprint": prompts_fingerprint},
     }
+
+
+def fingerprint(role: str, path: str) -> dict:
+    """The weights fingerprint of the `role` model; ModelError naming the role when there is no such model."""
+    check_model_path(role, path)
+    try:
+        return model_fingerprint(path)
+    except Exception as err:  # the hub client raises many types (offline, unknown repo, bad id): one cause
+        raise ModelError(f"the {role} model {path}: not found ({' '.join(str(err).split())[:200]})") from err
 
 
 def differences(old: dict, new: dict, prefix: str = "") -> list[str]:

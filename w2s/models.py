@@ -22,7 +22,8 @@ def _why(err: Exception) -> str:
     return " ".join(str(err).split())[:300] or type(err).__name__
 
 
-def _check_path(role: str, name_or_path: str) -> None:
+def check_model_path(role: str, name_or_path: str) -> None:
+    """Refuses a local-looking path (absolute, ./, ~, or with more than one '/') that is not a folder."""
     path = Path(name_or_path)
     looks_local = (
         path.is_absolute() or name_or_path.startswith((".", "~")) or path.exists() or name_or_path.count("/") > 1
@@ -33,7 +34,7 @@ def _check_path(role: str, name_or_path: str) -> None:
 
 def load_tokenizer(role: str, name_or_path: str):
     """The tokenizer of the `role` model (e.g. 'policy', 'weak_base')."""
-    _check_path(role, name_or_path)
+    check_model_path(role, name_or_path)
     try:
         return AutoTokenizer.from_pretrained(name_or_path)
     except Exception as err:  # transformers raises OSError, ValueError, KeyError... for one cause: a bad folder
@@ -42,7 +43,7 @@ def load_tokenizer(role: str, name_or_path: str):
 
 def load_model_config(role: str, name_or_path: str):
     """The `role` model's config (for engines such as vLLM that load the weights themselves)."""
-    _check_path(role, name_or_path)
+    check_model_path(role, name_or_path)
     try:
         return AutoConfig.from_pretrained(name_or_path)
     except Exception as err:  # see load_tokenizer
@@ -60,7 +61,7 @@ def load_sequence_classifier(role: str, name_or_path: str, dtype: torch.dtype = 
 
 
 def _load(auto_class, role: str, name_or_path: str, dtype: torch.dtype) -> torch.nn.Module:
-    _check_path(role, name_or_path)
+    check_model_path(role, name_or_path)
     try:
         return auto_class.from_pretrained(name_or_path, dtype=dtype)
     except Exception as err:  # see load_tokenizer

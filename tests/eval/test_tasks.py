@@ -188,5 +188,11 @@ def test_generate_and_export_commands_refuse_mistakes_in_one_line(tmp_path, caps
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "none.jsonl: no such file or folder" in err
     assert not (tmp_path / "o").exists()
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hi", "example_id": "a"}])
+    for model, message in (("/no/such/model", "no such folder"), ("someorg/nomodel", "not found")):
+        assert main(["search", f"prompts={prompts}", f"model={model}", f"out_dir={tmp_path / 'o'}"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"the strong model {model}: {message}" in err
+    assert not (tmp_path / "o").exists()
     assert main(["export", "prompt_template=nothing"]) == 2
     assert "export.prompt_template" in capsys.readouterr().err
