@@ -1,4 +1,5 @@
-"""Builds the tiny world: corpus, shared tokenizer, weak base, weak aligned and strong base, then scores them.
+"""Builds the tiny world: corpus, shared tokenizer, the two bases and, per task (length, tone), a partly aligned
+weak model and the strong SFT ceiling; then scores them.
 
 Everything is written to a temporary folder beside `out_dir` and renamed into place at the end, with
 `world.json` (hashes of the tokenizer and every model's weights, and the config) as the last file, so a killed
@@ -24,11 +25,16 @@ from w2s.io import atomic_write_json, atomic_write_text, publish_dir, sha256_fil
 from w2s.sampling import generate
 from w2s.world.config import ModelShape, WorldConfig
 from w2s.world.corpus import build_splits
-from w2s.world.metrics import length_reward, score_responses
+from w2s.world.metrics import length_reward, score_responses, tone_reward
 from w2s.world.sft import encode_pairs, train_sft
 from w2s.world.tokenizer import train_tokenizer
 
-MODEL_NAMES = ("weak_base", "weak_aligned", "strong_base")
+MODEL_NAMES = ("weak_base", "weak_aligned", "strong_base", "weak_aligned_tone", "strong_sft", "strong_sft_tone")
+TASK_MODELS = {
+    "length": {"weak_aligned": "weak_aligned", "strong_sft": "strong_sft"},
+    "tone": {"weak_aligned": "weak_aligned_tone", "strong_sft": "strong_sft_tone"},
+}
+"""Per task, the folder of its weak aligned model and of its SFT ceiling (the two bases are shared)."""
 MAX_LEN = 256
 
 
@@ -64,45 +70,66 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
 
 
-def aligned_subset(tokenizer: PreTrainedTokenizerFast, examples: list[dict], l_min: int, l_max: int) -> list[dict]:
-    """Reward-filtered data: the examples whose reference summary earns the full length reward."""
-    return [
-        ex
-        for ex in examples
-        if length_reward(len(tokenizer(ex["response"], add_special_tokens=False)["input_ids"]), l_min, l_max) == 1.0
-    ]
+def task_reward(task: str, tokenizer: PreTrainedTokenizerFast, response: str, l_min: int, l_max: int) -> float:
+    """The reward of a task ("length" or "tone") of one reference summary."""
+    if task == "tone":
+        return tone_reward(response)
+    return length_reward(len(tokenizer(response, add_special_tokens=False)["input_ids"]), l_min, l_max)
+
+
+def filtered_subset(config: WorldConfig, tokenizer: PreTrainedTokenizerFast, examples: list[dict], task: str) -> list:
+    """Reward-filtered data: the examples whose reference summary earns the task's full reward."""
+    return [ex for ex in examples if task_reward(task, tokenizer, ex["response"], config.l_min, config.l_max) == 1.0]
+
+
+def mixed_subset(config: WorldConfig, filtered: list[dict], examples: list[dict]) -> list[dict]:
+    """The weak aligned model's data: every filtered example, plus unfiltered ones (those not kept, in split
+    order) so that the filtered share is `align_mix`: a partial alignment."""
+    kept_ids = {ex["example_id"] for ex in filtered}
+    others = [ex for ex in examples if ex["example_id"] not in kept_ids]
+    extra = round(len(filtered) * (1 - config.align_mix) / config.align_mix)
+    return filtered + others[:extra]
+
+
+def fine_tune(config: WorldConfig, start, tokenizer, data: list[dict], budget: tuple[int, float], seed: int, desc: str):
+    """A copy of `start` fine-tuned on `data` for budget = (steps, lr); returns (model, losses)."""
+    model = copy.deepcopy(start)
+    steps, lr = budget
+    encoded = encode_pairs(tokenizer, data, MAX_LEN)
+    losses = train_sft(model, encoded, tokenizer.pad_token_id, steps, config.batch_size, lr, seed, desc)
+    return model, losses
+
+
+def train_bases(config: WorldConfig, splits: dict, tokenizer: PreTrainedTokenizerFast) -> tuple[dict, dict]:
+    """The weak and strong bases, trained from scratch on the train split; (models, losses) by name."""
+    train = encode_pairs(tokenizer, splits["train"], MAX_LEN)
+    models, losses = {}, {}
+    for offset, (name, shape) in ((1, ("weak_base", config.weak)), (3, ("strong_base", config.strong))):
+        models[name] = new_model(shape, tokenizer, config.seed + offset)
+        losses[name] = train_sft(
+            models[name], train, tokenizer.pad_token_id, shape.steps, config.batch_size, shape.lr,
+            config.seed + offset, name.replace("_", " "),
+        )  # fmt: skip
+    return models, losses
 
 
 def train_models(config: WorldConfig, splits: dict, tokenizer: PreTrainedTokenizerFast) -> dict:
-    """Trains the three models; returns them by name, with their loss curves."""
-    pad = tokenizer.pad_token_id
-    train = encode_pairs(tokenizer, splits["train"], MAX_LEN)
-    weak = new_model(config.weak, tokenizer, config.seed + 1)
-    weak_losses = train_sft(
-        weak, train, pad, config.weak.steps, config.batch_size, config.weak.lr, config.seed + 1, "weak base"
-    )
-    aligned = copy.deepcopy(weak)
-    kept = aligned_subset(tokenizer, splits["align"], config.l_min, config.l_max)
-    align_data = encode_pairs(tokenizer, kept, MAX_LEN)
-    align_losses = train_sft(
-        aligned,
-        align_data,
-        pad,
-        config.align_steps,
-        config.batch_size,
-        config.align_lr,
-        config.seed + 2,
-        "weak aligned",
-    )
-    strong = new_model(config.strong, tokenizer, config.seed + 3)
-    strong_losses = train_sft(
-        strong, train, pad, config.strong.steps, config.batch_size, config.strong.lr, config.seed + 3, "strong base"
-    )
-    return {
-        "models": {"weak_base": weak, "weak_aligned": aligned, "strong_base": strong},
-        "losses": {"weak_base": weak_losses, "weak_aligned": align_losses, "strong_base": strong_losses},
-        "align_examples": len(kept),
-    }
+    """Trains the six models (two bases; per task a partly aligned weak model and an SFT ceiling); returns them
+    by name, with their loss curves and the sizes of each task's fine-tuning data."""
+    models, losses = train_bases(config, splits, tokenizer)
+    sizes = {}
+    for index, (task, names) in enumerate(TASK_MODELS.items()):
+        filtered = filtered_subset(config, tokenizer, splits["align"], task)
+        mixed = mixed_subset(config, filtered, splits["align"])
+        seed = config.seed + 10 * (index + 1)
+        aligned, sft = names["weak_aligned"], names["strong_sft"]
+        align_budget, sft_budget = (config.align_steps, config.align_lr), (config.sft_steps, config.sft_lr)
+        models[aligned], losses[aligned] = fine_tune(
+            config, models["weak_base"], tokenizer, mixed, align_budget, seed + 2, aligned
+        )
+        models[sft], losses[sft] = fine_tune(config, models["strong_base"], tokenizer, filtered, sft_budget, seed, sft)
+        sizes[task] = {"filtered": len(filtered), "aligned_on": len(mixed)}
+    return {"models": {name: models[name] for name in MODEL_NAMES}, "losses": losses, "align_examples": sizes}
 
 
 def evaluate_models(config: WorldConfig, models: dict, tokenizer: PreTrainedTokenizerFast, test: list[dict]) -> dict:
@@ -117,17 +144,14 @@ def evaluate_models(config: WorldConfig, models: dict, tokenizer: PreTrainedToke
 
 
 def print_table(results: dict, console: Console) -> None:
-    table = Table(title="tiny world: the three models on the test split (sampled, T=0.7, top_k=50)")
-    for column in ("model", "length reward", "content", "mean tokens", "in [L_min, L_max]"):
-        table.add_column(column, justify="right" if column != "model" else "left")
+    table = Table(title="tiny world: the models on the test split (sampled, T=0.7, top_k=50)")
+    columns = {"length_reward": "length", "tone_reward": "tone", "content": "content", "clause_accuracy": "clauses"}
+    columns.update({"mean_tokens": "tokens", "in_window": "in window"})
+    table.add_column("model", justify="left")
+    for label in columns.values():
+        table.add_column(label, justify="right")
     for name, row in results.items():
-        cells = (
-            f"{row['length_reward']:.3f}",
-            f"{row['content']:.3f}",
-            f"{row['mean_tokens']:.1f}",
-            f"{row['in_window']:.2f}",
-        )
-        table.add_row(name, *cells)
+        table.add_row(name, *(f"{row[key]:.3f}" if key != "mean_tokens" else f"{row[key]:.1f}" for key in columns))
     console.print(table)
 
 
@@ -154,6 +178,7 @@ def build_world(config: WorldConfig, force: bool = False) -> dict:
     torch.use_deterministic_algorithms(True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     sizes = {"train": config.num_train, "align": config.num_align, "cache": config.num_cache, "test": config.num_test}
+    sizes["val"] = config.num_val  # drawn last, so the earlier splits are those of a world without it
     splits = build_splits(config.seed, sizes, config.min_facts, config.max_facts)
     for split, rows in splits.items():
         write_jsonl(tmp / "data" / f"{split}.jsonl", rows)

@@ -34,7 +34,7 @@ class ModelShape:
 
 @dataclass
 class WorldConfig:
-    """The embedded default task: a synthetic summarisation corpus, one tokenizer and three small models."""
+    """The embedded default tasks: a synthetic summarisation corpus, one tokenizer and six small models."""
 
     out_dir: str = "{run_root}/world"
     """Where the world is written: data/, tokenizer/, weak_base/, weak_aligned/, strong_base/, world.json."""
@@ -48,6 +48,9 @@ class WorldConfig:
     """Examples for WSPO: the prompts and responses the logit cache scores."""
     num_test: int = 200
     """Held-out examples for evaluation."""
+    num_val: int = 200
+    """Held-out examples for selection (WSPO's gamma and any other knob), drawn after the test split; selection
+    never looks at the test split."""
     min_facts: int = 3
     """Fewest key facts in a document."""
     max_facts: int = 6
@@ -68,6 +71,14 @@ class WorldConfig:
     """Steps of reward-filtered fine-tuning that turn the weak base into the weak aligned model."""
     align_lr: float = 1e-3
     """Peak learning rate of that fine-tuning."""
+    align_mix: float = 0.5
+    """Share of reward-filtered examples in each weak aligned model's fine-tuning data; the rest are unfiltered
+    examples of the align split, so the weak model is clearly but only partly aligned (1.0: fully)."""
+    sft_steps: int = 200
+    """Steps of supervised fine-tuning of the strong base on a task's reward-filtered data (the SFT ceiling:
+    the strong model aligned directly on the data the weak model was aligned with)."""
+    sft_lr: float = 5e-4
+    """Peak learning rate of the SFT ceiling."""
     eval_examples: int = 200
     """Test examples the post-build metrics table generates for (at most num_test)."""
     threads: int = 2
@@ -81,7 +92,9 @@ class WorldConfig:
             "num_test",
             "min_facts",
             "batch_size",
+            "num_val",
             "align_steps",
+            "sft_steps",
             "eval_examples",
             "threads",
         )
@@ -90,3 +103,6 @@ class WorldConfig:
         require(self.min_facts <= self.max_facts, "world.max_facts", f"must be >= min_facts={self.min_facts}")
         require(0 <= self.l_min <= self.l_max, "world.l_max", f"must be >= l_min={self.l_min} >= 0")
         require_finite(self.align_lr, "world.align_lr", positive=True)
+        require_finite(self.sft_lr, "world.sft_lr", positive=True)
+        require_finite(self.align_mix, "world.align_mix", positive=True)
+        require(self.align_mix <= 1, "world.align_mix", f"must be in (0, 1], got {self.align_mix}")

@@ -6,6 +6,11 @@ The number of facts a summary keeps is drawn uniformly, so summaries run from on
 under L_min = 20) to all of them (up to about 50 tokens, well over L_max = 30): the same spread of lengths the
 paper's XSUM length experiment works on. Every fact is a closed record, so `w2s.world.metrics` can check what a
 generated summary gets right.
+
+Every summary ends with a remark of `TONE_WORDS` words ("overall glad grim proud ."), each drawn positive or
+negative with even odds and independently of the document: a style the document does not determine, which the
+second task (`w2s.world.task.ToneTask`, the W2S search paper's controlled-sentiment experiment in miniature)
+rewards when it is positive.
 """
 
 from __future__ import annotations
@@ -29,6 +34,12 @@ FILLERS = (
 )
 ADJECTIVES = "mild busy quiet cold warm long".split()
 PROMPT_PREFIX = "summarize : "
+REMARK = "overall"
+"""The word that opens a summary's closing remark (the tone words follow it)."""
+POSITIVE = "bright glad kind lucky proud merry".split()
+NEGATIVE = "grim dull sad harsh gloomy bitter".split()
+TONE_WORDS = 3
+"""Tone words in a reference summary's remark."""
 
 
 @dataclass(frozen=True)
@@ -53,13 +64,22 @@ def parse_clause(text: str) -> Fact | None:
     return Fact(name=words[0], verb=words[1], count=words[2], item=words[3], city=words[5])
 
 
-def render_summary(facts: list[Fact]) -> str:
-    return " ; ".join(fact.clause() for fact in facts) + " ."
+def render_summary(facts: list[Fact], tone: list[str] | None = None) -> str:
+    """The facts as clauses joined by " ; ", then (when given) the remark: "overall <tone words> ."."""
+    text = " ; ".join(fact.clause() for fact in facts) + " ."
+    return text + (f" {REMARK} {' '.join(tone)} ." if tone else "")
+
+
+def split_remark(text: str) -> tuple[str, str]:
+    """(the facts part, the remark) of a summary; the remark starts at the first word `overall` ("" if none)."""
+    words = text.split()
+    cut = words.index(REMARK) if REMARK in words else len(words)
+    return " ".join(words[:cut]), " ".join(words[cut:])
 
 
 def parse_summary(text: str) -> list[Fact | None]:
-    """Splits a summary into its clauses; each is a Fact, or None where the clause is malformed."""
-    body = text.strip()
+    """Splits a summary's facts part (the remark left out) into clauses; each is a Fact, or None if malformed."""
+    body = split_remark(text)[0].strip()
     if body.endswith("."):
         body = body[:-1]
     return [parse_clause(part) for part in body.split(";") if part.strip()]
@@ -86,7 +106,8 @@ def sample_example(rng: random.Random, example_id: str, min_facts: int, max_fact
 
     Returns:
         A dict with `example_id`, `prompt` (the instruction and document), `response` (the reference summary),
-        `facts` (the document's key facts as dicts, in order) and `num_summary_facts`.
+        `facts` (the document's key facts as dicts, in order), `num_summary_facts` and `tone` (the remark's
+        words).
     """
     num_facts = rng.randint(min_facts, max_facts)
     facts = _sample_facts(rng, num_facts)
@@ -95,12 +116,14 @@ def sample_example(rng: random.Random, example_id: str, min_facts: int, max_fact
         filler = rng.choice(FILLERS).format(adj=rng.choice(ADJECTIVES))
         sentences.insert(rng.randint(0, len(sentences)), filler)
     kept = sorted(rng.sample(range(num_facts), rng.randint(1, num_facts)))
+    tone = [rng.choice(POSITIVE if rng.random() < 0.5 else NEGATIVE) for _ in range(TONE_WORDS)]
     return {
         "example_id": example_id,
         "prompt": PROMPT_PREFIX + " ".join(sentences),
-        "response": render_summary([facts[i] for i in kept]),
+        "response": render_summary([facts[i] for i in kept], tone),
         "facts": [asdict(fact) for fact in facts],
         "num_summary_facts": len(kept),
+        "tone": tone,
     }
 
 

@@ -1,4 +1,4 @@
-"""The tiny world's two task metrics: a length reward and a content score, and their means over a test set.
+"""The tiny world's metrics: two rewards (length, tone), two capability scores (content, clause accuracy), means.
 
 Both take plain values (a token count; a summary string and the document's facts), so they can be tested on
 hand-made cases and reused by any loop: the world builder's table and `w2s.world.task.SummaryTask`.
@@ -10,26 +10,11 @@ from statistics import mean
 
 from transformers import PreTrainedTokenizerBase
 
-from w2s.world.corpus import Fact, document_facts, parse_summary
+from w2s.rewards import length_reward  # the paper reward, shared with w2s.eval.tasks
+from w2s.world.corpus import NEGATIVE, POSITIVE, Fact, document_facts, parse_summary
 
 FACT_FIELDS = ("verb", "count", "item", "city")
 """The fields of a clause besides its subject, each worth a quarter of the clause's credit."""
-
-
-def length_reward(num_tokens: int, l_min: int = 20, l_max: int = 30, tolerance: int = 10) -> float:
-    """Length reward of the paper's XSUM experiment, bounded to [0, 1].
-
-    Args:
-        num_tokens: summary length in tokens, EOS excluded.
-        l_min: shortest length that earns the full reward.
-        l_max: longest length that earns the full reward.
-        tolerance: tokens outside [l_min, l_max] at which the reward has fallen linearly to zero.
-
-    Returns:
-        1.0 inside [l_min, l_max], then 1 - distance / tolerance, never below 0.
-    """
-    distance = max(0, l_min - num_tokens, num_tokens - l_max)
-    return max(0.0, 1.0 - distance / tolerance)
 
 
 def content_score(summary: str, facts: list[Fact]) -> float:
@@ -62,22 +47,68 @@ def content_score(summary: str, facts: list[Fact]) -> float:
     return credit / len(clauses)
 
 
+def clause_accuracy(summary: str, facts: list[Fact]) -> float:
+    """Share of the summary's clauses that state a true fact of the document, all five fields right.
+
+    A clause is right or wrong as a whole (no partial credit); a fact stated twice counts once, a malformed
+    clause counts as wrong. Each clause is judged on its own, so writing more or fewer clauses does not move the
+    score unless the extra clauses are more or less often right: the capability measure that does not depend on
+    the length of the summary.
+
+    Returns:
+        Right clauses over clauses; 0.0 for a summary with no clause.
+    """
+    truths = set(facts)
+    clauses = parse_summary(summary)
+    if not clauses:
+        return 0.0
+    seen: set[Fact] = set()
+    right = 0
+    for clause in clauses:
+        if clause is not None and clause in truths and clause not in seen:
+            right += 1
+            seen.add(clause)
+    return right / len(clauses)
+
+
+def tone_reward(summary: str) -> float:
+    """Tone reward of the controlled-style task, in [0, 1]: the share of the summary's tone words that are positive.
+
+    Returns:
+        positive / (positive + negative) tone words; 0.5 (neutral) when the summary has none.
+    """
+    words = summary.split()
+    positive = sum(word in POSITIVE for word in words)
+    negative = sum(word in NEGATIVE for word in words)
+    return positive / (positive + negative) if positive + negative else 0.5
+
+
+def example_scores(text: str, num_tokens: int, facts: list[Fact], l_min: int, l_max: int) -> dict[str, float]:
+    """Every metric of one summary: both rewards, both capability scores, its length and whether it is in window."""
+    return {
+        "length_reward": length_reward(num_tokens, l_min, l_max),
+        "tone_reward": tone_reward(text),
+        "content": content_score(text, facts),
+        "clause_accuracy": clause_accuracy(text, facts),
+        "tokens": float(num_tokens),
+        "in_window": float(l_min <= num_tokens <= l_max),
+    }
+
+
 def score_summaries(
     texts: list[str], lengths: list[int], facts: list[list[Fact]], l_min: int, l_max: int
 ) -> dict[str, float]:
-    """Means over a test set: length reward, content score, length, and share of lengths in [l_min, l_max].
+    """Means over a test set of `example_scores` (`tokens` reported as `mean_tokens`).
 
     Args:
         texts: the generated summaries.
         lengths: their lengths in tokens, EOS excluded.
         facts: each summary's document facts.
     """
-    return {
-        "length_reward": mean(length_reward(n, l_min, l_max) for n in lengths),
-        "content": mean(content_score(text, truth) for text, truth in zip(texts, facts)),
-        "mean_tokens": mean(lengths),
-        "in_window": mean(float(l_min <= n <= l_max) for n in lengths),
-    }
+    rows = [example_scores(text, n, truth, l_min, l_max) for text, n, truth in zip(texts, lengths, facts)]
+    means = {key: mean(row[key] for row in rows) for key in rows[0]}
+    means["mean_tokens"] = means.pop("tokens")
+    return means
 
 
 def score_responses(

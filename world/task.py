@@ -1,7 +1,8 @@
-"""The tiny world as an evaluation task: its test split, scored with the length reward and the content score.
+"""The tiny world's two evaluation tasks on one corpus: length (WSPO's XSUM experiment) and tone (the W2S search
+paper's controlled-sentiment experiment), each scored with its reward and the two capability scores.
 
-This is the one place where the world meets evaluation: it implements `w2s.eval.task.Task` (the interface
-only), so `w2s eval` can be handed it from config (`task: {_component_: w2s.world.task.SummaryTask, ...}`).
+This is the one place where the world meets evaluation: both implement `w2s.eval.task.Task` (the interface
+only), so `w2s eval` can be handed either from config (`task: {_component_: w2s.world.task.ToneTask, ...}`).
 """
 
 from __future__ import annotations
@@ -13,24 +14,35 @@ from w2s.errors import ConfigError
 from w2s.eval.task import Example, Metric, Response, Task
 from w2s.io import read_jsonl
 from w2s.world.corpus import document_facts
-from w2s.world.metrics import content_score, length_reward, score_summaries
+from w2s.world.metrics import example_scores, score_summaries
+
+CAPABILITY = (
+    Metric("content", "content", "{:.3f}", "content", "content (fact precision)"),
+    Metric("clause_accuracy", "clause accuracy", "{:.3f}", "clauses", "clause accuracy"),
+)
+"""What every world task reports as capability: fact precision with partial credit, and the share of clauses
+that state a true fact as a whole (the one that does not move with length)."""
 
 
 class SummaryTask(Task):
-    """Summarise a synthetic document: rewarded for a length in [l_min, l_max] and for stating true facts.
+    """Summarise a synthetic document: rewarded for a length in [l_min, l_max]; capability is stating true facts.
 
     Args:
-        path: the world's test split (jsonl with prompt, response, facts, example_id).
+        path: a split of the world (jsonl with prompt, response, facts, example_id): test, or val for selection.
         l_min: shortest summary (tokens, EOS excluded) that earns the full length reward.
         l_max: longest summary that earns the full length reward.
     """
 
+    reward = "length_reward"
+    """The key of the task's reward among `example_scores`."""
     metrics = (
         Metric("length_reward", "length reward", "{:.3f}", "reward", "length reward"),
-        Metric("content", "content", "{:.3f}", "content", "content (fact precision)"),
+        CAPABILITY[0],
         Metric("mean_tokens", "mean tokens", "{:.1f}", "tokens"),
         Metric("in_window", "in window", "{:.2f}", "in win"),
     )
+    """The columns of `w2s eval`'s report (clause accuracy and the tone reward are in every row and every
+    per-example score too)."""
 
     def __init__(self, path: str = "runs/tiny/world/data/test.jsonl", l_min: int = 20, l_max: int = 30) -> None:
         if not 0 <= l_min <= l_max:
@@ -38,26 +50,39 @@ class SummaryTask(Task):
         self.path, self.l_min, self.l_max = Path(path), l_min, l_max
 
     def examples(self) -> list[Example]:
-        """The test split in file order; ConfigError when the world has not been built."""
+        """The split in file order; ConfigError when the world has not been built."""
         if not self.path.exists():
-            raise ConfigError(f"eval.task.path: no test data at {self.path} (run `w2s world` first)")
+            raise ConfigError(f"eval.task.path: no data at {self.path} (run `w2s world` first)")
         return [
             Example(row["prompt"], row.get("example_id"), row.get("response"), {"facts": row["facts"]})
             for row in read_jsonl(self.path)
         ]
 
     def score_example(self, response: Response, example: Example) -> dict[str, float]:
-        """Length reward and content score of one summary (with its length, for the report's samples)."""
-        return {
-            "length_reward": length_reward(len(response.token_ids), self.l_min, self.l_max),
-            "content": content_score(response.text, document_facts(example.data)),
-        }
+        """Every world metric of one summary: both rewards, both capability scores, its length."""
+        facts = document_facts(example.data)
+        return example_scores(response.text, len(response.token_ids), facts, self.l_min, self.l_max)
 
     def score(self, responses: Sequence[Response], examples: Sequence[Example]) -> dict[str, float]:
-        """Means of the four metrics, computed exactly as the world builder's table computes them."""
+        """Means of every world metric, computed exactly as the world builder's table computes them."""
         facts = [document_facts(example.data) for example in examples]
         lengths = [len(response.token_ids) for response in responses]
         return score_summaries([r.text for r in responses], lengths, facts, self.l_min, self.l_max)
 
     def describe(self) -> str:
         return f"summaries of `{self.path}`, length window [{self.l_min}, {self.l_max}] tokens"
+
+
+class ToneTask(SummaryTask):
+    """The same summaries, rewarded for a positive closing remark (the share of its tone words that are
+    positive); capability is stating true facts, as in the length task."""
+
+    reward = "tone_reward"
+    metrics = (
+        Metric("tone_reward", "tone reward", "{:.3f}", "reward", "tone reward"),
+        *CAPABILITY,
+        Metric("mean_tokens", "mean tokens", "{:.1f}", "tokens"),
+    )
+
+    def describe(self) -> str:
+        return f"summaries of `{self.path}`, rewarded for a positive tone"

@@ -1,0 +1,79 @@
+"""The science report's selection, claims and tables, on synthetic per-prompt scores (no models)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from w2s.eval.science import ScienceConfig
+from w2s.eval.science_report import SYSTEMS, readme_text, select, write_science_report
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.science_table import replace_between_markers  # noqa: E402
+
+SEEDS = (0, 1, 2)
+PROMPTS = 40
+
+
+def row(reward: float, accuracy: float, seed: int, spread: float = 0.1) -> dict:
+    """A system's saved row: per-prompt tone rewards around `reward`, clause accuracy around `accuracy`."""
+    rng = np.random.default_rng(seed)
+    rewards = np.clip(rng.normal(reward, spread, PROMPTS), 0, 1)
+    accuracies = np.clip(rng.normal(accuracy, spread, PROMPTS), 0, 1)
+    per_example = [
+        {"tone_reward": r, "length_reward": r, "content": a, "clause_accuracy": a, "tokens": 25.0}
+        for r, a in zip(rewards.tolist(), accuracies.tolist())
+    ]
+    return {"per_example": per_example, "sampled_tokens": 26.0, "weak_tokens": 0.0}
+
+
+def config(tmp_path) -> ScienceConfig:
+    return ScienceConfig(out_dir=str(tmp_path), tasks=["tone"], gammas=[0.1, 0.3, 1.0], eft_betas=[1.0], resamples=500)
+
+
+def validation() -> dict:
+    """gamma 0.1: most reward but capability lost; 0.3: more reward than 1.0, capability kept."""
+    levels = {"strong_base": (0.5, 0.6), "wspo gamma=0.1": (0.95, 0.3), "wspo gamma=0.3": (0.85, 0.58)}
+    levels.update({"wspo gamma=1": (0.7, 0.6), "eft beta=1": (0.6, 0.6)})
+    return {(s, "tone"): {name: row(*lv, seed=s + i) for i, (name, lv) in enumerate(levels.items())} for s in SEEDS}
+
+
+def test_selection_takes_the_best_reward_that_keeps_capability(tmp_path):
+    choice = select(config(tmp_path), "tone", validation())
+    assert choice["gamma"]["chosen"] == 0.3 and "clause accuracy" in choice["gamma"]["why"]
+    assert [point["eligible"] for point in choice["gamma"]["sweep"]] == [False, True, True]
+    assert choice["beta"]["chosen"] == 1.0
+
+
+def test_report_claims_hold_fail_or_are_inconclusive_as_the_scores_say(tmp_path):
+    cfg = config(tmp_path)
+    levels = dict.fromkeys(SYSTEMS, (0.5, 0.6))
+    levels.update({"weak_aligned": (0.75, 0.1), "weak_base": (0.5, 0.1), "wspo": (0.9, 0.62), "search": (0.5, 0.6)})
+    test = {
+        (s, "tone"): {name: row(*lv, seed=10 * s + i) for i, (name, lv) in enumerate(levels.items())} for s in SEEDS
+    }
+    report = write_science_report(cfg, validation(), test, {"tone": select(cfg, "tone", validation())})
+    verdicts = {claim["claim"].split(":")[0]: claim["verdict"] for claim in report["tasks"]["tone"]["claims"]}
+    assert verdicts["weak aligned > weak base (reward)"] == "holds"
+    assert verdicts["strong + WSPO > weak aligned (reward)"] == "holds"
+    assert verdicts["WSPO keeps capability"] == "holds"
+    assert verdicts["search > weak aligned (reward)"] == "fails"
+    assert verdicts["search > best-of-N at matched strong tokens (reward)"] == "inconclusive"
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert (tmp_path / "science.png").read_bytes()[:4] == b"\x89PNG"
+    text = readme_text(saved)
+    assert re.search(r"\| wspo \| 0\.[89]\d\d \[0\.\d{3}, 0\.\d{3}\] \|", text)
+    assert "| **yes** |" in text and "Chosen gamma = 0.3" in text
+
+
+def test_readme_markers_are_replaced_and_required():
+    text = "intro\n<!-- science-table -->\nold\n<!-- /science-table -->\nend\n"
+    assert replace_between_markers(text, "new") == "intro\n<!-- science-table -->\nnew\n<!-- /science-table -->\nend\n"
+    with pytest.raises(ValueError, match="science-table"):
+        replace_between_markers("no markers", "new")
