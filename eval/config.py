@@ -169,6 +169,8 @@ class GenerationSettings:
     """Engine settings of systems with engine vllm."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.vllm, dict):  # built in Python (e.g. `search(..., vllm={"max_len": 512})`)
+            self.vllm = VllmOptions(**self.vllm)
         for key in ("max_new_tokens", "batch_size", "threads"):
             require(getattr(self, key) >= 1, f"{self.section}.{key}", f"must be >= 1, got {getattr(self, key)}")
         require_finite(self.temperature, f"{self.section}.temperature")

@@ -92,11 +92,11 @@ SCRIPT = textwrap.dedent(
     reports = [run(config)["systems"]["vllm_search"] for _ in range(2)]
 
     # `w2s search engine=vllm`: the same search once more, through the command's Python entry point.
-    from w2s.eval.config import GenerateConfig
+    from w2s.eval.config import GenerateConfig, VllmOptions
     from w2s.eval.generate import run as generate
     from w2s.eval.responses import read_records
     generate(GenerateConfig(out_dir=out + "-search", prompts=str(world / "data" / "test.jsonl"), limit=len(prompts),
-                            model=str(world / "strong_base"), engine="vllm", vllm={"max_len": 256},
+                            model=str(world / "strong_base"), engine="vllm", vllm=VllmOptions(max_len=256),
                             params=dict(width=width, num_samples=samples, chunk_len=chunk),
                             weak_base=str(world / "weak_base"), weak_aligned=str(world / "weak_aligned"),
                             tokenizer=str(world / "tokenizer"), max_new_tokens=max_new, seed=seed), "cbs")
