@@ -99,7 +99,7 @@ def data_files(path: Path) -> list[Path]:
     return entries
 
 
-def _decoded(path: Path, data: bytes) -> str:
+def decode_utf8(path: Path, data: bytes) -> str:
     """`data` as UTF-8 text; refuses a bad byte naming its line and column (bytes from 1)."""
     try:
         return data.decode("utf-8")
@@ -166,7 +166,7 @@ def parse_file(path: Path, data: bytes) -> list[dict]:
     """The rows in one local file's bytes."""
     if LOCAL_FORMATS[path.suffix] != "json":
         return parse_columnar(path, data)
-    text = _decoded(path, data).removeprefix(codecs.BOM_UTF8.decode())
+    text = decode_utf8(path, data).removeprefix(codecs.BOM_UTF8.decode())
     return parse_json_lines(path, text) if path.suffix == ".jsonl" else parse_json(path, text)
 
 

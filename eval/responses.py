@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from w2s.cache.data import decode_utf8, parse_json_lines
 from w2s.errors import DataError
 from w2s.io import atomic_write_text
 
@@ -46,24 +47,13 @@ def read_records(path: Path) -> list[dict]:
     """The records of a part or of responses.jsonl.
 
     Raises:
-        DataError: naming the file and line of a record that is not JSON or lacks a key.
+        DataError: naming the file and line of a record that is not UTF-8, not a JSON object or lacks a key.
     """
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err.reason})") from err
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}: line {number}: not JSON ({err.msg})") from err
-        missing = [key for key in RECORD_KEYS if not isinstance(record, dict) or key not in record]
+    records = parse_json_lines(path, decode_utf8(path, path.read_bytes()))
+    for number, record in enumerate(records, 1):
+        missing = [key for key in RECORD_KEYS if key not in record]
         if missing:
-            raise DataError(f"{path}: line {number}: not a w2s response record (missing {missing})")
-        records.append(record)
+            raise DataError(f"{path}: record {number}: not a w2s response record (missing {missing})")
     return records
 
 
