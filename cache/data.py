@@ -214,6 +214,13 @@ def _text_field(record: dict, field: str, where: str) -> str:
     return record[field]
 
 
+def check_messages(messages: list, name: str, where: str) -> None:
+    """Refuses a chat message without a 'role' or a string 'content', naming `where` and the field's index."""
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str) or "role" not in message:
+            raise DataError(f"{where}: field '{name}[{i}]' must have a 'role' and a string 'content'")
+
+
 def _prompt_and_response(record: dict, fields: dict, where: str) -> tuple[str | list[dict], str]:
     """Prompt and response of one record, from prompt/response fields or from a chat messages field."""
     if not fields["messages_field"]:
@@ -222,9 +229,7 @@ def _prompt_and_response(record: dict, fields: dict, where: str) -> tuple[str | 
     messages = record.get(name)
     if not isinstance(messages, list) or len(messages) < 2:
         raise DataError(f"{where}: field '{name}' must be a list of at least two chat messages")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str) or "role" not in message:
-            raise DataError(f"{where}: field '{name}[{i}]' must have a 'role' and a string 'content'")
+    check_messages(messages, name, where)
     if messages[-1]["role"] != "assistant":
         raise DataError(f"{where}: field '{name}': the last message must be the assistant's response")
     return messages[:-1], messages[-1]["content"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from w2s.cache.data import load_rows, locate
+from w2s.cache.data import check_messages, load_rows, locate
 from w2s.errors import DataError
 from w2s.eval.task import Example
 
@@ -38,9 +38,7 @@ def _messages(record: dict, name: str, where: str) -> tuple[list[dict], str | No
     messages = record.get(name)
     if not isinstance(messages, list) or not messages:
         raise DataError(f"{where}: field '{name}' must be a non-empty list of chat messages")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str) or "role" not in message:
-            raise DataError(f"{where}: field '{name}[{i}]' must have a 'role' and a string 'content'")
+    check_messages(messages, name, where)
     if messages[-1]["role"] == "assistant":
         messages, reference = messages[:-1], messages[-1]["content"]
         if not messages:

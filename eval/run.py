@@ -24,16 +24,11 @@ from w2s.eval.systems import Models, Planned, plan, prepare, responses_of
 from w2s.eval.task import Example, Response, Task, load_task
 
 
-def shown(config: EvalConfig, task: Task, responses: list[Response], examples: list[Example]) -> list[dict]:
+def shown(config: EvalConfig, responses: list[Response], examples: list[Example], scores: list[dict]) -> list[dict]:
     """The first `num_shown` responses with their length and the task's per-example scores."""
     return [
-        {
-            "example_id": example.example_id,
-            "response": response.text,
-            "tokens": len(response.token_ids),
-            **task.score_example(response, example),
-        }
-        for response, example in list(zip(responses, examples))[: config.num_shown]
+        {"example_id": example.example_id, "response": response.text, "tokens": len(response.token_ids), **score}
+        for response, example, score in list(zip(responses, examples, scores))[: config.num_shown]
     ]
 
 
@@ -47,13 +42,14 @@ def evaluate(config: EvalConfig, task: Task, system: Planned, models: Models, ex
     tokenizer = models.tokenizer(spec.model)
     responses = [Response(tokenizer.decode(row, skip_special_tokens=True), row) for row in ids]
     row = {"kind": spec.generator, "engine": spec.engine, "model": spec.model, "gamma": system.gamma}
-    row.update(task.score(responses, examples))
+    per_example = task.score_examples(responses, examples)  # scored once: the means, samples and intervals reuse it
+    row.update(task.score(responses, examples, per_example))
     row["sampled_tokens"] = mean(sampled)
     row["seconds"] = round(time.perf_counter() - started, 2)
     if spec.params:
         row["search"] = dict(spec.params)
-    row["samples"] = shown(config, task, responses, examples)
-    row["per_example"] = [task.score_example(r, e) for r, e in zip(responses, examples)]  # for bootstrap intervals
+    row["samples"] = shown(config, responses, examples, per_example)
+    row["per_example"] = per_example  # for bootstrap intervals
     return row
 
 

@@ -81,9 +81,19 @@ class Task(ABC):
         """The metrics of one response, shown beside the sample outputs of report.json; unless `score` is
         overridden, they must include every key of `metrics` (the default `score` averages them)."""
 
-    def score(self, responses: Sequence[Response], examples: Sequence[Example]) -> dict[str, float]:
-        """Each metric's mean over (response, example) pairs; override when a metric is not a mean."""
-        rows = [self.score_example(response, example) for response, example in zip(responses, examples)]
+    def score_examples(self, responses: Sequence[Response], examples: Sequence[Example]) -> list[dict[str, float]]:
+        """`score_example` of every pair; override to score in batches (a reward model does)."""
+        return [self.score_example(response, example) for response, example in zip(responses, examples)]
+
+    def score(
+        self,
+        responses: Sequence[Response],
+        examples: Sequence[Example],
+        per_example: Sequence[dict[str, float]] | None = None,
+    ) -> dict[str, float]:
+        """Each metric's mean over the pairs, from `per_example` (what `score_examples` gave) when the caller
+        already has it, so nothing is scored twice; override when a metric is not a mean."""
+        rows = per_example if per_example is not None else self.score_examples(responses, examples)
         return {metric.key: mean(row[metric.key] for row in rows) for metric in self.metrics}
 
     def describe(self) -> str:

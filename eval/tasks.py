@@ -12,7 +12,6 @@ Both read their prompts through `w2s.eval.prompts`, the reader `w2s generate` us
 from __future__ import annotations
 
 from collections.abc import Sequence
-from statistics import mean
 
 import torch
 
@@ -159,14 +158,13 @@ class RewardModelTask(PromptTask):
             scores += self.model(**batch.to(self.model.device)).logits[:, 0].float().tolist()  # [batch]
         return scores
 
-    def score_example(self, response: Response, example: Example) -> dict[str, float]:
-        return {"reward": self.rewards([response], [example])[0], "mean_tokens": float(len(response.token_ids))}
+    def score_examples(self, responses: Sequence[Response], examples: Sequence[Example]) -> list[dict[str, float]]:
+        """Every response's reward, in batches of `batch_size`."""
+        rewards = self.rewards(responses, examples)
+        return [{"reward": r, "mean_tokens": float(len(response.token_ids))} for r, response in zip(rewards, responses)]
 
-    def score(self, responses: Sequence[Response], examples: Sequence[Example]) -> dict[str, float]:
-        return {
-            "reward": mean(self.rewards(responses, examples)),
-            "mean_tokens": mean(len(r.token_ids) for r in responses),
-        }
+    def score_example(self, response: Response, example: Example) -> dict[str, float]:
+        return self.score_examples([response], [example])[0]
 
     def describe(self) -> str:
         return f"reward model `{self.path}` on `{self.source.path}`"

@@ -105,7 +105,11 @@ def score_summaries(
         lengths: their lengths in tokens, EOS excluded.
         facts: each summary's document facts.
     """
-    rows = [example_scores(text, n, truth, l_min, l_max) for text, n, truth in zip(texts, lengths, facts)]
+    return mean_scores([example_scores(text, n, truth, l_min, l_max) for text, n, truth in zip(texts, lengths, facts)])
+
+
+def mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Means of `example_scores` rows over a test set (`tokens` reported as `mean_tokens`)."""
     means = {key: mean(row[key] for row in rows) for key in rows[0]}
     means["mean_tokens"] = means.pop("tokens")
     return means

@@ -14,7 +14,7 @@ from w2s.errors import ConfigError
 from w2s.eval.task import Example, Metric, Response, Task
 from w2s.io import read_jsonl
 from w2s.world.corpus import document_facts
-from w2s.world.metrics import example_scores, score_summaries
+from w2s.world.metrics import example_scores, mean_scores
 
 CAPABILITY = (
     Metric("content", "content", "{:.3f}", "content", "content (fact precision)"),
@@ -63,11 +63,14 @@ class SummaryTask(Task):
         facts = document_facts(example.data)
         return example_scores(response.text, len(response.token_ids), facts, self.l_min, self.l_max)
 
-    def score(self, responses: Sequence[Response], examples: Sequence[Example]) -> dict[str, float]:
+    def score(
+        self,
+        responses: Sequence[Response],
+        examples: Sequence[Example],
+        per_example: Sequence[dict[str, float]] | None = None,
+    ) -> dict[str, float]:
         """Means of every world metric, computed exactly as the world builder's table computes them."""
-        facts = [document_facts(example.data) for example in examples]
-        lengths = [len(response.token_ids) for response in responses]
-        return score_summaries([r.text for r in responses], lengths, facts, self.l_min, self.l_max)
+        return mean_scores(list(per_example if per_example is not None else self.score_examples(responses, examples)))
 
     def describe(self) -> str:
         return f"summaries of `{self.path}`, length window [{self.l_min}, {self.l_max}] tokens"
