@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from w2s.config import require_installed
 from w2s.errors import ConfigError
 from w2s.logprobs import response_logprobs
 from w2s.memory import Shape, vllm_budget
@@ -109,6 +110,7 @@ class VllmScorer:
         role: str = "scored",
         batch_tokens: int = 8192,
     ):
+        require_installed("vllm", "cache.backend=vllm", "gpu")
         config = load_model_config(role, model_path)  # a missing or broken folder is refused in one line, first
         if torch.cuda.is_available():
             gpu_memory_utilization = vllm_budget(

@@ -30,16 +30,15 @@ from w2s.cache.config import CacheConfig
 from w2s.cache.data import Row, encode_rows, load_rows
 from w2s.cache.formats import formats_for
 from w2s.cache.ledger import (
-    check_folder,
+    claim_folder,
     ledger_path,
     manifest_name,
     remove_stale_temporaries,
     resume_point,
     save_ledger,
-    worker_lock,
 )
-from w2s.cache.manifest import cache_layout, file_entry, manifest_body, shard_entry
-from w2s.cache.portable import absolute_paths, save_tokenizer_copy
+from w2s.cache.manifest import MANIFEST, cache_layout, file_entry, manifest_body, shard_entry
+from w2s.cache.portable import TOKENIZER_DIR, absolute_paths, save_tokenizer_copy
 from w2s.cache.provenance import code_version, model_fingerprint, tokenizer_fingerprint
 from w2s.errors import CacheMismatch, ConfigError
 from w2s.io import atomic_write_json
@@ -118,6 +117,7 @@ def make_provenance(
 
 def check_config(config: CacheConfig) -> None:
     """Refuses settings no build can use (an unknown format names the registered ones)."""
+    config.check_installed()  # vLLM or Ray missing: refused before the rows are read
     formats_for(config.format)
     if not 0 <= config.shard_index < config.num_shards:
         raise ConfigError(f"cache.shard_index={config.shard_index} is outside [0, num_shards={config.num_shards})")
@@ -230,13 +230,15 @@ def build_cache(job: CacheJob) -> dict:
         cache found here and checked) and `redone` (their indices that were missing or corrupt).
 
     Raises:
-        CacheMismatch: the folder holds this worker's cache from other inputs (refused before anything is
-            written), or another run of this worker is writing there (`CacheBusy`).
+        FolderRefused: the folder is not a cache of these inputs (refused before anything is written), or another
+            run of this worker is writing there (`FolderBusy`).
+        CacheMismatch: a ledger or manifest there that w2s cannot read.
     """
-    check_folder(job)
-    job.out_dir.mkdir(parents=True, exist_ok=True)
-    with worker_lock(job.out_dir, job.config.shard_index, job.config.num_shards):
-        return _build_locked(job)
+    with claim_folder(job) as folder:
+        body = _build_locked(job)
+        if job.config.num_shards == 1:  # with several workers, `w2s cache merge` publishes the manifest
+            folder.finish([MANIFEST, TOKENIZER_DIR])
+        return body
 
 
 def _build_locked(job: CacheJob) -> dict:

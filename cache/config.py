@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 from w2s.cache.formats import formats_for
-from w2s.config import ConfigError, require
+from w2s.config import ConfigError, require, require_installed
 from w2s.schemas.cache import StorageDtype, Store
 
 Backend = Literal["auto", "transformers", "vllm"]
 ModelDtype = Literal["float32", "bfloat16", "float16"]
 Engine = Literal["local", "ray"]
+DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
+"""The torch devices the transformers backend runs on (besides auto)."""
 
 
 @dataclass
@@ -99,7 +102,21 @@ class CacheConfig:
         except ConfigError as err:
             raise ConfigError(f"cache.format: {err}") from None
         require(
+            self.device == "auto" or DEVICE.fullmatch(self.device) is not None,
+            "cache.device",
+            f"must be auto, cpu, cuda, cuda:<index> or mps, got {self.device!r}",
+        )
+        require(
             0 <= self.shard_index < self.num_shards,
             "cache.shard_index",
             f"{self.shard_index} is outside [0, num_shards={self.num_shards})",
         )
+
+    def check_installed(self) -> None:
+        """Refuses, before any input is read, an engine this machine lacks: Ray for engine=ray, vLLM for
+        backend=vllm scored in this process (with Ray, the actors' machines need vLLM, not the driver's). Not at
+        load time: a config may name engines for a stage this machine does not run."""
+        if self.engine == "ray":
+            require_installed("ray", "cache.engine=ray", "ray")
+        elif self.backend == "vllm":
+            require_installed("vllm", "cache.backend=vllm", "gpu")

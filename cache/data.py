@@ -206,19 +206,35 @@ def load_rows(source: str, split: str = "train") -> tuple[Records | datasets.Dat
     return dataset, fingerprint
 
 
+def check_encodable(text: str, field: str, where: str) -> str:
+    """`text`, refused (naming `where` and the field) when it cannot be encoded as UTF-8: a lone surrogate such as
+    "\\ud800", which a JSON escape can spell, would otherwise fail deep in a tokenizer or a shard writer."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise DataError(
+            f"{where}: field '{field}' holds text that cannot be encoded as UTF-8 "
+            f"(the lone surrogate {text[err.start]!r} at character {err.start})"
+        ) from None
+    return text
+
+
 def _text_field(record: dict, field: str, where: str) -> str:
     if field not in record or record[field] is None:
         raise DataError(f"{where}: field '{field}' is missing")
     if not isinstance(record[field], str):
         raise DataError(f"{where}: field '{field}' must be a string, got {type(record[field]).__name__}")
-    return record[field]
+    return check_encodable(record[field], field, where)
 
 
 def check_messages(messages: list, name: str, where: str) -> None:
-    """Refuses a chat message without a 'role' or a string 'content', naming `where` and the field's index."""
+    """Refuses a chat message without a 'role' or a string 'content', or whose text cannot be encoded, naming
+    `where` and the field's index."""
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("content"), str) or "role" not in message:
             raise DataError(f"{where}: field '{name}[{i}]' must have a 'role' and a string 'content'")
+        check_encodable(message["content"], f"{name}[{i}].content", where)
+        check_encodable(str(message["role"]), f"{name}[{i}].role", where)
 
 
 def _prompt_and_response(record: dict, fields: dict, where: str) -> tuple[str | list[dict], str]:
@@ -249,7 +265,9 @@ def encode_rows(
     truncate: bool,
     use_chat_template: bool,
 ) -> list[Row]:
-    """Validates and tokenises every record, in dataset order (row_id = position in the dataset).
+    """Validates and tokenises every record, in dataset order (row_id = position in the dataset). Every text field
+    is user text: one that spells a special token is tokenised as text, never as the control token (`w2s.tokens`),
+    and one that cannot be encoded as UTF-8 (a lone surrogate) is refused.
 
     Args:
         dataset: rows from `load_rows` (local rows are named by their own file and row in messages).
@@ -266,7 +284,9 @@ def encode_rows(
         where = f"{file}: row {row}"
         prompt, response = _prompt_and_response(record, fields, where)
         example_id = record.get(fields["id_field"]) if fields["id_field"] else None
-        example_id = f"row-{row_id}" if example_id is None else str(example_id)
+        example_id = (
+            f"row-{row_id}" if example_id is None else check_encodable(str(example_id), fields["id_field"], where)
+        )
         if example_id in seen_ids:
             first_file, first_row = locate(dataset, source, seen_ids[example_id])
             first = f"row {first_row}" if first_file == file else f"{first_file}: row {first_row}"

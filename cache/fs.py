@@ -4,6 +4,9 @@ its plug-ins reach). A `file://` URL is a local folder.
 
 Reading is all a cache needs from a remote filesystem: `Cache.open`, `verify`, the format readers and the trainer's
 reader go through `Place`; builds write local (or shared, mounted) folders only.
+
+`Place.contents` reads a shard's bytes once (a file's, or every file of a folder's) and `sha256_contents` hashes
+them as the manifest records them, so that a reader checks exactly the bytes it then parses.
 """
 
 from __future__ import annotations
@@ -127,6 +130,26 @@ class Place:
             digest.update(_sha256_remote(self.fs, file).encode())
         return digest.hexdigest()
 
+    def contents(self, name: str) -> bytes | dict[str, bytes]:
+        """The bytes of a file, or of every file of a folder by `/`-separated name within it, in the order
+        `sha256_contents` hashes them (one read of each file, for hashing and parsing alike).
+
+        Raises:
+            FileNotFoundError: nothing is stored under `name`.
+        """
+        if not self.remote:
+            path = self.root / name
+            if not path.is_dir():
+                return path.read_bytes()
+            files = sorted((f for f in path.rglob("*") if f.is_file()), key=lambda f: f.relative_to(path).parts)
+            return {f.relative_to(path).as_posix(): f.read_bytes() for f in files}
+        path = self._path(name)
+        if not self.fs.isdir(path):
+            return self.fs.cat_file(path)
+        files = self._files(name)
+        data = self.fs.cat(files)
+        return {file[len(path) + 1 :]: data[file] for file in files}
+
     def local_copy(self, name: str, into: Path) -> Path:
         """`name` as a local path: itself for a local folder, else copied under `into` first."""
         if not self.remote:
@@ -134,6 +157,18 @@ class Place:
         target = into / Path(name).name
         self.fs.get(self._path(name), str(target), recursive=True)
         return target
+
+
+def sha256_contents(contents: bytes | dict[str, bytes]) -> str:
+    """sha256 of what `Place.contents` read, as the manifest records it: a file's digest, or a folder's as
+    `w2s.io.sha256_dir(folder, "**/*")` computes it (each name, then its file's hex digest, in sorted order)."""
+    if isinstance(contents, bytes):
+        return hashlib.sha256(contents).hexdigest()
+    digest = hashlib.sha256()
+    for name, data in contents.items():
+        digest.update(name.encode())
+        digest.update(hashlib.sha256(data).hexdigest().encode())
+    return digest.hexdigest()
 
 
 def _sha256_remote(fs: Any, path: str) -> str:

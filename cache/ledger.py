@@ -6,20 +6,17 @@ the rest. A finished cache is trusted the same way: a rerun checks every shard f
 is missing or corrupt, the shards that still check become the ledger, the manifest is dropped, and the build goes
 on as a resumed one (the manifest is written again last). A healthy finished cache is left as it is.
 
-Lock: one build per worker (shard_index, num_shards) and folder at a time. The worker holds `flock` on its own
-`.lock-*` file for the whole build, so a second run of the same worker is refused instead of deleting the first
-one's temporary files; the OS releases the lock when the holder dies, even by kill -9. The lock file stays (with
-the last holder's pid): removing it would let a third run lock a new file while a second still holds the old one.
+Folder and lock (`w2s.runs`): the folder is claimed as the cache's (new, empty, or a cache of the same inputs,
+never a folder of the user's), and each worker (shard_index, num_shards) holds `flock` on its own lock file for
+the whole build, so a second run of the same worker is refused instead of deleting the first one's temporary
+files; the OS releases the lock when the holder dies, even by kill -9.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +25,7 @@ from w2s.cache.manifest import MANIFEST, check_entry, part_manifest_name
 from w2s.cache.provenance import provenance_key
 from w2s.errors import CacheMismatch
 from w2s.io import atomic_write_json
+from w2s.runs import LOCK, RunFolder, claim
 from w2s.schemas.cache import stale_temporaries
 
 if TYPE_CHECKING:
@@ -35,36 +33,31 @@ if TYPE_CHECKING:
     from w2s.cache.config import CacheConfig
 
 
-class CacheBusy(CacheMismatch):
-    """Another build of the same worker is writing into the folder."""
+def worker_lock_name(shard_index: int, num_shards: int) -> str:
+    """Each worker of a build locks its own file: workers share the folder, two runs of one worker never do."""
+    return f"{LOCK}-{shard_index:05d}-of-{num_shards:05d}"
 
 
-@contextmanager
-def worker_lock(out_dir: Path, shard_index: int, num_shards: int) -> Iterator[None]:
-    """Holds worker (shard_index, num_shards)'s lock on `out_dir` (which must exist) for the `with` block.
+def claim_folder(job: CacheJob) -> RunFolder:
+    """Claims the cache folder for this worker (`w2s.runs`): new, empty or a cache of the same inputs; outside the
+    dataset and the models; this worker's lock held. A finished cache whose manifest changed since it was
+    published loses its manifest here, so the shards are checked and redone as for an unfinished build.
 
     Raises:
-        CacheBusy: another live process holds it (the message names the folder and that process's pid).
+        FolderRefused: another folder, an input, a cache of other inputs, or this worker already running.
     """
-    path = out_dir / f".lock-{shard_index:05d}-of-{num_shards:05d}"
-    handle = open(path, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise CacheBusy(
-            f"{out_dir}: another build (pid {holder}) is writing worker {shard_index} of {num_shards} "
-            "here; wait for it to finish, or stop it and rerun"
-        ) from None
-    try:
-        handle.truncate(0)
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        yield
-    finally:
-        handle.close()  # releases the lock
+    from w2s.cache.build import model_paths
+
+    identity = {k: v for k, v in job.provenance.items() if k != "code_version"}
+    inputs = {"dataset": job.config.dataset, **model_paths(job.config)}
+    lock = worker_lock_name(job.config.shard_index, job.config.num_shards)
+    folder = claim(job.out_dir, "cache", identity=identity, inputs=inputs, lock=lock)
+    if folder.finished and folder.problems:
+        print(f"w2s cache: {folder.problems[0]}; checking the cache and redoing what is damaged", file=sys.stderr)
+        if manifest_name(job.config) in folder.damaged:  # a changed manifest is not trusted: the shards are checked
+            (job.out_dir / manifest_name(job.config)).unlink(missing_ok=True)
+        folder.reset([])
+    return folder
 
 
 def manifest_name(config: CacheConfig) -> str:
@@ -120,12 +113,6 @@ def save_ledger(job: CacheJob, done: dict[int, dict]) -> None:
         ledger_path(job),
         {"provenance_key": provenance_key(job.provenance), "shards": {str(k): v for k, v in sorted(done.items())}},
     )
-
-
-def check_folder(job: CacheJob) -> None:
-    """Refuses, before anything is written, a folder holding this worker's cache from other inputs."""
-    finished_manifest(job)
-    read_ledger(job)
 
 
 def remove_stale_temporaries(job: CacheJob) -> None:

@@ -8,6 +8,10 @@ between workers writes one part manifest per worker instead, which `w2s cache me
 
 Checking a shard file against its entry comes at two costs: `check_entry(..., hashed=False)` compares sizes
 (a stat per file), the default also re-hashes the contents.
+
+A manifest must also agree with itself (`check_consistency`, run by `load_manifest`): shards indexed 0..n-1 with
+contiguous rows, totals that are the sums over them, and as many rows as the dataset had. A hand-edited or
+forged manifest is refused before any shard is read, naming the field that disagrees.
 """
 
 from __future__ import annotations
@@ -122,7 +126,8 @@ def load_manifest(cache_dir: str | Path | Place) -> dict:
     """A finished cache's manifest (read once by `Cache.open`); `cache_dir` may be a URL (`w2s.cache.fs`).
 
     Raises:
-        CacheMismatch: no manifest (an unfinished cache), one that is not JSON, or an unknown schema version.
+        CacheMismatch: no manifest (an unfinished cache), one that is not JSON, an unknown schema version, or a
+            manifest that disagrees with itself (`check_consistency`), naming the field.
     """
     place = Place.of(cache_dir)
     path = place.join(MANIFEST)
@@ -135,4 +140,62 @@ def load_manifest(cache_dir: str | Path | Place) -> dict:
     if not isinstance(manifest, dict) or manifest.get("schema_version") not in KNOWN_SCHEMA_VERSIONS:
         version = manifest.get("schema_version") if isinstance(manifest, dict) else None
         raise CacheMismatch(f"{path}: schema version {version!r} is not one this w2s reads {KNOWN_SCHEMA_VERSIONS}")
+    problem = check_consistency(manifest)
+    if problem:
+        raise CacheMismatch(f"{path}: {problem}; the manifest disagrees with itself: delete it and rerun `w2s cache`")
     return manifest
+
+
+SUMMED = ("rows", "tokens", "response_tokens")
+"""Totals that are sums over the shards (`bytes` is not checked: it is informative, and sizes are checked per file)."""
+
+
+def check_consistency(manifest: dict) -> str | None:
+    """Why a finished manifest disagrees with itself, naming the field, or None when it agrees: shard `index` runs
+    0..n-1, each `row_start` follows the rows before it, every file entry has its name, bytes and sha256, `totals`
+    are the sums over the shards, and the dataset's recorded row count (when provenance has one) is `totals.rows`."""
+    shards, totals = manifest.get("shards"), manifest.get("totals")
+    if not isinstance(shards, list) or not isinstance(totals, dict):
+        return "shards (a list) or totals (an object) is missing"
+    sums = dict.fromkeys(SUMMED, 0)
+    for position, shard in enumerate(shards):
+        problem = _shard_problem(position, shard, sums["rows"])
+        if problem:
+            return problem
+        for key in SUMMED:
+            sums[key] += shard[key]
+    for key in SUMMED:
+        if totals.get(key) != sums[key]:
+            return f"totals.{key} is {totals.get(key)!r}, but its shards sum to {sums[key]}"
+    provenance = manifest.get("provenance")
+    dataset = provenance.get("dataset") if isinstance(provenance, dict) else None
+    if isinstance(dataset, dict) and "rows" in dataset and dataset["rows"] != totals["rows"]:
+        return f"provenance.dataset.rows is {dataset['rows']!r}, but totals.rows is {totals['rows']}"
+    return None
+
+
+def _shard_problem(position: int, shard: dict, row_start: int) -> str | None:
+    """What is wrong with the entry of the shard at `position`, which should start at `row_start`, or None."""
+    where = f"shards[{position}]"
+    counts = (*SUMMED, "index", "row_start")
+    missing = next((key for key in counts if not isinstance(shard, dict) or not _is_count(shard.get(key))), None)
+    if missing:
+        return f"{where}.{missing} is missing or not a whole number"
+    if shard["index"] != position:
+        return f"{where}.index is {shard['index']}, expected {position} (shards run 0..n-1 in order)"
+    if shard["row_start"] != row_start:
+        return f"{where}.row_start is {shard['row_start']}, expected {row_start} (contiguous rows)"
+    files = shard.get("files")
+    if not isinstance(files, dict) or not files:
+        return f"{where}.files is missing or empty"
+    for fmt, entry in files.items():
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("name", "sha256")):
+            return f"{where}.files.{fmt} lacks its name or sha256"
+        if not _is_count(entry.get("bytes")):
+            return f"{where}.files.{fmt}.bytes is missing or not a whole number"
+    return None
+
+
+def _is_count(value) -> bool:
+    """A non-negative whole number (JSON gives `int`; `bool` is one in Python, and is not a count)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -12,9 +12,11 @@ from pathlib import Path
 
 from w2s.cache.config import CacheConfig
 from w2s.cache.manifest import MANIFEST, PART_MANIFESTS, check_entry, manifest_body
+from w2s.cache.portable import TOKENIZER_DIR
 from w2s.config import from_dict
 from w2s.errors import CacheMismatch
 from w2s.io import atomic_write_json
+from w2s.runs import LOCK, MARKER, FolderRefused, claim, read_marker
 
 
 def _check_parts(cache_dir: Path, parts: list[Path], bodies: list[dict]) -> list[dict]:
@@ -44,6 +46,10 @@ def merge_parts(cache_dir: str | Path) -> dict:
             that no longer matches its part manifest.
     """
     cache_dir = Path(cache_dir)
+    marker = read_marker(cache_dir) if cache_dir.is_dir() else None
+    if marker is None or marker["command"] != "cache":  # merge writes only into a folder `w2s cache` made
+        raise FolderRefused(f"{cache_dir}: this folder was not made by `w2s cache` (no {MARKER}); nothing to merge")
+    identity = marker["identity"]
     parts = sorted(cache_dir.glob(PART_MANIFESTS))
     if not parts:
         raise CacheMismatch(f"{cache_dir}: no part manifests ({PART_MANIFESTS}) to merge")
@@ -56,5 +62,7 @@ def merge_parts(cache_dir: str | Path) -> dict:
                 raise CacheMismatch(problem)
     config = from_dict(CacheConfig, {**bodies[0]["config"], "shard_index": 0})
     manifest = manifest_body(bodies[0]["provenance"], shards, config)
-    atomic_write_json(cache_dir / MANIFEST, manifest)
+    with claim(cache_dir, "cache", identity=identity, lock=f"{LOCK}-merge") as folder:
+        atomic_write_json(cache_dir / MANIFEST, manifest)
+        folder.finish([MANIFEST, *([TOKENIZER_DIR] if (cache_dir / TOKENIZER_DIR).is_dir() else [])])
     return manifest

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from w2s.cache.provenance import tokenizer_fingerprint
-from w2s.models import ModelError, load_tokenizer
+from w2s.models import ModelError, load_tokenizer, save_tokenizer  # noqa: F401 (save_tokenizer: used here and re-exported)
 
 if TYPE_CHECKING:
     from w2s.cache.config import CacheConfig
@@ -44,18 +44,24 @@ def absolute_paths(config: CacheConfig) -> CacheConfig:
 
 def save_tokenizer_copy(tokenizer, out_dir: Path) -> Path:
     """Saves `tokenizer` as `out_dir/tokenizer/` unless a copy with its fingerprint is there; atomic (a temporary
-    folder renamed into place), and safe beside another worker saving the same copy into the same folder."""
+    folder renamed into place), and safe beside another worker saving the same copy into the same folder.
+
+    Raises:
+        OSError: the copy cannot be written (a full disk, a read-only folder), with the file and the reason.
+    """
     target = out_dir / TOKENIZER_DIR
-    if target.is_dir() and _fingerprint_of(target) == tokenizer_fingerprint(tokenizer):
+    expected = tokenizer_fingerprint(tokenizer)
+    if target.is_dir() and _fingerprint_of(target) == expected:
         return target
     tmp = Path(tempfile.mkdtemp(prefix=f".{TOKENIZER_DIR}.tmp-", dir=out_dir))
     try:
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
         if target.exists():
             shutil.rmtree(target)  # a copy from other inputs (its cache was refused or rebuilt)
         os.replace(tmp, target)
     except OSError:
-        if not target.is_dir():  # another worker renamed its (identical) copy first: keep that one
+        # another worker renamed its (identical) copy first: keep that one; anything else (a full disk) is raised
+        if not (target.is_dir() and _fingerprint_of(target) == expected):
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -18,11 +18,69 @@ from w2s.io import sha256_file
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
 
-def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
-    """sha256 of the tokenizer's full definition (vocabulary, merges, normaliser, special tokens)."""
+RUNTIME_STATE = ("truncation", "padding")
+"""Keys of a backend tokenizer's JSON that hold call-time settings (transformers sets them per call), not its
+definition: left out, or a tokenizer's fingerprint would change once it has padded or truncated a batch."""
+
+BEHAVIOUR_PROBE = "a b"
+"""Text encoded with and without special tokens to record what the tokenizer adds around it (add_bos/add_eos)."""
+
+
+def _sha256(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def tokenizer_parts(tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
+    """sha256 of each part of a tokenizer's definition, so a mismatch can say which part differs.
+
+    - 'vocabulary': vocabulary, merges, normaliser, pre-tokeniser and decoder.
+    - 'special tokens': which token is bos/eos/pad/unk/..., every special token, every added token (with its
+      special flag and matching options), the post-processor, and the ids it adds around a text (add_bos/add_eos).
+    - 'chat template': the chat template(s), or None.
+
+    Nothing here depends on the folder it was loaded from, so a tokenizer saved and loaded again (a cache's own copy)
+    keeps its fingerprint.
+    """
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
-    return hashlib.sha256(text.encode()).hexdigest()
+    definition = (
+        json.loads(backend.to_str()) if backend is not None else {"vocab": sorted(tokenizer.get_vocab().items())}
+    )
+    for key in RUNTIME_STATE:
+        definition.pop(key, None)
+    added = {
+        str(index): [token.content, token.special, token.lstrip, token.rstrip, token.single_word, token.normalized]
+        for index, token in sorted(tokenizer.added_tokens_decoder.items())
+    }
+    special = {
+        "named": tokenizer.special_tokens_map,  # which token is bos, eos, pad, unk... (the ones set)
+        "all": sorted(tokenizer.all_special_tokens),
+        "added": added,
+        "added_in_backend": definition.pop("added_tokens", None),
+        "post_processor": definition.pop("post_processor", None),
+        "added_around_text": added_around_text(tokenizer),
+    }
+    return {
+        "vocabulary": _sha256(definition),
+        "special tokens": _sha256(special),
+        "chat template": _sha256(getattr(tokenizer, "chat_template", None)),
+    }
+
+
+def added_around_text(tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
+    """The ids the tokenizer adds before and after a text when asked for special tokens (BOS, EOS...): its
+    add_bos/add_eos behaviour, however it is configured (attributes or post-processor)."""
+    bare = tokenizer(BEHAVIOUR_PROBE, add_special_tokens=False)["input_ids"]
+    full = tokenizer(BEHAVIOUR_PROBE)["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return [full[:start], full[start + len(bare) :]]
+    return [full, bare]  # specials woven into the text: both, as they are
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """sha256 of the tokenizer's full definition: vocabulary, special and added tokens, add_bos/add_eos behaviour
+    and chat template (`tokenizer_parts`): all that decides the ids of a text and the rendering of a chat."""
+    return _sha256(tokenizer_parts(tokenizer))
 
 
 def model_fingerprint(name_or_path: str) -> dict:

@@ -34,8 +34,9 @@ from w2s.cache.build import (
     write_shard,
 )
 from w2s.cache.config import CacheConfig
-from w2s.cache.ledger import check_folder, remove_stale_temporaries, resume_point, save_ledger, worker_lock
-from w2s.cache.manifest import cache_layout
+from w2s.cache.ledger import claim_folder, remove_stale_temporaries, resume_point, save_ledger
+from w2s.cache.manifest import MANIFEST, cache_layout
+from w2s.cache.portable import TOKENIZER_DIR
 from w2s.errors import ConfigError, UserError
 
 INSTALL = "pip install 'w2s[ray]'"
@@ -207,9 +208,7 @@ def build_on_ray(job: CacheJob, on_shard: OnShard | None = None) -> dict:
         The manifest, with `seconds`, `scored_now`, `checked`, `redone` as `build_cache` gives them, and `ray`:
         each actor's final stats (pid, model loads, shards scored) and the restarts seen.
     """
-    check_folder(job)
-    job.out_dir.mkdir(parents=True, exist_ok=True)
-    with worker_lock(job.out_dir, job.config.shard_index, job.config.num_shards):
+    with claim_folder(job) as folder:
         started = time.time()
         remove_stale_temporaries(job)
         resume = resume_point(job)
@@ -222,6 +221,8 @@ def build_on_ray(job: CacheJob, on_shard: OnShard | None = None) -> dict:
         report = _score(job, todo, done, on_shard) if todo else NO_POOL
         remove_stale_temporaries(job)  # what an actor killed mid-shard had begun to write
         body = finish(job, done)
+        if job.config.num_shards == 1:
+            folder.finish([MANIFEST, TOKENIZER_DIR])
     elapsed = time.time() - started
     extra = {"seconds": elapsed, "scored_now": len(todo), "checked": resume.checked, "redone": resume.redone}
     return {**body, **extra, "ray": report}

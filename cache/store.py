@@ -14,6 +14,14 @@ picked at random. At both cheap levels, a file modified after `manifest.json` wa
 gets the full check too: a shard rewritten in place with the same size is caught, whatever the sample. The
 trainer starts at `sample` (`train.verify_cache`) and checks each shard's row ids as it loads it.
 
+Whatever the start-up level, every shard read through `read_shard` (the trainer's reader, `first_rows`, `inspect`)
+is checked as it is read: its bytes are read once, hashed, compared with the manifest's sha256 and only then
+parsed (from those same bytes, so nothing is read twice and nothing unhashed is parsed). A damaged shard stops
+the reader before any of its rows reach a batch. This reads the whole file even when only some columns are
+wanted; `benchmarks/read_hashing.py` measures what that costs a training step.
+
+`open` also refuses a manifest that disagrees with itself (`w2s.cache.manifest.check_consistency`).
+
 A cache on another filesystem is opened by its URL (`w2s.cache.fs`): files are then read through fsspec, and a
 file whose filesystem keeps no modification time always gets the full check.
 """
@@ -28,7 +36,7 @@ from pathlib import Path
 from typing import Literal
 
 from w2s.cache.formats import get_format
-from w2s.cache.fs import Place
+from w2s.cache.fs import Place, sha256_contents
 from w2s.cache.manifest import MANIFEST, check_entry, load_manifest
 from w2s.errors import CacheMismatch
 from w2s.schemas.cache import Layout, ShardData
@@ -55,8 +63,8 @@ class Cache:
         """Reads and checks `manifest.json`; `cache_dir` is a local folder or the URL of one on any fsspec filesystem.
 
         Raises:
-            CacheMismatch: no manifest, an unreadable one, a schema version this w2s does not read, or a URL fsspec
-                cannot open.
+            CacheMismatch: no manifest, an unreadable one, a schema version this w2s does not read, a manifest that
+                disagrees with itself (totals, shard indices, row ranges, dataset rows), or a URL fsspec cannot open.
         """
         place = Place.of(cache_dir)
         manifest = load_manifest(place)
@@ -115,9 +123,39 @@ class Cache:
         return self.place.join(self.shards[index]["files"][fmt]["name"])
 
     def read_shard(self, index: int, fmt: str | None = None, columns: Sequence[str] | None = None) -> ShardData:
-        """Shard `index` (position in `shards`) in format `fmt` (None: the default), only `columns` when given."""
+        """Shard `index` (position in `shards`) in format `fmt` (None: the default), only `columns` when given.
+
+        Its bytes are read once, hashed and compared with the manifest's sha256 before they are parsed, whatever
+        verification ran before: a shard that differs from the manifest is never returned (see the module's
+        docstring). A format without `parse` (a plug-in that reads only by path) is hashed, then read.
+
+        Raises:
+            CacheMismatch: the shard's file (or a file of its folder) is missing or differs from the manifest.
+        """
         fmt = self.require_format(fmt)
-        return get_format(fmt).read(self.shard_path(index, fmt), columns)
+        entry, reader = self.shards[index]["files"][fmt], get_format(fmt)
+        parse = getattr(reader, "parse", None)
+        try:
+            if parse is None:
+                self._require_digest(entry, self.place.sha256(entry["name"]))
+                return reader.read(self.shard_path(index, fmt), columns)
+            contents = self.place.contents(entry["name"])
+        except FileNotFoundError:
+            raise self._damaged(entry, "missing") from None
+        self._require_digest(entry, sha256_contents(contents))
+        return parse(contents, columns)
+
+    def _require_digest(self, entry: dict, digest: str) -> None:
+        """Refuses what was read for `entry` unless its sha256 is the manifest's."""
+        if digest != entry["sha256"]:
+            raise self._damaged(entry, "sha256 differs from the manifest")
+
+    def _damaged(self, entry: dict, what: str) -> CacheMismatch:
+        """The one-line refusal of a damaged shard file, naming it and saying how to repair the cache."""
+        return CacheMismatch(
+            f"{self.place.join(entry['name'])}: {what}; run `w2s verify {self.path}` and rebuild the cache with "
+            "`w2s cache` (damaged shards are redone)"
+        )
 
     def first_rows(self, count: int) -> list[tuple[int, list[int]]]:
         """(row_id, input_ids) of the first `count` rows, in row order (for the trainer's re-tokenise check)."""
@@ -170,14 +208,23 @@ class Cache:
         known = modified is not None and self.manifest_mtime_ns is not None
         if not deep and known and modified <= self.manifest_mtime_ns:
             return []
-        problem = check_entry(self.place, entry)
+        reader = get_format(fmt)
+        parse = getattr(reader, "parse", None)
+        if parse is None:  # a plug-in format that reads only by path: hashed, then read
+            problem = check_entry(self.place, entry)
+            contents = None
+        else:  # one read of the bytes, hashed, then parsed from memory
+            contents = self.place.contents(entry["name"])
+            digest = sha256_contents(contents)
+            problem = f"{path}: sha256 {digest[:12]}..., manifest says {entry['sha256'][:12]}..."
+            problem = problem if digest != entry["sha256"] else None
         if problem:
             return [problem]
         try:
-            row_ids = get_format(fmt).read(path, columns=["row_id"]).row_id.tolist()
+            data = reader.read(path, ["row_id"]) if contents is None else parse(contents, ["row_id"])
         except Exception as err:  # any reader failure is one more line of the report, not a crash
             return [f"{path}: unreadable as {fmt}: {type(err).__name__}: {err}"]
-        return self.check_row_ids(shard, path, row_ids)
+        return self.check_row_ids(shard, path, data.row_id.tolist())
 
     @staticmethod
     def check_row_ids(shard: dict, path: Path | str, row_ids: list[int]) -> list[str]:

@@ -11,7 +11,7 @@ from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from w2s.config import require, require_finite
+from w2s.config import require, require_finite, require_installed, require_seed
 
 Generator = Literal["sample", "cbs", "bon", "eft"]
 """How a system generates: plain sampling, chunk-level beam search, best-of-N, emulated fine-tuning."""
@@ -101,6 +101,12 @@ class SystemConfig:
         )
 
 
+def require_engine(engine: str, key: str) -> None:
+    """Refuses engine vllm where vLLM is not installed, naming the extra that installs it."""
+    if engine == "vllm":
+        require_installed("vllm", key, "gpu")
+
+
 def default_systems() -> list[SystemConfig]:
     """The tiny world's comparison, in report order: the world's models, WSPO, then search and best-of-N.
 
@@ -118,6 +124,10 @@ def default_systems() -> list[SystemConfig]:
     ]
 
 
+VLLM_DTYPES = ("auto", "float32", "float", "bfloat16", "float16", "half")
+"""The dtypes vLLM's engine takes."""
+
+
 @dataclass
 class VllmOptions:
     """How a vLLM engine is started for systems with `engine: vllm` (see `w2s.vllm_engine`)."""
@@ -125,17 +135,26 @@ class VllmOptions:
     max_len: int = 0
     """Longest sequence (prompt + response) the engine holds; 0 is the model's own context length."""
     dtype: str = "float32"
-    """Weights and activations dtype."""
+    """Weights and activations dtype: auto, float32, bfloat16 or float16 (float and half are vLLM's aliases)."""
     tensor_parallel_size: int = 1
     """GPUs one engine spans."""
     gpu_memory_utilization: float = 0.4
     """Share of GPU memory the engine reserves (ignored by the CPU build)."""
 
     def __post_init__(self) -> None:
-        require(self.max_len >= 0, "eval.vllm.max_len", "must be >= 0")
-        require(self.tensor_parallel_size >= 1, "eval.vllm.tensor_parallel_size", "must be >= 1")
-        require_finite(self.gpu_memory_utilization, "eval.vllm.gpu_memory_utilization", positive=True)
-        require(self.gpu_memory_utilization <= 1, "eval.vllm.gpu_memory_utilization", "must be <= 1")
+        require(self.dtype in VLLM_DTYPES, "vllm.*.dtype", f"must be one of {list(VLLM_DTYPES)}, got {self.dtype!r}")
+        require(self.max_len >= 0, "vllm.*.max_len", f"must be >= 0 (0: the model's own), got {self.max_len}")
+        require(
+            self.tensor_parallel_size >= 1,
+            "vllm.*.tensor_parallel_size",
+            f"must be >= 1, got {self.tensor_parallel_size}",
+        )
+        require_finite(self.gpu_memory_utilization, "vllm.*.gpu_memory_utilization", positive=True)
+        require(
+            self.gpu_memory_utilization <= 1,
+            "vllm.*.gpu_memory_utilization",
+            f"must be in (0, 1], got {self.gpu_memory_utilization}",
+        )
 
 
 @dataclass
@@ -174,10 +193,13 @@ class GenerationSettings:
         for key in ("max_new_tokens", "batch_size", "threads"):
             require(getattr(self, key) >= 1, f"{self.section}.{key}", f"must be >= 1, got {getattr(self, key)}")
         require_finite(self.temperature, f"{self.section}.temperature")
-        require(self.temperature >= 0, f"{self.section}.temperature", "must be >= 0 (0 is greedy)")
-        require(self.top_k >= 0, f"{self.section}.top_k", "must be >= 0 (0 keeps all tokens)")
+        require(
+            self.temperature >= 0, f"{self.section}.temperature", f"must be >= 0 (0 is greedy), got {self.temperature}"
+        )
+        require(self.top_k >= 0, f"{self.section}.top_k", f"must be >= 0 (0 keeps all tokens), got {self.top_k}")
         require_finite(self.top_p, f"{self.section}.top_p", positive=True)
-        require(self.top_p <= 1, f"{self.section}.top_p", "must be in (0, 1]")
+        require(self.top_p <= 1, f"{self.section}.top_p", f"must be in (0, 1], got {self.top_p}")
+        require_seed(self.seed, f"{self.section}.seed")
 
 
 @dataclass
@@ -218,11 +240,15 @@ class EvalConfig(GenerationSettings):
         unknown = [name for name in self.run if name not in names]
         require(not unknown, "eval.run", f"unknown system(s) {unknown}; declared: {names}")
         require(self.num_examples >= 1, "eval.num_examples", f"must be >= 1, got {self.num_examples}")
-        require(self.num_shown >= 0, "eval.num_shown", "must be >= 0")
+        require(self.num_shown >= 0, "eval.num_shown", f"must be >= 0, got {self.num_shown}")
 
     def selected(self) -> list[SystemConfig]:
-        """The systems `run` names (all when it is empty), in declared order."""
-        return [system for system in self.systems if not self.run or system.name in self.run]
+        """The systems `run` names (all when it is empty), in declared order; refuses, before anything runs, one
+        whose engine is not installed here (a config may declare vLLM systems that this machine never runs)."""
+        chosen = [system for system in self.systems if not self.run or system.name in self.run]
+        for system in chosen:
+            require_engine(system.engine, f"eval.systems[{system.name}].engine=vllm")
+        return chosen
 
 
 @dataclass
@@ -264,10 +290,14 @@ class GenerateConfig(GenerationSettings):
         require(self.save_every >= 1, "generate.save_every", f"must be >= 1, got {self.save_every}")
         require(self.limit >= 0, "generate.limit", f"must be >= 0 (0: all), got {self.limit}")
         if self.generator:
-            self.system()  # refuses bad params now, before anything loads
+            self._spec(self.generator)  # refuses bad params now, before anything loads
 
     def system(self, default_generator: str = "sample") -> SystemConfig:
-        """The system this run generates with (params checked and completed)."""
-        generator = self.generator or default_generator
+        """The system this run generates with (params checked and completed); refuses an engine that is not
+        installed here, before the run writes anything (loading a config that names one is not refused)."""
+        require_engine(self.engine, "generate.engine=vllm")
+        return self._spec(self.generator or default_generator)
+
+    def _spec(self, generator: str) -> SystemConfig:
         name = self.name or f"{Path(self.model.rstrip('/')).name}+{generator}"
         return SystemConfig(name, self.model, generator, dict(self.params), self.engine, where="generate")

@@ -22,6 +22,7 @@ from w2s.config import require
 from w2s.errors import DataError
 from w2s.eval.responses import to_jsonl
 from w2s.io import atomic_write_text
+from w2s.runs import FolderRefused, claim
 
 
 @dataclass
@@ -76,6 +77,11 @@ def run(config: ExportConfig) -> Path:
         file, row = locate(dataset, config.dataset, index)
         rows.append(export_row(dict(dataset[index]), config, f"{file}: row {row}"))
     out = Path(config.out.replace("{split}", config.split))
-    atomic_write_text(out, to_jsonl(rows))
+    with claim(out.parent, "export", inputs={"dataset": config.dataset}) as folder:  # one folder of exports, ours
+        published = list(folder.marker.get("published", {}))
+        if out.exists() and out.name not in published:
+            raise FolderRefused(f"{out}: already there and not written by `w2s export`; choose another export.out")
+        atomic_write_text(out, to_jsonl(rows))
+        folder.finish(sorted({*published, out.name} & {p.name for p in out.parent.iterdir()}))
     Console().print(f"[green]exported[/green] {len(rows)} rows of {config.dataset} ({config.split}) to {out}")
     return out

@@ -16,8 +16,9 @@ Python API: `search(prompts, model=..., weak_base=..., weak_aligned=...)` return
 from __future__ import annotations
 
 import json
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from statistics import mean
 
@@ -25,15 +26,16 @@ import torch
 from rich.console import Console
 from tqdm import tqdm
 
-from w2s.cache.provenance import code_version, model_fingerprint
-from w2s.errors import CacheMismatch
+from w2s.cache.provenance import code_version, model_fingerprint, tokenizer_fingerprint
+from w2s.errors import ConfigError
 from w2s.eval import responses as files
 from w2s.eval.config import GenerateConfig, SystemConfig
 from w2s.eval.prompts import PromptSource, load_prompts
 from w2s.eval.systems import GUIDED, Job, Models, generate_for, prepare
 from w2s.eval.task import Example
 from w2s.io import atomic_write_json
-from w2s.models import ModelError, check_model_path
+from w2s.models import ModelError, check_model_path, load_tokenizer
+from w2s.runs import RunFolder, claim
 
 SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "batch_size")
 """Settings that change which tokens are drawn: part of a run's identity."""
@@ -48,6 +50,8 @@ class Generation:
     examples: list[Example]
     out_dir: Path
     identity: dict
+    folder: RunFolder | None = None
+    """The claimed output folder (`w2s.runs`), locked until the run ends; None in the Python API (no files)."""
 
 
 def run_identity(config: GenerateConfig, spec: SystemConfig, prompts_fingerprint: str) -> dict:
@@ -61,7 +65,15 @@ def run_identity(config: GenerateConfig, spec: SystemConfig, prompts_fingerprint
         "models": {role: fingerprint(role, path) for role, path in roles.items()},
         "sampling": {key: getattr(config, key) for key in SAMPLING_KEYS},
         "prompts": {**{key: getattr(config, key) for key in prompt_keys}, "fingerprint": prompts_fingerprint},
+        # the tokenizer that turned the strong model's tokens into the recorded text (`w2s eval` re-decodes them)
+        "tokenizer": tokenizer_fingerprint(load_tokenizer("strong", decoding_tokenizer(config, spec.model))),
     }
+
+
+def decoding_tokenizer(config: GenerateConfig, model: str) -> str:
+    """Where the tokenizer that decodes `model`'s tokens lives (as `Models.tokenizer` picks it)."""
+    folder = Path(model)
+    return model if not folder.is_dir() or (folder / "tokenizer_config.json").exists() else config.tokenizer
 
 
 def fingerprint(role: str, path: str) -> dict:
@@ -73,47 +85,46 @@ def fingerprint(role: str, path: str) -> dict:
         raise ModelError(f"the {role} model {path}: not found ({' '.join(str(err).split())[:200]})") from err
 
 
-def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two identities."""
-    keys = sorted(set(old) | set(new))
-    found = []
-    for key in keys:
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found += differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            found.append(f"{prefix}{key}")
-    return found
+def model_label(model: str) -> str:
+    """A model's short name: its folder (or hub repo) name, or the folder above a trained run's `final/`."""
+    path = Path(model.rstrip("/"))
+    return path.parent.name if path.name == "final" and path.parent.name else path.name
 
 
-def claim(out_dir: Path, identity: dict) -> None:
-    """Writes run.json in a new folder; in a folder with one, refuses unless it records this very run."""
-    path = out_dir / files.RUN
-    if path.is_file():
-        try:
-            recorded = json.loads(path.read_text()).get("identity", {})
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
-            raise CacheMismatch(f"{path}: unreadable ({err}); remove the folder to start again") from err
-        changed = differences(recorded, identity)
-        if changed:
-            raise CacheMismatch(
-                f"{path}: this folder holds responses of another run ({', '.join(changed[:4])} differ); "
-                "use another generate.out_dir, or remove the folder to start again"
-            )
-        return
-    atomic_write_json(path, {"identity": identity, "code_version": code_version()})
+def true_name(config: GenerateConfig, spec: SystemConfig) -> str:
+    """The generator name AlpacaEval shows: `<model>+<system>`, or the configured name when it names both.
+
+    Raises:
+        ConfigError: `generate.name` names another model or system (a config's name reused for another run).
+    """
+    label, generator = model_label(spec.model), spec.generator
+    if not config.name:
+        return f"{label}+{generator}"
+    wanted = [label] + ([generator] if generator != "sample" else [])
+    missing = [word for word in wanted if word.lower() not in config.name.lower()]
+    if missing:
+        raise ConfigError(
+            f"generate.name={config.name!r} does not name this run's {' and '.join(missing)} (model {spec.model}, "
+            f"system {generator}): model_outputs.json must say what made it; leave generate.name empty to write "
+            f"{label}+{generator!r}, or give a name that includes {' and '.join(map(repr, missing))}"
+        )
+    return config.name
 
 
 def setup(config: GenerateConfig, default_generator: str = "sample") -> Generation:
     """Resolves the system, reads the prompts and claims the output folder; nothing is written before the inputs
     pass their checks."""
     spec = config.system(default_generator)
+    spec = replace(spec, name=true_name(config, spec))
     source = PromptSource(config.prompts, config.split, config.prompt_field, config.messages_field, config.id_field)
     examples, fingerprint = load_prompts(source, config.limit)
     identity = run_identity(config, spec, fingerprint)
     out_dir = Path(config.out_dir).absolute()
-    claim(out_dir, identity)
-    return Generation(config, spec, examples, out_dir, identity)
+    inputs = {"prompts": config.prompts, "model": spec.model, "weak_base": config.weak_base}
+    inputs.update(weak_aligned=config.weak_aligned, tokenizer=config.tokenizer)
+    folder = claim(out_dir, "generate", identity=json.loads(json.dumps(identity)), inputs=inputs)
+    atomic_write_json(out_dir / files.RUN, {"identity": identity, "code_version": code_version()})
+    return Generation(config, spec, examples, out_dir, identity, folder)
 
 
 def records_of(gen: Generation, models: Models, job: Job | None, first: int, examples: list[Example]) -> list[dict]:
@@ -143,6 +154,20 @@ def run(config: GenerateConfig, default_generator: str = "sample") -> dict:
     """`w2s generate` (`default_generator` sample) or `w2s search` (cbs): every prompt's response, in parts, then
     the published files and a one-screen summary. Returns the summary."""
     started, gen = time.perf_counter(), setup(config, default_generator)
+    with gen.folder:
+        if gen.folder.done:  # this very run finished and its published files still check
+            summary = json.loads((gen.out_dir / files.SUMMARY).read_text())
+            Console().print(f"[green]{gen.spec.name}[/green]: already done in {gen.out_dir} (files checked)")
+            return summary
+        if gen.folder.problems:
+            print(f"w2s generate: {gen.folder.problems[0]}; publishing again from the finished parts", file=sys.stderr)
+        if not gen.folder.resumed:
+            gen.folder.reset(files.ARTEFACTS)
+        return generate_all(gen, config, started)
+
+
+def generate_all(gen: Generation, config: GenerateConfig, started: float) -> dict:
+    """Every part not yet finished, then the published files."""
     step, total = config.save_every, len(gen.examples)
     parts = [(first, gen.examples[first : first + step]) for first in range(0, total, step)]
     done = {first: files.read_part(gen.out_dir, first // step, [e.example_id for e in chunk]) for first, chunk in parts}
@@ -177,6 +202,7 @@ def finish(gen: Generation, records: list[dict], resumed: int, seconds: float) -
         "seconds": round(seconds, 2),
     }
     files.publish(gen.out_dir, records, summary)
+    gen.folder.finish(files.PUBLISHED)  # last: the sha256 of every published file, checked by a rerun
     Console().print(
         f"[green]{gen.spec.name}[/green]: {summary['prompts']} responses in {gen.out_dir} "
         f"({resumed} part(s) kept from an earlier run) in {seconds:.1f} s; per prompt: "

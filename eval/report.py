@@ -157,6 +157,10 @@ def plot_gamma(sweep: list[dict], reference: dict | None, metrics: Sequence[Metr
     plt.close(fig)
 
 
+REPORT_FILES = ("report.json", "report.md", "comparison.png", "reward_vs_gamma.png")
+"""Every file an eval report is made of (what `w2s.runs` clears before a new report and records after it)."""
+
+
 def write_report(report: dict, out_dir: Path, layout: Layout) -> None:
     """Writes report.json (systems in report order), report.md, comparison.png and (sweep) reward_vs_gamma.png."""
     out_dir.mkdir(parents=True, exist_ok=True)

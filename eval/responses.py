@@ -25,6 +25,10 @@ PARTS = "parts"
 RESPONSES = "responses.jsonl"
 ALPACA_EVAL = "model_outputs.json"
 SUMMARY = "summary.json"
+PUBLISHED = (RUN, RESPONSES, ALPACA_EVAL, SUMMARY)
+"""What a finished run publishes (`w2s.runs` records their sha256; a rerun checks them)."""
+ARTEFACTS = (PARTS, RESPONSES, ALPACA_EVAL, SUMMARY)
+"""What a fresh start clears (run.json is rewritten by every claim)."""
 
 RECORD_KEYS = ("id", "prompt", "output", "token_ids", "strong_tokens", "weak_tokens", "generator")
 """Keys every record has (plus weak_score, finished, seconds); a part missing one was not written by w2s."""

@@ -9,6 +9,7 @@ included), so that search and best-of-N can be compared at equal cost. The WSPO 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,9 +20,10 @@ from rich.console import Console
 from tqdm import tqdm
 
 from w2s.eval.config import EvalConfig
-from w2s.eval.report import Layout, print_table, write_report
+from w2s.eval.report import REPORT_FILES, Layout, print_table, write_report
 from w2s.eval.systems import Models, Planned, plan, prepare, responses_of
 from w2s.eval.task import Example, Response, Task, load_task
+from w2s.runs import RunFolder, claim
 
 
 def shown(config: EvalConfig, responses: list[Response], examples: list[Example], scores: list[dict]) -> list[dict]:
@@ -38,7 +40,7 @@ def evaluate(config: EvalConfig, task: Task, system: Planned, models: Models, ex
     job = prepare(models, spec)  # loading is not timed
     started = time.perf_counter()
     prompts, example_ids = [example.prompt for example in examples], [example.example_id for example in examples]
-    ids, sampled = responses_of(models, spec, job, prompts, example_ids)
+    ids, sampled = responses_of(models, spec, job, prompts, example_ids, getattr(task, "prompts_fingerprint", None))
     tokenizer = models.tokenizer(spec.model)
     responses = [Response(tokenizer.decode(row, skip_special_tokens=True), row) for row in ids]
     row = {"kind": spec.generator, "engine": spec.engine, "model": spec.model, "gamma": system.gamma}
@@ -79,6 +81,38 @@ def run(config: EvalConfig, task: Task | None = None) -> dict:
     Returns:
         The report (what report.json holds).
     """
+    config.selected()  # an engine that is not installed is refused before the folder is claimed
+    with claim_report(config) as folder:
+        report, layout = evaluate_all(config, task)
+        write_report(report, Path(config.out_dir), layout)
+        folder.finish([name for name in REPORT_FILES if (Path(config.out_dir) / name).is_file()])
+    print_table(report, Console(), layout)
+    return report
+
+
+def claim_report(config: EvalConfig) -> RunFolder:
+    """The report folder (`w2s.runs`): new, empty or an eval's own, outside every model and the sweep; a report is
+    always made afresh, so its files of an earlier eval are cleared first (and only those)."""
+    models = {f"{spec.name} model": spec.model for spec in config.systems}
+    models.update(weak_base=config.weak_base, weak_aligned=config.weak_aligned)
+    if config.gamma_sweep:
+        models["wspo_dir"] = config.wspo_dir
+    models.update({f"{spec.name} responses": spec.responses for spec in config.systems if spec.responses})
+    identity = json.loads(json.dumps(asdict(config), default=str))
+    folder = claim(
+        config.out_dir, "eval", identity=identity, inputs=models, on_change="replace", artefacts=REPORT_FILES
+    )
+    folder.reset(REPORT_FILES)
+    return folder
+
+
+def eval_identity(config: EvalConfig) -> dict:
+    """What an eval report is made from: its settings (as JSON)."""
+    return json.loads(json.dumps(asdict(config), default=str))
+
+
+def evaluate_all(config: EvalConfig, task: Task | None) -> tuple[dict, Layout]:
+    """Every planned system on the task: the report and its layout."""
     console, started = Console(), time.perf_counter()
     task = task if task is not None else load_task(config.task)
     systems, sweep, skipped = plan(config)
@@ -105,7 +139,4 @@ def run(config: EvalConfig, task: Task | None = None) -> dict:
         ],
         "seconds": round(time.perf_counter() - started, 1),
     }
-    layout = Layout.of(task.metrics, task.describe())
-    write_report(report, Path(config.out_dir), layout)
-    print_table(report, console, layout)
-    return report
+    return report, Layout.of(task.metrics, task.describe())

@@ -28,10 +28,13 @@ from tqdm import tqdm
 from w2s.cache.build import run as build_cache
 from w2s.cache.config import CacheConfig
 from w2s.config import load_config, require, require_finite
+from w2s.errors import run_as_command
 from w2s.eval.config import EvalConfig, SystemConfig
+from w2s.eval.run import eval_identity
 from w2s.eval.run import run as run_eval
 from w2s.eval.task import load_task
 from w2s.io import atomic_write_json
+from w2s.runs import LOCK, claim, finished_run, identity_key
 from w2s.train.config import TrainConfig
 from w2s.train.recipe import run as train_wspo
 from w2s.world.build import TASK_MODELS, build_world
@@ -139,7 +142,7 @@ def prepare(cell: Cell) -> None:
         backend="transformers",
         format="parquet",
     )
-    if not (cell.cache / "manifest.json").exists():
+    if not finished_run(cell.cache, "cache"):
         build_cache(cache)
     train = dataclasses.replace(
         config.train,
@@ -149,7 +152,7 @@ def prepare(cell: Cell) -> None:
         gammas=list(config.gammas),
         seed=cell.seed,
     )
-    if not all((Path(cell.wspo(g)).parent / "done.json").exists() for g in config.gammas):
+    if not all(finished_run(Path(cell.wspo(g)).parent, "train") for g in config.gammas):
         train_wspo(train)
 
 
@@ -176,9 +179,6 @@ def evaluate(cell: Cell, split: str, spec: SystemConfig) -> dict:
     """One system on the cell's val or test prompts: its report row (per-prompt scores included) and weak tokens
     per prompt and per weak model; reused when already there."""
     out = cell.root / split / spec.name.replace(" ", "_")
-    saved = out / "science_row.json"
-    if saved.exists():
-        return json.loads(saved.read_text())
     config, size = cell.config, cell.config.num_val if split == "val" else cell.config.num_test
     task_spec = {"_component_": TASKS[cell.task], "path": str(cell.world / "data" / f"{split}.jsonl")}
     task_spec.update({"l_min": config.world.l_min, "l_max": config.world.l_max})
@@ -187,11 +187,17 @@ def evaluate(cell: Cell, split: str, spec: SystemConfig) -> dict:
         weak_aligned=cell.model("weak_aligned"), tokenizer=str(cell.world / "tokenizer"), wspo_dir=str(out),
         gamma_sweep=False, num_examples=size, seed=cell.seed, threads=config.threads, num_shown=2,
     )  # fmt: skip
+    saved, key = out.with_name(f"{out.name}.row.json"), identity_key(eval_identity(eval_config))
+    if saved.exists() and finished_run(out, "eval"):  # reused only for the same eval, finished and checked
+        row = json.loads(saved.read_text())
+        if row.get("eval_identity") == key:
+            return row
     with WeakTokens(config.world.weak.hidden_size) as weak:
         report = run_eval(eval_config, load_task(task_spec))
     row = dict(report["systems"][spec.name], name=spec.name)
     guided = spec.generator != "sample"
     row["weak_tokens"] = weak.count / 2 / report["num_examples"] if guided else 0.0  # per model of the pair
+    row["eval_identity"] = key
     atomic_write_json(saved, row)
     return row
 
@@ -227,10 +233,16 @@ def test_systems(cell: Cell, gamma: float, beta: float) -> dict[str, dict]:
 
 def run(config: ScienceConfig) -> dict:
     """The whole science run; returns the report (also written to out_dir/report.json)."""
-    from w2s.eval.science_report import select, write_science_report
-
     console = Console()
     torch.set_num_threads(config.threads)  # tiny models on a shared machine: threads spin waiting for each other
+    with claim(config.out_dir, "science", lock=LOCK):  # one science run per folder; each stage claims its own
+        return run_cells(config, console)
+
+
+def run_cells(config: ScienceConfig, console: Console) -> dict:
+    """Worlds, caches and sweeps, then validation, then the test comparison, then the report."""
+    from w2s.eval.science_report import select, write_science_report
+
     cells = [Cell(config, seed, task) for seed in config.seeds for task in config.tasks]
     for cell in tqdm(cells, desc="science: worlds, caches, WSPO sweeps"):
         prepare(cell)
@@ -251,9 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m w2s.eval.science CONFIG [key=value ...]`."""
     args = sys.argv[1:] if argv is None else argv
     path = args[0] if args and "=" not in args[0] else None
-    config = load_config(ScienceConfig, path, [a for a in args if "=" in a])
-    run(config)
-    return 0
+
+    def science() -> int:
+        run(load_config(ScienceConfig, path, [a for a in args if "=" in a]))
+        return 0
+
+    return run_as_command("w2s science", science)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from w2s.logprobs import pad_right, target_logprobs
 from w2s.sampling import encode_prompt
+from w2s.tokens import encode_text
 
 
 class WeakScorer:
@@ -42,7 +43,7 @@ class WeakScorer:
 
         Args:
             prompt: the user message (the weak chat template is applied here).
-            responses: response texts, e.g. decoded strong tokens (tokenised here without special tokens).
+            responses: response texts, e.g. decoded strong tokens (tokenised here as plain text: `w2s.tokens`).
             finished: per response, whether it ended; EOS is appended (and scored) only then.
 
         Returns:
@@ -54,7 +55,7 @@ class WeakScorer:
         prompt_ids = encode_prompt(self.tokenizer, prompt)
         eos = [self.tokenizer.eos_token_id]
         encoded = [
-            prompt_ids + self.tokenizer(text, add_special_tokens=False)["input_ids"] + (eos if done else [])
+            prompt_ids + encode_text(self.tokenizer, text) + (eos if done else [])
             for text, done in zip(responses, finished)
         ]
         self.tokens_scored += sum(len(ids) - len(prompt_ids) for ids in encoded)

@@ -16,11 +16,12 @@ import torch
 from tqdm import tqdm
 from transformers import AutoConfig
 
+from w2s.cache.provenance import tokenizer_fingerprint
 from w2s.config import ConfigError
-from w2s.errors import DataError
+from w2s.errors import CacheMismatch, DataError
 from w2s.eval.config import EvalConfig, GenerationSettings, SystemConfig
 from w2s.eval.eft import check_same_vocab, eft_generate
-from w2s.eval.responses import read_responses, responses_file
+from w2s.eval.responses import RUN, read_responses, responses_file
 from w2s.eval.samplers import HFSampler, Sampler, Sampling
 from w2s.eval.scorer import WeakScorer
 from w2s.eval.search import SearchResult, best_of_n, chunk_beam_search, sample
@@ -228,30 +229,87 @@ def generate_for(
     ]
 
 
-def recorded_responses(spec: SystemConfig, example_ids: list[str]) -> list[Generated]:
-    """The responses a `w2s generate` run wrote to `spec.responses`, in `example_ids` order.
+def recorded_responses(
+    spec: SystemConfig,
+    example_ids: list[str],
+    prompts: list | None = None,
+    prompts_fingerprint: str | None = None,
+    tokenizer=None,
+) -> list[Generated]:
+    """The responses a `w2s generate` run wrote to `spec.responses`, in `example_ids` order, checked to answer
+    these very prompts (`check_recorded`).
 
     Raises:
-        DataError: an unreadable file, or an id with no response there, naming the file.
+        DataError: an unreadable file, an id with no response there, or responses to another prompt set, naming
+            the file or folder.
+        CacheMismatch: token ids that `tokenizer` (which eval decodes them with) did not make.
     """
     path = responses_file(Path(spec.responses))
     records = {str(record["id"]): record for record in read_responses(path)}
     missing = [example_id for example_id in example_ids if example_id not in records]
     if missing:
         raise DataError(f"{path}: no response for {len(missing)} prompt id(s), first {missing[0]!r}")
+    chosen = [records[example_id] for example_id in example_ids]
+    check_recorded(path, chosen, prompts, prompts_fingerprint, tokenizer)
     return [
         Generated(r["token_ids"], r["strong_tokens"], r["weak_tokens"], r.get("weak_score"), r.get("finished"))
-        for r in (records[example_id] for example_id in example_ids)
+        for r in chosen
     ]
 
 
+def recorded_identity(path: Path) -> dict:
+    """The identity in the run.json beside a responses file ({} when there is none: a file from elsewhere)."""
+    run_file = path.parent / RUN
+    if not run_file.is_file():
+        return {}
+    try:
+        identity = json.loads(run_file.read_text()).get("identity", {})
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        raise DataError(f"{run_file}: unreadable ({err})") from err
+    return identity if isinstance(identity, dict) else {}
+
+
+def check_recorded(path: Path, records: list[dict], prompts: list | None, fingerprint: str | None, tokenizer) -> None:
+    """Refuses recorded responses that answer another prompt set than the task's (ids alone can match across
+    sets: the run.json's prompts fingerprint must be the task's, and each record's prompt the task's prompt), or
+    whose token ids were made by another tokenizer than the one eval decodes them with."""
+    identity = recorded_identity(path)
+    recorded = (identity.get("prompts") or {}).get("fingerprint")
+    if fingerprint and recorded and recorded != fingerprint:
+        raise DataError(
+            f"{path.parent}: these responses answer another prompt set (its run.json records prompts fingerprint "
+            f"{recorded}, the task's prompts are {fingerprint}); generate them for the task's prompts"
+        )
+    for record, prompt in zip(records, prompts or []):
+        if record["prompt"] != prompt:
+            raise DataError(
+                f"{path}: the response to id {record['id']!r} answers another prompt than the task's "
+                f"({str(record['prompt'])[:60]!r} vs {str(prompt)[:60]!r}); generate them for the task's prompts"
+            )
+    made_by = identity.get("tokenizer") or ((identity.get("models") or {}).get("strong") or {}).get("tokenizer")
+    if tokenizer is not None and isinstance(made_by, str) and made_by != tokenizer_fingerprint(tokenizer):
+        raise CacheMismatch(
+            f"{path.parent}: its token ids were made by a tokenizer (fingerprint {made_by[:12]}...) other than "
+            f"the one eval decodes them with ({tokenizer.name_or_path}, {tokenizer_fingerprint(tokenizer)[:12]}...); "
+            "give the system the generating model (or eval.tokenizer its tokenizer)"
+        )
+
+
 def responses_of(
-    models: Models, spec: SystemConfig, job: Job | None, prompts: list, example_ids: list[str] | None = None
+    models: Models,
+    spec: SystemConfig,
+    job: Job | None,
+    prompts: list,
+    example_ids: list[str] | None = None,
+    prompts_fingerprint: str | None = None,
 ) -> tuple[list[list[int]], list[int]]:
     """One response per prompt (token ids) and the strong tokens sampled for each (EOS and candidates included);
-    a system with `responses` reads them from that file (by `example_ids`) instead of generating."""
+    a system with `responses` reads them from that file (by `example_ids`) instead of generating, and refuses
+    them unless they answer these prompts (`prompts_fingerprint`: the task's prompt set, when it has one)."""
     if spec.responses:
-        generated = recorded_responses(spec, list(example_ids or []))
+        tokenizer = models.tokenizer(spec.model)
+        ids = list(example_ids or [])
+        generated = recorded_responses(spec, ids, prompts, prompts_fingerprint, tokenizer)
     else:
         generated = generate_for(models, spec, job, prompts)
     return [g.token_ids for g in generated], [g.strong_tokens for g in generated]

@@ -21,6 +21,7 @@ from w2s.eval.responses import instruction_of
 from w2s.eval.task import Example, Metric, Response, Task
 from w2s.models import ModelError, load_sequence_classifier, load_tokenizer
 from w2s.rewards import length_reward
+from w2s.tokens import encode_rendered, encode_text, render_messages
 
 MEAN_TOKENS = Metric("mean_tokens", "mean tokens", "{:.1f}", "tokens")
 
@@ -47,9 +48,13 @@ class PromptTask(Task):
         reference_field: str = "",
     ) -> None:
         self.source = PromptSource(prompts, split, prompt_field, messages_field, id_field, reference_field)
+        self.prompts_fingerprint: str | None = None
+        """The prompt set's fingerprint (`w2s.eval.prompts.load_prompts`), once `examples()` has read it: recorded
+        responses are scored only when the run.json beside them records the same one."""
 
     def examples(self) -> list[Example]:
-        return load_prompts(self.source)[0]
+        examples, self.prompts_fingerprint = load_prompts(self.source)
+        return examples
 
 
 class LengthTask(PromptTask):
@@ -84,7 +89,7 @@ class LengthTask(PromptTask):
     def length(self, response: Response) -> int:
         if self.tokenizer is None:
             return len(response.token_ids)
-        return len(self.tokenizer(response.text, add_special_tokens=False)["input_ids"])
+        return len(encode_text(self.tokenizer, response.text))  # the text's tokens, as text (`w2s.tokens`)
 
     def score_example(self, response: Response, example: Example) -> dict[str, float]:
         tokens = self.length(response)
@@ -129,32 +134,29 @@ class RewardModelTask(PromptTask):
                 f"the reward model at {self.path} has {self.model.config.num_labels} outputs; "
                 "RewardModelTask needs a single-score head (num_labels 1)"
             )
-        self.tokenizer.truncation_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.batch_size = 1  # no padding token: one sequence at a time, so nothing is ever padded
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
 
-    def render(self, prompt: str | list[dict], response: str) -> str:
+    def encode(self, prompt: str | list[dict], response: str) -> list[int]:
+        """Token ids of prompt + response as the reward model reads them, its last `max_len` kept (the response is
+        kept). The prompt's and the response's text stay text: a spelled special token is not one (`w2s.tokens`)."""
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         if getattr(self.tokenizer, "chat_template", None):
             conversation = messages + [{"role": "assistant", "content": response}]
-            return self.tokenizer.apply_chat_template(conversation, tokenize=False)
-        return f"{instruction_of(prompt)}\n\n{response}"
+            ids = encode_rendered(self.tokenizer, *render_messages(self.tokenizer, conversation, False))
+        else:
+            ids = encode_text(self.tokenizer, f"{instruction_of(prompt)}\n\n{response}")
+        return ids[-self.max_len :]
 
     @torch.no_grad()
     def rewards(self, responses: Sequence[Response], examples: Sequence[Example]) -> list[float]:
         self.load()
-        texts = [self.render(example.prompt, response.text) for response, example in zip(responses, examples)]
+        rows = [self.encode(example.prompt, response.text) for response, example in zip(responses, examples)]
         scores: list[float] = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(
-                texts[start : start + self.batch_size],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=self.max_len,
-                add_special_tokens=False,
-            )
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start : start + self.batch_size]  # one row when there is no padding token: nothing to pad
+            batch = self.tokenizer.pad({"input_ids": chunk}, padding=len(chunk) > 1, return_tensors="pt")
             scores += self.model(**batch.to(self.model.device)).logits[:, 0].float().tolist()  # [batch]
         return scores
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from w2s.config import require_installed
 from w2s.eval.samplers import DEFAULT_SAMPLING, Sampling
 from w2s.vllm_engine import vllm_llm_kwargs
 
@@ -34,6 +35,7 @@ def make_llm(
         model_path: HF folder of the strong model (tokenizer included).
         max_len: longest sequence (prompt + response) the engine must hold.
     """
+    require_installed("vllm", "engine=vllm", "gpu")  # one line, not a ModuleNotFoundError, where vLLM is absent
     kwargs = vllm_llm_kwargs(model_path, dtype, tensor_parallel_size, max_len, gpu_memory_utilization)
     from vllm import LLM  # after vllm_llm_kwargs, which sets the CPU engine's environment
 

@@ -63,3 +63,57 @@ def micro_world(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("world") / "world"
     build_world(micro_world_config(str(out_dir)))
     return out_dir
+
+
+@pytest.fixture(scope="session")
+def real_tokenizers(request, tmp_path_factory):
+    """The two real tokenizers, `{"smollm2": SmolLM2-135M-Instruct's, "gemma": Gemma-3-270M's}`, read from the GGUF
+    files that the `real` extra installs (w2s.world.gguf); skipped, naming the pip command, where it is missing.
+
+    Reading Gemma's GGUF takes about 30 s, so each tokenizer is saved in pytest's cache (keyed by its package's and
+    transformers' versions) and read from there (a few seconds) by later sessions."""
+    import importlib.metadata as metadata
+
+    from transformers import AutoTokenizer
+
+    from w2s.world import gguf
+
+    packages = {"smollm2": gguf.SMOLLM2_PACKAGE, "gemma": gguf.GEMMA_PACKAGE}
+    try:
+        gguf.require_readers()
+        versions = {name: metadata.version(package) for name, package in packages.items()}
+    except (gguf.MissingPackageError, metadata.PackageNotFoundError) as err:
+        pytest.skip(f"the real tokenizers need the `real` extra: {err}")
+    cache = getattr(request.config, "cache", None)
+    root = cache.mkdir("w2s-real-tokenizers") if cache is not None else tmp_path_factory.mktemp("real-tokenizers")
+    return {
+        name: AutoTokenizer.from_pretrained(str(_real_tokenizer_folder(root, name, version, tmp_path_factory)))
+        for name, version in versions.items()
+    }
+
+
+def _real_tokenizer_folder(root: Path, name: str, version: str, tmp_path_factory) -> Path:
+    """`root`/<name>-<version>-transformers-<version>, the tokenizer read from its GGUF file when not there yet."""
+    import shutil
+
+    import transformers
+    from transformers import AutoTokenizer
+
+    from w2s.world import gguf
+
+    folder = root / f"{name}-{version}-transformers-{transformers.__version__}"
+    if (folder / "tokenizer.json").is_file():
+        return folder
+    try:
+        source = gguf.smollm2_gguf() if name == "smollm2" else gguf.gemma_gguf(tmp_path_factory.mktemp("gemma-gguf"))
+    except gguf.MissingPackageError as err:
+        pytest.skip(f"the real tokenizers need the `real` extra: {err}")
+    tmp = root / f".{folder.name}.tmp-{os.getpid()}"
+    AutoTokenizer.from_pretrained(str(source.path.parent), gguf_file=source.path.name).save_pretrained(tmp)
+    try:
+        os.replace(tmp, folder)  # whole or absent, for a session running beside this one
+    except OSError:
+        if not (folder / "tokenizer.json").is_file():
+            raise
+        shutil.rmtree(tmp)  # that session was first
+    return folder

@@ -5,8 +5,9 @@
   DeepSpeed's files). A resumed run takes the newest tag whose JSON is there, so a save killed half-way is never
   loaded. Only the newest `keep` checkpoints are kept.
 - `final/`: written to a temporary folder and renamed into place, so it is either whole or absent.
-- `done.json`: written last, after `final/`; only it makes a rerun report "already done" (no checkpoint is needed
-  for that: the last one is written only when `train.save_final_checkpoint` asks for it).
+- `done.json`: written after `final/`, for people and scripts; what makes a rerun report "already done" is the
+  folder's marker (`w2s.runs`), which records the sha256 of every published file and is checked on every rerun
+  (no checkpoint is needed for that: the last one is written only when `train.save_final_checkpoint` asks).
 """
 
 from __future__ import annotations
@@ -22,6 +23,19 @@ from w2s.io import atomic_write_json
 CHECKPOINTS = "checkpoints"
 STATE = "w2s_state.json"
 DONE = "done.json"
+ARTEFACTS = (
+    "metrics.jsonl",
+    "tensorboard",
+    "summary.json",
+    "curves.png",
+    "final",
+    DONE,
+    CHECKPOINTS,
+    "provenance.json",
+)
+"""Everything a training run writes into its folder: what a fresh start clears (`w2s.runs.RunFolder.reset`)."""
+PUBLISHED = ("final", "metrics.jsonl", "summary.json", "curves.png", DONE)
+"""What a finished run publishes; `w2s.runs` records their sha256 and a rerun checks them before "already done"."""
 TAG = re.compile(r"step-(\d+)")
 
 
@@ -71,19 +85,6 @@ def publish_final(out_dir: Path, write) -> Path:
 
 def mark_done(out_dir: Path, provenance: dict, steps: int) -> None:
     atomic_write_json(out_dir / DONE, {"steps": steps, "provenance": provenance})
-
-
-def is_done(out_dir: Path, provenance: dict) -> bool:
-    """True when this very run (same provenance) finished and published final/."""
-    path = out_dir / DONE
-    if not path.exists() or not (out_dir / "final").is_dir():
-        return False
-    return json.loads(path.read_text()).get("provenance") == json.loads(json.dumps(provenance))
-
-
-def done_steps(out_dir: Path) -> int:
-    """The steps the finished run recorded in its done marker."""
-    return int(json.loads((out_dir / DONE).read_text())["steps"])
 
 
 def remove_stale_temporaries(out_dir: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from w2s.config import require, require_finite
+from w2s.config import require, require_finite, require_seed
 
 
 @dataclass
@@ -46,7 +46,7 @@ class TrainConfig:
     clip: float = 1.0
     """Gradient norm clipping (0 turns it off)."""
     weight_decay: float = 0.0
-    """Adam weight decay."""
+    """Adam weight decay (>= 0)."""
     seed: int = 0
     """Fixes the data order and any initialisation."""
     zero_stage: int = 0
@@ -69,7 +69,7 @@ class TrainConfig:
     lora_rank: int = 8
     """LoRA rank."""
     lora_alpha: int = 16
-    """LoRA alpha."""
+    """LoRA alpha (at least 1): the adapters are scaled by lora_alpha / lora_rank."""
     save_every: int = 0
     """Checkpoint every N optimiser steps, the last step included when it is a multiple of N (0: never); a rerun of
     the same command resumes from the newest."""
@@ -81,11 +81,14 @@ class TrainConfig:
     log_every: int = 1
     """Print and log metrics every N optimiser steps."""
     check_rows: int = 16
-    """Rows of the cache to re-tokenise with the policy's tokenizer at start (0 skips the check)."""
+    """Rows of the cache to re-tokenise with the policy's tokenizer at start, to show where the ids first differ
+    when the tokenizers' fingerprints (vocabulary, special tokens, chat template) differ; the fingerprint itself
+    is always compared, and a policy whose tokenizer differs is refused (0 skips only the re-tokenising)."""
     verify_cache: Literal["sizes", "sample", "full"] = "sample"
     """Start-up check of the cache: 'sizes' (manifest, every file's size, row ranges; files modified after the
     manifest are re-hashed), 'sample' (that, plus the sha256 and row ids of 2 random shards) or 'full' (every file
-    of every format hashed, as `w2s verify` does). Row ids are checked as each shard is read in any case."""
+    of every format hashed, as `w2s verify` does). Whatever the level, every shard is hashed as it is read for
+    training and its row ids are checked: a byte that differs from the manifest stops the run before that batch."""
     block_shards: int = 4
     """Cache shards shuffled together (and held in memory at once) by the reader."""
 
@@ -97,6 +100,8 @@ class TrainConfig:
         require_finite(self.clip, "train.clip")
         require(self.clip >= 0, "train.clip", f"must be >= 0 (0 turns clipping off), got {self.clip!r}")
         require_finite(self.weight_decay, "train.weight_decay")
+        require(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay!r}")
+        require_seed(self.seed, "train.seed")
         require_finite(self.warmup_ratio, "train.warmup_ratio")
         require(0 <= self.warmup_ratio <= 1, "train.warmup_ratio", f"must be in [0, 1], got {self.warmup_ratio!r}")
         for key in (
@@ -106,6 +111,7 @@ class TrainConfig:
             "log_every",
             "block_shards",
             "lora_rank",
+            "lora_alpha",  # alpha 0 scales the adapters to nothing: training would change nothing
             "keep_checkpoints",
         ):
             require(getattr(self, key) >= 1, f"train.{key}", f"must be at least 1, got {getattr(self, key)}")

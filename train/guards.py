@@ -18,6 +18,8 @@ from w2s.errors import CacheMismatch, UserError
 # float32 caches agree to ~1e-6; a cache scored in bf16/fp16 differs from an fp32 policy by up to a few 1e-2
 REFERENCE_TOLERANCE = {"float32": 1e-3}
 LOW_PRECISION_TOLERANCE = 5e-2
+PRECISION_OF = {"float32": "fp32", "bfloat16": "bf16"}
+"""The train.precision that runs the policy in a cache's model_dtype (float16 has none)."""
 
 
 class TrainingStopped(UserError):
@@ -44,23 +46,37 @@ def check_reference_batch(
     cache_dtype: str,
     policy: str,
     reference: str,
+    precision: tuple[str, str] | None = None,
 ) -> float:
     """Mean |policy - reference| over the response tokens of the first batch; refuses it when not about 0.
 
     Args:
         policy_logps, cached_ref, mask: `[batch, seq-1]`.
         cache_dtype: the dtype the cache's models were run in (its tolerance).
+        precision: (train.precision as set, the dtype the policy runs in, e.g. ("auto", "bfloat16")), so that a
+            gap that comes from the two precisions differing is refused with that fix rather than as another model.
     """
     selected = mask.bool()
     gap = float((policy_logps.detach().float() - cached_ref.float())[selected].abs().mean())
     tolerance = REFERENCE_TOLERANCE.get(cache_dtype, LOW_PRECISION_TOLERANCE)
-    if not gap <= tolerance:
+    if gap <= tolerance:
+        return gap
+    measured = (
+        f"before the first update, the policy {policy} differs from the cached reference {reference} by {gap:.3g} "
+        f"nats per token on average (tolerance {tolerance:g})"
+    )
+    if precision is not None and precision[1] != cache_dtype:
+        setting, dtype = precision
+        same = f"train.precision={PRECISION_OF[cache_dtype]}, or " if cache_dtype in PRECISION_OF else ""
         raise CacheMismatch(
-            f"before the first update, the policy {policy} differs from the cached reference {reference} by "
-            f"{gap:.3g} nats per token on average (tolerance {tolerance:g}): they are not the same model at the same "
-            "precision. Set train.accept_other_ref=true only if that is what you mean"
+            f"{measured}: the cache scored it in {cache_dtype} (cache.model_dtype) and this run trains in {dtype} "
+            f"(train.precision={setting}). Match them: {same}rebuild the cache with cache.model_dtype={dtype}"
         )
-    return gap
+    raise CacheMismatch(
+        f"{measured}: they are not the same model at the same precision. Use the cache's strong reference as "
+        "train.policy, set train.use_cached_ref=false to run the policy's own frozen copy as reference, or "
+        "train.accept_other_ref=true only if this difference is what you mean"
+    )
 
 
 def check_finite(step: int, loss: float, grad_norm: float | None, last_checkpoint: str | None) -> None:

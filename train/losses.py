@@ -52,3 +52,67 @@ def _metrics(strong_ratio: torch.Tensor, weak: torch.Tensor, mask: torch.Tensor)
         "ratio_correlation": correlation,
         "tokens": tokens,
     }
+
+
+def wspo_chunk_loss(
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    weak_chunk_sums: torch.Tensor,
+    chunk_index: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """WSPO across tokenizers: the weak log-ratio is known per chunk of the response (`w2s.align`), not per token.
+
+    Per sequence, `(1/|y_strong|) * sum_chunks (gamma * sum_{t in chunk} (policy_logps - ref_logps)_t - R_chunk)^2`,
+    then the mean over the batch. The sum is divided by the number of STRONG response tokens, as `wspo_loss`
+    divides by its response tokens: the loss is then on the scale of `wspo_loss` and, when every chunk is one token
+    (the same tokenizer on both sides), it IS `wspo_loss`, bit for bit (each chunk's term is placed at its last
+    token and summed over the sequence exactly as `wspo_loss` sums its token terms).
+
+    Args:
+        policy_logps: log pi_theta(y_t | x, y_<t), `[batch, seq]`, with grad.
+        ref_logps: log pi_ref(y_t | x, y_<t) of the frozen start, `[batch, seq]`.
+        weak_chunk_sums: the weak log-ratio summed per chunk (`w2s.align.chunk_sums`), `[batch, max_chunks]`,
+            0 past a row's chunks.
+        chunk_index: int64 chunk of each strong response token, `[batch, seq]`: 0, 1, ... in order, each chunk's
+            tokens contiguous; anything (e.g. -1) where `mask` is 0.
+        mask: 1.0 on response tokens, 0.0 on prompt and padding, `[batch, seq]`.
+        gamma: scale of the strong log-ratio (small gamma amplifies the weak shift).
+
+    Returns:
+        The scalar loss, and `wspo_loss`'s metrics over chunks instead of tokens (the means and the correlation of
+        the strong and weak chunk log-ratios; they are `wspo_loss`'s when chunks are tokens); `tokens` counts the
+        strong response tokens.
+    """
+    selected = mask.bool()  # [batch, seq]
+    index = torch.where(selected, chunk_index, 0)  # [batch, seq]
+    last = _check_chunk_layout(index, selected, weak_chunk_sums)  # [batch, seq] bool
+    lengths = mask.to(policy_logps.dtype).sum(dim=1)  # [batch]
+    if bool((lengths == 0).any()):
+        raise ValueError("wspo_chunk_loss: a sequence has no response tokens (mask is all zero)")
+    strong_ratio = torch.where(selected, policy_logps - ref_logps.detach(), 0.0)  # [batch, seq]
+    strong = torch.zeros_like(weak_chunk_sums, dtype=policy_logps.dtype).scatter_add(1, index, strong_ratio)
+    weak = weak_chunk_sums.detach().to(policy_logps.dtype)  # [batch, max_chunks]
+    per_chunk = (gamma * strong - weak).pow(2)  # [batch, max_chunks]
+    per_token = torch.where(last, per_chunk.gather(1, index), 0.0)  # [batch, seq]: each chunk's term at its end
+    loss = (per_token.sum(dim=1) / lengths).mean()
+    metrics = _metrics(strong.detach().gather(1, index), weak.gather(1, index), last.to(policy_logps.dtype))
+    return loss, {**metrics, "tokens": int(selected.sum())}
+
+
+def _check_chunk_layout(index: torch.Tensor, selected: torch.Tensor, weak_chunk_sums: torch.Tensor) -> torch.Tensor:
+    """Where each chunk's last token is (`[batch, seq]` bool); refuses chunk ids that are not 0, 1, ... in order,
+    each over contiguous tokens, and a weak signal on chunks that no strong token has (a misaligned row)."""
+    max_chunks = weak_chunk_sums.shape[1]
+    before = torch.nn.functional.pad(index, (1, 0), value=-1)[:, :-1]  # [batch, seq]: the previous position's id
+    before_selected = torch.nn.functional.pad(selected, (1, 0), value=False)[:, :-1]
+    starts = selected & (~before_selected | (before != index))  # [batch, seq]: a chunk begins here
+    if bool(((torch.cumsum(starts, dim=1) - 1 != index) & selected).any()) or int(index.max()) >= max_chunks:
+        raise ValueError("wspo_chunk_loss: chunk_index must number each row's chunks 0, 1, ... over contiguous tokens")
+    beyond = torch.arange(max_chunks, device=index.device) >= starts.sum(dim=1, keepdim=True)  # [batch, max_chunks]
+    if bool((torch.where(beyond, weak_chunk_sums, 0) != 0).any()):
+        raise ValueError("wspo_chunk_loss: weak_chunk_sums has a signal past a row's last strong chunk")
+    after = torch.nn.functional.pad(index, (0, 1), value=-1)[:, 1:]
+    after_selected = torch.nn.functional.pad(selected, (0, 1), value=False)[:, 1:]
+    return selected & (~after_selected | (after != index))

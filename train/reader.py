@@ -6,9 +6,13 @@ shards is ever in memory. Global position p of the epoch goes to rank p % world_
 integers, (epoch, consumed): a resumed run recomputes the order and skips `consumed` global samples, so no row
 is repeated or skipped.
 
-Only the columns the loss uses are read (`fields`: by default `weak_log_ratio`, plus `logp_strong_ref` when the
-reference comes from the cache); each shard's row ids are checked against the manifest as it is loaded, which
-is the row-id half of a full verification at no extra read.
+Every shard is checked as it is loaded, whatever `train.verify_cache` checked at start-up: `Cache.read_shard` reads
+its bytes once and compares their sha256 with the manifest's before parsing them, so a shard damaged on disk
+(even with its size and modification time put back) stops the run with `CacheMismatch` before any of its rows
+reach a batch, hence before the optimiser step that would have used them. Only the columns the loss uses are
+decoded (`fields`: by default `weak_log_ratio`, plus `logp_strong_ref` when the reference comes from the cache),
+but the whole file is read to be hashed (`benchmarks/read_hashing.py` measures the cost). The shard's row ids are
+then checked against the manifest, which with the hash makes a full verification of each shard trained on.
 
 The cache may lie on any filesystem fsspec reaches: pass its URL (`s3://bucket/cache`, `gs://...`, `memory://...`)
 where a folder goes. `Cache.open` then reads the manifest, and the format readers the shards, through fsspec; a

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,13 +25,14 @@ from tqdm import tqdm
 
 from w2s.cache.provenance import model_fingerprint
 from w2s.cache.store import Cache
-from w2s.errors import CacheMismatch, ConfigError
+from w2s.errors import ConfigError
 from w2s.io import atomic_write_json
 from w2s.logprobs import target_logprobs
-from w2s.models import load_tokenizer
+from w2s.models import load_tokenizer, save_tokenizer
+from w2s.runs import RunFolder, claim
 from w2s.schedule import cosine_lr
 from w2s.train import checkpoints
-from w2s.train.checks import check_cache
+from w2s.train.checks import check_cache, check_weak_models
 from w2s.train.config import TrainConfig
 from w2s.train.engine import (
     deepspeed_settings,
@@ -68,6 +71,8 @@ class Run:
     ref_source: str = "model"
     """Where the reference log-probs come from: 'cache', 'model' (a frozen copy) or 'adapters_off' (LoRA)."""
     last_checkpoint: str | None = None
+    folder: RunFolder | None = None
+    """The claimed output folder (rank 0; None on the other ranks), holding its lock until the run ends."""
     done: bool = False
     """This very run finished before (its done marker is there): nothing to do."""
 
@@ -117,6 +122,7 @@ def setup(config: TrainConfig) -> Run:
             f"({reader.global_batch * config.grad_accum})"
         )
     total_steps = min(config.max_steps or per_epoch * config.epochs, per_epoch * config.epochs)
+    folder = claim_folder(config, run_provenance(config, manifest))  # inputs checked; nothing loaded yet
     model = load_policy(config, settings)
     engine, *_ = deepspeed.initialize(
         model=model,
@@ -126,6 +132,7 @@ def setup(config: TrainConfig) -> Run:
     )
     skip_lone_allreduce(engine, world_size)
     run = Run(config, Path(config.out_dir), engine, reader, tokenizer, run_provenance(config, manifest), total_steps)
+    run.folder = folder
     attach_reference_and_weak(run, manifest)
     resume(run)
     return run
@@ -156,25 +163,38 @@ def attach_reference_and_weak(run: Run, manifest: dict) -> None:
     if run.ref_source == "model":
         run.reference = frozen("reference", config.policy, device, model_dtype(config.precision))
     if config.mode == "online":
+        check_weak_models(manifest, config.cache_dir)  # the paths the manifest records must hold the same weights
         run.weak = {role: frozen(role, models[role]["name_or_path"], device) for role in ("weak_base", "weak_aligned")}
 
 
+def claim_folder(config: TrainConfig, provenance: dict) -> RunFolder | None:
+    """Rank 0 claims the output folder (`w2s.runs`): ours or new, outside the cache and the policy, one writer."""
+    if not is_main():
+        return None
+    inputs = {"cache": config.cache_dir, "policy": config.policy}
+    return claim(config.out_dir, "train", identity=json.loads(json.dumps(provenance)), inputs=inputs)
+
+
 def resume(run: Run) -> None:
-    """Loads the newest complete checkpoint of this run, refusing one made from other inputs."""
-    saved = run.out_dir / "provenance.json"
+    """Rank 0 decides where the run starts and tells the others: done (every published file checks), the newest
+    checkpoint of this run, or a fresh start that clears every artefact of an earlier attempt."""
+    decision = [None, None]
     if is_main():
         checkpoints.remove_stale_temporaries(run.out_dir)
-    latest = checkpoints.latest_checkpoint(run.out_dir)
-    if latest is not None or (run.out_dir / checkpoints.DONE).exists():
-        recorded = json.loads(saved.read_text())
-        if recorded != json.loads(json.dumps(run.provenance)):
-            differ = sorted(k for k in recorded["train"] if recorded["train"][k] != run.provenance["train"].get(k))
-            raise CacheMismatch(
-                f"{run.out_dir}: holds checkpoints of a different run (cache or settings differ: "
-                f"{differ or ['cache']}); use another out_dir"
-            )
-    if checkpoints.is_done(run.out_dir, run.provenance):  # done.json decides, with or without a final checkpoint
-        run.step, run.done = checkpoints.done_steps(run.out_dir), True
+        folder = run.folder
+        if folder.finished and folder.problems:  # damaged since it was published: redo it, never report it done
+            print(f"w2s train: {folder.problems[0]}; redoing the run's end", file=sys.stderr)
+            folder.reset([])
+        latest = checkpoints.latest_checkpoint(run.out_dir)
+        decision = [folder.marker.get("steps") if folder.done else None, latest]
+        if not folder.done and latest is None:
+            folder.reset(checkpoints.ARTEFACTS)  # a fresh start: nothing of a killed attempt is reported as ours
+            atomic_write_json(run.out_dir / "provenance.json", run.provenance)
+    if torch.distributed.get_world_size() > 1:
+        torch.distributed.broadcast_object_list(decision, src=0)
+    done_steps, latest = decision
+    if done_steps is not None:
+        run.step, run.done = done_steps, True
         return
     if latest is not None:
         tag, state = latest
@@ -183,8 +203,6 @@ def resume(run: Run) -> None:
         run.last_checkpoint = str(run.out_dir / checkpoints.CHECKPOINTS / tag)
         if is_main():
             rewind_metrics(run.out_dir, run.step)
-    elif is_main():
-        atomic_write_json(saved, run.provenance)
 
 
 def prove_reference(run: Run) -> None:
@@ -206,6 +224,7 @@ def prove_reference(run: Run) -> None:
         run.manifest["provenance"]["model_dtype"],
         run.config.policy,
         run.manifest["provenance"]["models"]["strong_ref"]["name_or_path"],
+        precision=(run.config.precision, str(model_dtype(run.config.precision)).removeprefix("torch.")),
     )
 
 
@@ -302,7 +321,7 @@ def write_final(run: Run, folder: Path, gathered: dict | None) -> None:
     """The trained model as a Hugging Face folder (LoRA adapters merged), its tokenizer and provenance."""
     model = run.engine.module.merge_and_unload() if run.config.lora else run.engine.module
     model.save_pretrained(folder, state_dict=gathered)
-    run.tokenizer.save_pretrained(folder)
+    save_tokenizer(run.tokenizer, folder)  # a full disk is one OSError line, whatever the tokenizer library raises
     atomic_write_json(folder / "w2s_provenance.json", run.provenance)
 
 
@@ -319,6 +338,8 @@ def finish(run: Run) -> dict:
     checkpoints.publish_final(run.out_dir, lambda folder: write_final(run, folder, gathered))
     summary = summarise(run.out_dir, run.config.gamma)
     checkpoints.mark_done(run.out_dir, run.provenance, run.step)
+    run.folder.marker["steps"] = run.step
+    run.folder.finish(checkpoints.PUBLISHED)  # last: the sha256 of every published file, checked by a rerun
     return summary
 
 
@@ -326,19 +347,30 @@ def is_main() -> bool:
     return torch.distributed.get_rank() == 0
 
 
+def is_main_process() -> bool:
+    """Rank 0 before torch.distributed is set up (launchers set RANK)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def run_one(config: TrainConfig) -> dict:
     run = setup(config)
-    if run.done:
-        return {"out_dir": str(run.out_dir), "steps": run.step, "already_done": True}
-    prove_reference(run)
-    train(run)
-    return finish(run)
+    try:
+        if run.done:
+            return {"out_dir": str(run.out_dir), "steps": run.step, "already_done": True}
+        prove_reference(run)
+        train(run)
+        return finish(run)
+    finally:
+        if run.folder is not None:
+            run.folder.release()
 
 
 def run(config: TrainConfig) -> list[dict]:
     """`w2s train`: one run, or one per gamma of `gammas`, each in its own folder, all on the same cache."""
     if not config.gammas:
         return [run_one(config)]
+    if is_main_process():  # the sweep's folder is claimed too: its gamma-<g>/ runs go only into a folder of ours
+        claim(config.out_dir, "train", identity={"sweep": True}, lock=None)
     results = []
     for gamma in config.gammas:
         one = TrainConfig(

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 
 from w2s.config import describe, load_config, save_config, shipped_or_given
-from w2s.errors import ConfigError, UserError
+from w2s.errors import ConfigError, run_as_command
 from w2s.settings import Settings
 
 DEFAULT_CONFIG = "configs/tiny.yaml"
@@ -223,15 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for key, value in named.items():
         setattr(args, key, value)
-    try:
-        return COMMANDS[args.command][1](settings, args)
-    except UserError as err:
-        print(f"w2s {args.command}: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # a read-only or full output folder, a missing file: the path and the reason, no traceback
-        where = f"{err.filename}: " if err.filename else ""
-        print(f"w2s {args.command}: {where}{err.strerror or err}", file=sys.stderr)
-        return 2
+    return run_as_command(f"w2s {args.command}", lambda: COMMANDS[args.command][1](settings, args))
 
 
 if __name__ == "__main__":

@@ -4,16 +4,20 @@ A config file is YAML whose top-level keys are section names (`world`, `cache`, 
 Each section is a plain dataclass whose fields carry a docstring right below them; those docstrings are what
 `w2s <command> --help` prints, so the help text and the code can never drift apart.
 
-Overrides on the command line use dotted paths (`world.seed=3`, `train.gamma=0.5`); values are parsed as YAML
-scalars and checked against the field's type. The resolved config is saved beside every output (`config.yaml`).
+Overrides on the command line use dotted paths (`world.seed=3`, `train.gamma=0.5`); a text field takes the value
+exactly as typed (`cache.dataset=007` is the text 007), any other is parsed as YAML and checked against the field's
+type. A key given twice in a file is refused, as is a boolean where a number belongs. The resolved config is saved
+beside every output (`config.yaml`).
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib.util
 import inspect
 import math
+import re
 import textwrap
 import types
 import typing
@@ -33,6 +37,8 @@ __all__ = [
     "load_config",
     "require",
     "require_finite",
+    "require_installed",
+    "require_seed",
     "save_config",
 ]
 
@@ -70,6 +76,26 @@ def require_finite(value: float, key: str, positive: bool = False, nonzero: bool
     require(math.isfinite(value), key, f"must be a finite number, got {value!r}")
     require(not positive or value > 0, key, f"must be > 0, got {value!r}")
     require(not nonzero or value != 0, key, f"must not be 0, got {value!r}")
+
+
+SEED_LIMIT = 2**31
+"""Seeds are in [0, 2**31): vLLM seeds a search's requests with seed * 2**32 + n, which must fit in 63 bits, and
+every other consumer (torch, numpy, random) takes such a seed."""
+
+
+def require_seed(value: int, key: str) -> None:
+    """Refuses a seed outside [0, 2**31)."""
+    require(0 <= value < SEED_LIMIT, key, f"must be in [0, 2**31), got {value}")
+
+
+def require_installed(module: str, key: str, extra: str) -> None:
+    """Refuses a setting that needs an optional package (vllm, ray) which is not installed, naming the w2s extra
+    that installs it; checked without importing the package, so before anything is loaded or written."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that is missing or broken
+        found = False
+    require(found, key, f"needs the {module} package, which is not installed here: pip install 'w2s[{extra}]'")
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -138,6 +164,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return dict(value)
     if hint is Any:
         return value
+    if hint in (int, float) and isinstance(value, bool):  # bool is an int subclass: `max_steps: true` is a mistake
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r} (a boolean, not a number)")
     if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         try:
             return float(value)  # YAML 1.1 reads 1e-3 as a string
@@ -148,6 +176,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if isinstance(hint, type) and not isinstance(value, hint):
         raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
     return value
+
+
+_PLACE = re.compile(r"^[\w.]*\*(?=\.)")
+"""The `section.*` that starts a nested section's refusal, where from_dict puts the section's dotted path."""
 
 
 def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
@@ -167,7 +199,14 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
             # A partial mapping updates the field's own default (which may differ from the class defaults).
             value = _merge_section(hints[field.name], _default_dict(field), value)
         kwargs[field.name] = _coerce(value, hints[field.name], f"{prefix}.{field.name}" if prefix else field.name)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        # a nested section that cannot know where it sits (world.weak or world.strong; eval.vllm or generate.vllm)
+        # names its keys `world.*.lr`, `vllm.*.dtype`: here its place is known, so the refusal names it
+        if not prefix or not _PLACE.match(str(err)):
+            raise
+        raise ConfigError(_PLACE.sub(prefix, str(err), count=1)) from None
 
 
 def _default_dict(field: dataclasses.Field) -> dict:
@@ -195,24 +234,69 @@ def to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
 
 
-def _set_dotted(data: dict, dotted: str, raw: str) -> None:
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a mapping key given twice is refused (PyYAML would keep the last one and
+    silently drop the other)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may redefine keys on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                given = key in seen
+            except TypeError:  # an unhashable key: the base constructor refuses it with its own message
+                continue
+            if given:
+                raise ConfigError(f"line {line}: key {key!r} is given twice (first on line {seen[key]}); keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: plain data only
+
+
+def _hint_at(cls: type, keys: list[str]) -> Any:
+    """The type hint of the field a dotted override names, or None when the path leaves the dataclasses (an
+    unknown key, or a key inside a plain mapping such as `eval.task`)."""
+    hint: Any = cls
+    for key in keys:
+        if not dataclasses.is_dataclass(hint):
+            return None
+        hint = typing.get_type_hints(hint).get(key)
+    return hint
+
+
+def _is_text(hint: Any) -> bool:
+    """True for a str field, or a Literal whose choices are all strings: its override value is taken as typed."""
+    if typing.get_origin(hint) is typing.Literal:
+        return all(isinstance(choice, str) for choice in typing.get_args(hint))
+    return hint is str
+
+
+def _set_dotted(cls: type, data: dict, dotted: str, raw: str) -> None:
     keys = dotted.split(".")
     node = data
     for key in keys[:-1]:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {dotted}: {key} is not a section")
-    node[keys[-1]] = _parse_scalar(raw)
+    node[keys[-1]] = raw if _is_text(_hint_at(cls, keys)) else _parse_scalar(raw, dotted)
 
 
-def _parse_scalar(raw: str) -> Any:
+def _parse_scalar(raw: str, dotted: str) -> Any:
     """An override's value as YAML (numbers, lists, booleans); text YAML cannot read, e.g. `{world}/x`, stays text."""
     if raw == "":
         return ""
     try:
-        return yaml.safe_load(raw)
+        return _read_yaml(raw)
     except yaml.YAMLError:
         return raw
+    except ConfigError as err:
+        raise ConfigError(f"override {dotted}: {err}") from None
 
 
 def load_config(cls: type, path: str | Path | None, overrides: list[str] = ()) -> Any:
@@ -221,24 +305,27 @@ def load_config(cls: type, path: str | Path | None, overrides: list[str] = ()) -
     Args:
         cls: the top-level config dataclass.
         path: the YAML file; None starts from the dataclass defaults.
-        overrides: strings such as `world.seed=3`.
+        overrides: strings such as `world.seed=3`; a text field takes the value as typed, any other field's value
+            is parsed as YAML.
 
     Raises:
-        ConfigError: naming the file and key that do not fit.
+        ConfigError: naming the file and key that do not fit (and the line of a key given twice).
     """
     data: dict = {}
     if path is not None:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = _read_yaml(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as err:
             raise ConfigError(f"{path}: cannot read config: {err}") from err
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for override in overrides:
         if "=" not in override:
             raise ConfigError(f"override {override!r}: expected key=value")
         key, raw = override.split("=", 1)
-        _set_dotted(data, key.strip(), raw.strip())
+        _set_dotted(cls, data, key.strip(), raw.strip())
     try:
         return from_dict(cls, data)
     except ConfigError as err:

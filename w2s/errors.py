@@ -6,6 +6,9 @@ a cache); anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class UserError(ValueError):
     """A refusal caused by the user's input; the message names the file, row and field (or the model and path)."""
@@ -21,3 +24,24 @@ class DataError(UserError):
 
 class CacheMismatch(UserError):
     """A cache that does not match what a stage was handed; the message says what differs."""
+
+
+def run_as_command(command: str, action: Callable[[], int]) -> int:
+    """Runs `action` as the command `command`: a refusal, an interrupt or a failed read or write becomes one line on
+    stderr and an exit status (2; 130 for Ctrl-C), never a traceback. Every output w2s writes is published
+    atomically and its folder's marker says what finished (`w2s.runs`), so an interrupted run resumes on rerun."""
+    try:
+        return action()
+    except UserError as err:
+        print(f"{command}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"{command}: interrupted; nothing half-written was published: rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+    except OSError as err:  # a read-only or full disk, a missing file: the path and the reason
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"{command}: {where}{err.strerror or err}", file=sys.stderr)
+        return 2

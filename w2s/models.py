@@ -6,6 +6,7 @@ same everywhere, and `trust_remote_code` is never turned on: a model folder's ow
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -56,13 +57,47 @@ def load_causal_lm(role: str, name_or_path: str, dtype: torch.dtype = torch.floa
 
 
 def load_sequence_classifier(role: str, name_or_path: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """The `role` model as a sequence classifier (a reward model), in eval mode."""
-    return _load(AutoModelForSequenceClassification, role, name_or_path, dtype).eval()
+    """The `role` model as a sequence classifier (a reward model), in eval mode.
+
+    Raises:
+        ModelError: a checkpoint that lacks some of the classifier's weights (typically its score head: a base or
+            causal LM folder). transformers would initialise them at random and say so only in a log line, and
+            every reward would be noise.
+    """
+    model, info = _load(AutoModelForSequenceClassification, role, name_or_path, dtype, output_loading_info=True)
+    missing = sorted(info["missing_keys"])
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise ModelError(
+            f"the {role} model at {name_or_path} is not a trained sequence classifier: its checkpoint lacks "
+            f"{shown}, which transformers would initialise at random (an untrained score head scores noise); use a "
+            "reward model's checkpoint, not a base or causal LM"
+        )
+    return model.eval()
 
 
-def _load(auto_class, role: str, name_or_path: str, dtype: torch.dtype) -> torch.nn.Module:
+def _load(auto_class, role: str, name_or_path: str, dtype: torch.dtype, **options):
     check_model_path(role, name_or_path)
     try:
-        return auto_class.from_pretrained(name_or_path, dtype=dtype)
+        return auto_class.from_pretrained(name_or_path, dtype=dtype, **options)
     except Exception as err:  # see load_tokenizer
         raise ModelError(f"the {role} model at {name_or_path} cannot be loaded: {_why(err)}") from err
+
+
+RUST_OS_ERROR = re.compile(r"^(?P<why>.*?) \(os error (?P<errno>\d+)\)$")
+"""How the Rust `tokenizers` library words an I/O error it raises as a bare Exception: `File too large (os error
+27)`."""
+
+
+def save_tokenizer(tokenizer, folder: Path) -> None:
+    """`tokenizer.save_pretrained(folder)`, except that an I/O error of the Rust `tokenizers` library (which raises
+    a bare Exception) is raised as the OSError it is, so the CLI prints it as one line (file and reason)."""
+    try:
+        tokenizer.save_pretrained(folder)
+    except OSError:
+        raise
+    except Exception as err:  # narrowed below: only the library's worded I/O errors are converted
+        match = RUST_OS_ERROR.match(str(err))
+        if match is None:
+            raise
+        raise OSError(int(match["errno"]), match["why"], str(folder / "tokenizer.json")) from None

@@ -8,12 +8,13 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from w2s.tokens import render_chat_prompt
+from w2s.tokens import prompt_ids
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict]) -> list[int]:
-    """Token ids of the prompt as the model sees it: chat template and generation marker, no extra specials."""
-    return tokenizer(render_chat_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    """Token ids of the prompt as the model sees it: chat template and generation marker, no extra specials, and
+    the prompt's own text tokenised as text, special-token spellings included (`w2s.tokens`)."""
+    return prompt_ids(tokenizer, prompt)
 
 
 def sample_token(
@@ -68,8 +69,8 @@ def generate(
     sampling = dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p) if temperature > 0 else {}
     responses: list[list[int]] = []
     for start in range(0, len(prompts), batch_size):
-        texts = [render_chat_prompt(tokenizer, prompt) for prompt in prompts[start : start + batch_size]]
-        batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
+        rows = [encode_prompt(tokenizer, prompt) for prompt in prompts[start : start + batch_size]]
+        batch = tokenizer.pad({"input_ids": rows}, padding=True, return_tensors="pt").to(model.device)
         out = model.generate(
             **batch,
             max_new_tokens=max_new_tokens,

@@ -59,7 +59,12 @@ def _fill(text: str, roots: dict[str, str], key: str) -> str:
     """`text` with each {placeholder} replaced; refuses one that names a folder not known yet."""
 
     def replace(match: re.Match) -> str:
-        require(match.group(1) in roots, key, f"{match.group(0)} cannot be used here (it is not defined before it)")
+        require(
+            match.group(1) in roots,
+            key,
+            f"{match.group(0)} cannot be used here (it is not defined before it); use "
+            f"{', '.join('{' + name + '}' for name in roots)} or an explicit path",
+        )
         return roots[match.group(1)]
 
     return PLACEHOLDER.sub(replace, text)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,13 +20,15 @@ from rich.console import Console
 from rich.table import Table
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from w2s.io import atomic_write_json, atomic_write_text, publish_dir, sha256_file
+from w2s.io import atomic_write_json, atomic_write_text, sha256_file
+from w2s.models import save_tokenizer
+from w2s.runs import claim, finished_run, read_marker
 from w2s.sampling import generate
 from w2s.world.config import ModelShape, WorldConfig
 from w2s.world.corpus import build_splits
 from w2s.world.metrics import length_reward, score_responses, tone_reward
 from w2s.world.sft import encode_pairs, train_sft
-from w2s.world.tokenizer import train_tokenizer
+from w2s.world.tokenizer import check_corpus, train_tokenizer
 
 MODEL_NAMES = ("weak_base", "weak_aligned", "strong_base", "weak_aligned_tone", "strong_sft", "strong_sft_tone")
 TASK_MODELS = {
@@ -155,28 +156,52 @@ def print_table(results: dict, console: Console) -> None:
     console.print(table)
 
 
+WORLD_FILES = ("data", "tokenizer", *MODEL_NAMES, "world.json")
+"""Everything a world build publishes (and what a rebuild clears)."""
+
+
 def is_built(config: WorldConfig) -> bool:
-    manifest = Path(config.out_dir) / "world.json"
-    if not manifest.exists():
-        return False
-    return json.loads(manifest.read_text()).get("config_hash") == config_hash(config)
+    """True when `out_dir` holds a finished world of this config whose every file still checks (no lock taken)."""
+    return finished_run(config.out_dir, "world") and read_marker(Path(config.out_dir))["identity"] == config_hash(
+        config
+    )
 
 
 def build_world(config: WorldConfig, force: bool = False) -> dict:
-    """Builds (or, when an identical world is already there, reuses) the tiny world.
+    """Builds (or, when an identical world is already there and checks, reuses) the tiny world.
+
+    The folder is claimed through `w2s.runs`: a folder of the user's is refused, another config's world is
+    replaced (its own files only), and a damaged one is rebuilt.
 
     Returns:
         The contents of `world.json`.
     """
+    check_corpus(config, MAX_LEN)  # before the folder is claimed: a refused config writes nothing
     console = Console()
     out_dir = Path(config.out_dir)
-    if is_built(config) and not force:
-        console.print(f"[green]world already built[/green] at {out_dir} (same config); `--force` rebuilds it")
-        return json.loads((out_dir / "world.json").read_text())
+    with claim(
+        out_dir, "world", identity=config_hash(config), on_change="replace", force=force, artefacts=WORLD_FILES
+    ) as folder:
+        if folder.done:
+            console.print(
+                f"[green]world already built[/green] at {out_dir} (same config, files checked); `--force` rebuilds it"
+            )
+            return json.loads((out_dir / "world.json").read_text())
+        folder.reset(WORLD_FILES)  # not finished, damaged or forced: only the world's own names are cleared
+        tmp = folder.scratch()
+        manifest = write_world(config, tmp)
+        folder.publish_tree(tmp, last="world.json")
+        folder.finish(WORLD_FILES)
+    print_table(manifest["metrics"], console)
+    console.print(f"world written to {out_dir} in {manifest['build_seconds']} s")
+    return manifest
+
+
+def write_world(config: WorldConfig, tmp: Path) -> dict:
+    """Builds every file of the world into `tmp`, world.json last; returns world.json's contents."""
     started = time.time()
     torch.set_num_threads(config.threads)
     torch.use_deterministic_algorithms(True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     sizes = {"train": config.num_train, "align": config.num_align, "cache": config.num_cache, "test": config.num_test}
     sizes["val"] = config.num_val  # drawn last, so the earlier splits are those of a world without it
     splits = build_splits(config.seed, sizes, config.min_facts, config.max_facts)
@@ -184,10 +209,10 @@ def build_world(config: WorldConfig, force: bool = False) -> dict:
         write_jsonl(tmp / "data" / f"{split}.jsonl", rows)
     tokenizer = train_tokenizer((ex["prompt"] + " " + ex["response"] for ex in splits["train"]), config.vocab_size)
     trained = train_models(config, splits, tokenizer)
-    tokenizer.save_pretrained(tmp / "tokenizer")
+    save_tokenizer(tokenizer, tmp / "tokenizer")
     for name, model in trained["models"].items():
         model.save_pretrained(tmp / name)
-        tokenizer.save_pretrained(tmp / name)
+        save_tokenizer(tokenizer, tmp / name)
     results = evaluate_models(config, trained["models"], tokenizer, splits["test"])
     manifest = {
         "config_hash": config_hash(config),
@@ -200,7 +225,4 @@ def build_world(config: WorldConfig, force: bool = False) -> dict:
         "build_seconds": round(time.time() - started, 1),
     }
     atomic_write_json(tmp / "world.json", manifest)
-    publish_dir(tmp, out_dir)
-    print_table(results, console)
-    console.print(f"world written to {out_dir} in {manifest['build_seconds']} s")
     return manifest

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from w2s.config import require, require_finite
+from w2s.config import require, require_finite, require_seed
+from w2s.world.corpus import CITIES, COUNTS, ITEMS, NAMES, VERBS
+
+MAX_FACTS = min(len(pool) for pool in (NAMES, VERBS, COUNTS, ITEMS, CITIES))
+"""Most key facts a document can hold: the facts of one document never share a name, verb, count, item or city."""
+MIN_VOCAB = 256 + 3
+"""The smallest vocabulary: the 256 byte symbols and the 3 special tokens (EOS and the two chat markers)."""
+MAX_VOCAB = 65536
+"""A cap on world.vocab_size: the BPE trainer reserves memory in proportion to it (10**9 asks for ~70 GB), while
+the corpus holds a few hundred tokens."""
 
 
 @dataclass
@@ -22,6 +31,7 @@ class ModelShape:
     """Peak learning rate (10% warm-up, then cosine)."""
 
     def __post_init__(self) -> None:
+        # `world.*`: from_dict names the model (world.weak, world.strong) in place of the star
         require(
             self.hidden_size >= 64 and self.hidden_size % 64 == 0,
             "world.*.hidden_size",
@@ -56,7 +66,8 @@ class WorldConfig:
     max_facts: int = 6
     """Most key facts in a document; a summary keeps between one and all of them."""
     vocab_size: int = 512
-    """Size of the shared BPE vocabulary."""
+    """Size of the shared BPE vocabulary, in [259, 65536] (the 256 bytes and 3 special tokens at least); the build
+    refuses one the training split cannot fill, or one so small that an example outgrows the models' 256 tokens."""
     l_min: int = 20
     """Length reward: shortest summary (in tokens, EOS excluded) that earns the full reward."""
     l_max: int = 30
@@ -84,6 +95,17 @@ class WorldConfig:
     threads: int = 2
     """torch CPU threads; fixed so that the weights are bit-identical from one build to the next."""
 
+    def split_sizes(self) -> dict[str, int]:
+        """Examples per split, in the order the corpus draws them (val last, so that the earlier splits are those
+        of a world without it): the order is part of what a seed means."""
+        return {
+            "train": self.num_train,
+            "align": self.num_align,
+            "cache": self.num_cache,
+            "test": self.num_test,
+            "val": self.num_val,
+        }
+
     def __post_init__(self) -> None:
         sizes = (
             "num_train",
@@ -101,7 +123,21 @@ class WorldConfig:
         for key in sizes:
             require(getattr(self, key) >= 1, f"world.{key}", f"must be at least 1, got {getattr(self, key)}")
         require(self.min_facts <= self.max_facts, "world.max_facts", f"must be >= min_facts={self.min_facts}")
-        require(0 <= self.l_min <= self.l_max, "world.l_max", f"must be >= l_min={self.l_min} >= 0")
+        require(
+            self.max_facts <= MAX_FACTS,
+            "world.max_facts",
+            f"must be at most {MAX_FACTS} (a document's facts never share a verb, and there are {MAX_FACTS}), "
+            f"got {self.max_facts}",
+        )
+        require_seed(self.seed, "world.seed")
+        require(
+            MIN_VOCAB <= self.vocab_size <= MAX_VOCAB,
+            "world.vocab_size",
+            f"must be in [{MIN_VOCAB}, {MAX_VOCAB}] (the 256 byte symbols and 3 special tokens at least), "
+            f"got {self.vocab_size}",
+        )
+        require(self.l_min >= 0, "world.l_min", f"must be >= 0, got {self.l_min}")
+        require(self.l_min <= self.l_max, "world.l_max", f"must be >= l_min={self.l_min}, got {self.l_max}")
         require_finite(self.align_lr, "world.align_lr", positive=True)
         require_finite(self.sft_lr, "world.sft_lr", positive=True)
         require_finite(self.align_mix, "world.align_mix", positive=True)

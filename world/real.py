@@ -34,7 +34,8 @@ import torch
 
 from w2s.config import load_config, require, require_finite
 from w2s.errors import UserError
-from w2s.io import atomic_write_json, atomic_write_text, publish_dir, sha256_dir, sha256_file
+from w2s.io import atomic_write_json, atomic_write_text, sha256_dir, sha256_file
+from w2s.runs import claim, finished_run, read_marker
 from w2s.world import gguf
 
 TOPICS = {
@@ -323,15 +324,20 @@ def _source(source: gguf.GgufSource) -> dict:
     return {"package": source.package, "version": source.version, "file": source.path.name, "sha256": source.sha256}
 
 
+REAL_FILES = ("data", *MODEL_NAMES, "world.json")
+"""Everything the real world's build publishes (and what a rebuild clears)."""
+
+
 def is_built(config: RealWorldConfig) -> bool:
-    """True when `out_dir` holds a finished world (world.json is written last) built with the same settings."""
-    manifest = Path(config.out_dir) / "world.json"
-    return manifest.is_file() and json.loads(manifest.read_text()).get("config_hash") == config_hash(config)
+    """True when `out_dir` holds a finished real world of these settings whose every file still checks."""
+    marker = read_marker(Path(config.out_dir)) if Path(config.out_dir).is_dir() else None
+    return finished_run(config.out_dir, "real-world") and marker["identity"] == config_hash(config)
 
 
 def build_real_world(config: RealWorldConfig | None = None, force: bool = False, **overrides) -> dict:
-    """Builds the real world into `config.out_dir` (or, when a finished one with the same settings is there, does
-    nothing). Keyword overrides set fields of a default config: `build_real_world(out_dir="runs/real")`.
+    """Builds the real world into `config.out_dir` (or, when a finished one with the same settings is there and its
+    files check, does nothing). Keyword overrides set fields of a default config: `build_real_world(out_dir=...)`.
+    The folder is claimed through `w2s.runs`: a folder of the user's is refused.
 
     Returns:
         The contents of `world.json`.
@@ -341,16 +347,28 @@ def build_real_world(config: RealWorldConfig | None = None, force: bool = False,
     """
     config = config or RealWorldConfig(**overrides)
     out_dir = Path(config.out_dir)
-    if is_built(config) and not force:
-        print(f"real world already built at {out_dir} (same settings); --force rebuilds it")
-        return json.loads((out_dir / "world.json").read_text())
     gguf.require_readers()
     gguf.smollm2_gguf()  # refuses a missing package before anything is written
+    identity = config_hash(config)
+    with claim(
+        out_dir, "real-world", identity=identity, on_change="replace", force=force, artefacts=REAL_FILES
+    ) as folder:
+        if folder.done:
+            print(f"real world already built at {out_dir} (same settings, files checked); --force rebuilds it")
+            return json.loads((out_dir / "world.json").read_text())
+        folder.reset(REAL_FILES)
+        tmp = folder.scratch()
+        manifest = write_real_world(config, tmp)
+        folder.publish_tree(tmp, last="world.json")
+        folder.finish(REAL_FILES)
+    return manifest
+
+
+def write_real_world(config: RealWorldConfig, tmp: Path) -> dict:
+    """Every file of the real world into `tmp`, world.json last; returns world.json's contents."""
     started = time.time()
     torch.set_num_threads(config.threads)
     torch.use_deterministic_algorithms(True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     record = build_models(tmp, config)
     names = [name for name in MODEL_NAMES if (tmp / name).is_dir()]
     manifest = {
@@ -363,8 +381,6 @@ def build_real_world(config: RealWorldConfig | None = None, force: bool = False,
         "build_seconds": round(time.time() - started, 1),
     }
     atomic_write_json(tmp / "world.json", manifest)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    publish_dir(tmp, out_dir)
     return manifest
 
 

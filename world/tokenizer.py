@@ -11,7 +11,11 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from w2s.errors import ConfigError
 from w2s.tokens import render_chat_prompt
+from w2s.world.config import WorldConfig
+from w2s.world.corpus import build_splits
+from w2s.world.metrics import tone_reward
 
 EOS = "<|endoftext|>"
 USER = "<|user|>"
@@ -59,3 +63,53 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
 def render_prompt(tokenizer: PreTrainedTokenizerFast, prompt: str) -> str:
     """The prompt as the models see it: the chat template with the generation marker appended."""
     return render_chat_prompt(tokenizer, prompt)
+
+
+def training_texts(examples: Iterable[dict]) -> Iterable[str]:
+    """What the tokenizer is trained on: each example's prompt and response, as `w2s.world.build` hands them."""
+    return (example["prompt"] + " " + example["response"] for example in examples)
+
+
+def check_corpus(config: WorldConfig, max_len: int) -> None:
+    """Refuses, before the build writes anything, a world config its corpus cannot honour: a world.vocab_size
+    larger than the training split can fill (the tokenizer would silently be smaller) or so small that some example
+    takes more than `max_len` tokens (the models' context), or lengths (world.l_min, l_max) or an align split that
+    leave a task with no reward-filtered example to align on. Draws the corpus and trains the tokenizer as the
+    build does (a few seconds at the default sizes)."""
+    splits = build_splits(config.seed, config.split_sizes(), config.min_facts, config.max_facts)
+    tokenizer = train_tokenizer(training_texts(splits["train"]), config.vocab_size)
+    if len(tokenizer) < config.vocab_size:
+        raise ConfigError(
+            f"world.vocab_size: the {config.num_train} training examples fill only {len(tokenizer)} tokens, not "
+            f"{config.vocab_size}: set world.vocab_size to at most {len(tokenizer)}"
+        )
+    examples = [example for rows in splits.values() for example in rows]
+    prompts = tokenizer([render_prompt(tokenizer, ex["prompt"]) for ex in examples], add_special_tokens=False)
+    responses = tokenizer([ex["response"] for ex in examples], add_special_tokens=False)["input_ids"]
+    # as `w2s.tokens.encode_example` counts: rendered prompt + response + EOS
+    lengths = [len(p) + len(r) + 1 for p, r in zip(prompts["input_ids"], responses)]
+    longest = max(range(len(examples)), key=lengths.__getitem__)
+    if lengths[longest] > max_len:
+        raise ConfigError(
+            f"world.vocab_size: with {config.vocab_size} tokens, example {examples[longest]['example_id']} takes "
+            f"{lengths[longest]} tokens, more than the {max_len} the models hold: raise world.vocab_size (or "
+            f"lower world.max_facts={config.max_facts})"
+        )
+    _check_filtered(config, splits["align"], responses[config.num_train : config.num_train + config.num_align])
+
+
+def _check_filtered(config: WorldConfig, align: list[dict], lengths: list[list[int]]) -> None:
+    """Refuses a task whose reward-filtered align data is empty: its weak aligned model would train on nothing.
+    `lengths`: the align responses' token ids (the length reward counts them, EOS excluded)."""
+    in_range = [config.l_min <= len(ids) <= config.l_max for ids in lengths]
+    if not any(in_range):
+        shortest, longest = min(map(len, lengths)), max(map(len, lengths))
+        raise ConfigError(
+            f"world.l_min/l_max: no reference summary of the {len(align)} align examples is {config.l_min} to "
+            f"{config.l_max} tokens long (they run from {shortest} to {longest}): set a range that overlaps them"
+        )
+    if not any(tone_reward(ex["response"]) == 1.0 for ex in align):
+        raise ConfigError(
+            f"world.num_align: none of the {len(align)} align examples has a fully positive remark, so the tone "
+            "task has nothing to align on: raise world.num_align (about one example in eight has one)"
+        )

@@ -39,6 +39,10 @@ class ShardFormat(Protocol):
         """Reads the shard at `path` (only those of `columns` it holds, when given); per-token values as float32."""
         ...
 
+    # Optional: `parse(contents, columns)` decodes a shard from the bytes `Cache.read_shard` already read and
+    # hashed (`w2s.cache.fs.Place.contents`), so a shard is read once and every byte used is checked. A format
+    # without it is hashed first and then read through `read`.
+
 
 def format_encodings(fmt: ShardFormat, layout: Layout) -> dict:
     """What `fmt` says about its codecs for `layout` (empty for a format that says nothing)."""

@@ -128,21 +128,28 @@ class ParquetFormat:
         `path` may be a URL on any fsspec filesystem (`w2s.cache.fs`)."""
         if is_url(path):
             fs, inner = filesystem(str(path))
-            file = pq.ParquetFile(inner, filesystem=fs)
+            return _shard(pq.ParquetFile(inner, filesystem=fs), columns)
+        return _shard(pq.ParquetFile(local_path(path)), columns)
+
+    def parse(self, contents: bytes, columns: Sequence[str] | None = None) -> ShardData:
+        """A shard from the bytes of its file, already read (and hashed) by the caller: nothing is read again."""
+        return _shard(pq.ParquetFile(pa.BufferReader(contents)), columns)
+
+
+def _shard(file: pq.ParquetFile, columns: Sequence[str] | None) -> ShardData:
+    """The fields of an open Parquet shard (only those of `columns` it holds, when given) as a `ShardData`."""
+    stored = file.schema_arrow.names
+    layout = layout_from_metadata(file.schema_arrow.metadata, stored)
+    table = file.read(columns=[name for name in stored if columns is None or name in columns])
+    arrays: dict = {}
+    for name in table.column_names:
+        kind = FIELD_BY_NAME[name].kind
+        if kind == "token":
+            arrays[name], arrays["offsets"] = _flat(table[name])
+        elif kind == "ids":
+            arrays["input_ids"], arrays["input_offsets"] = _flat(table[name])
+        elif name == "example_id":
+            arrays[name] = table[name].to_pylist()
         else:
-            file = pq.ParquetFile(local_path(path))
-        stored = file.schema_arrow.names
-        layout = layout_from_metadata(file.schema_arrow.metadata, stored)
-        table = file.read(columns=[name for name in stored if columns is None or name in columns])
-        arrays: dict = {}
-        for name in table.column_names:
-            kind = FIELD_BY_NAME[name].kind
-            if kind == "token":
-                arrays[name], arrays["offsets"] = _flat(table[name])
-            elif kind == "ids":
-                arrays["input_ids"], arrays["input_offsets"] = _flat(table[name])
-            elif name == "example_id":
-                arrays[name] = table[name].to_pylist()
-            else:
-                arrays[name] = table[name].to_numpy()
-        return shard_from_arrays(arrays, layout)
+            arrays[name] = table[name].to_numpy()
+    return shard_from_arrays(arrays, layout)

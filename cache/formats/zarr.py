@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.core.buffer.cpu import Buffer
+from zarr.storage import MemoryStore
 
 from w2s.cache.fs import is_url, local_path
 from w2s.schemas.cache import (
@@ -113,11 +115,21 @@ class ZarrFormat:
     def read(self, path: Path | str, columns: Sequence[str] | None = None) -> ShardData:
         """Reads a Zarr shard (only `columns` when given); per-token values as float32. `path` may be a URL on any
         fsspec filesystem (`w2s.cache.fs`): zarr then reads it through its fsspec store."""
-        group = zarr.open_group(str(path) if is_url(path) else str(local_path(path)), mode="r")
-        attrs = group.attrs.asdict()
-        if LAYOUT_KEY in attrs:
-            layout = Layout.from_description(attrs[LAYOUT_KEY])
-        else:  # schema 1: a full float store
-            layout = Layout("full", "float32", "logp_strong_ref" in attrs["token_fields"])
-        arrays = {name: group[name][:] for name in _wanted(group, columns)}
-        return shard_from_arrays(arrays, layout)
+        return _shard(zarr.open_group(str(path) if is_url(path) else str(local_path(path)), mode="r"), columns)
+
+    def parse(self, contents: dict[str, bytes], columns: Sequence[str] | None = None) -> ShardData:
+        """A shard from the bytes of every file of its folder (by name within it), already read (and hashed) by the
+        caller: zarr decodes them from memory, nothing is read again."""
+        store = MemoryStore({name: Buffer.from_bytes(data) for name, data in contents.items()}, read_only=True)
+        return _shard(zarr.open_group(store=store, mode="r"), columns)
+
+
+def _shard(group: zarr.Group, columns: Sequence[str] | None) -> ShardData:
+    """The arrays of an open Zarr shard group (only what `columns` need, when given) as a `ShardData`."""
+    attrs = group.attrs.asdict()
+    if LAYOUT_KEY in attrs:
+        layout = Layout.from_description(attrs[LAYOUT_KEY])
+    else:  # schema 1: a full float store
+        layout = Layout("full", "float32", "logp_strong_ref" in attrs["token_fields"])
+    arrays = {name: group[name][:] for name in _wanted(group, columns)}
+    return shard_from_arrays(arrays, layout)

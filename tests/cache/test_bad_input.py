@@ -10,6 +10,7 @@ import pytest
 from tests.cache.helpers import build, cache_config
 from w2s.cache.build import setup
 from w2s.errors import CacheMismatch, DataError
+from w2s.runs import FolderRefused
 from w2s.world.tokenizer import train_tokenizer
 
 pytestmark = pytest.mark.integration
@@ -216,5 +217,5 @@ def test_a_finished_cache_from_other_inputs_is_not_overwritten(micro_world, tmp_
     again = build(micro_world, tmp_path / "out", dataset=str(data))
     assert again["scored_now"] == 0
     write_jsonl(tmp_path / "rows.jsonl", [{**GOOD, "response": "tor found 3 cups in rome ."}])
-    with pytest.raises(CacheMismatch, match="different inputs"):
+    with pytest.raises(FolderRefused, match=r"holds another run of `w2s cache` \(dataset.fingerprint differ\)"):
         build(micro_world, tmp_path / "out", dataset=str(data))

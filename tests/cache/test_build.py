@@ -176,7 +176,7 @@ def test_inspect_and_verify_commands(cache_dir, tmp_path, capsys):
 
 def test_a_compact_build_holds_what_training_reads_and_inspects(micro_world, cache_dir, tmp_path, capsys):
     from w2s.cli import main
-    from w2s.errors import CacheMismatch
+    from w2s.runs import FolderRefused
 
     out = tmp_path / "compact"
     body = build(
@@ -202,7 +202,7 @@ def test_a_compact_build_holds_what_training_reads_and_inspects(micro_world, cac
         ]
         == 0
     )  # a rerun finds it finished
-    with pytest.raises(CacheMismatch, match="a finished cache from different inputs or settings"):
+    with pytest.raises(FolderRefused, match=r"holds another run of `w2s cache` \(storage_dtype, store differ\)"):
         build(micro_world, out, strong_ref=str(micro_world / "strong_base"))  # a full build into it
     assert main(["inspect", str(out)]) == 0
     assert "compact store, stored bfloat16" in capsys.readouterr().out

@@ -113,10 +113,11 @@ def test_inspect_verifies_the_checksums_first(finished, tmp_path, capsys):
 HOLDER = """
 import os, sys
 from pathlib import Path
-from w2s.cache.ledger import worker_lock
-with worker_lock(Path(sys.argv[1]), 0, 1):
-    print(os.getpid(), flush=True)
-    sys.stdin.read()
+from w2s.cache.ledger import worker_lock_name
+from w2s.runs import lock_folder
+handle = lock_folder(Path(sys.argv[1]), worker_lock_name(0, 1))
+print(os.getpid(), flush=True)
+sys.stdin.read()
 """
 
 
@@ -131,7 +132,7 @@ def test_a_second_build_into_the_same_folder_is_refused_and_kill_9_frees_it(micr
     try:
         pid = holder.stdout.readline().strip()
         assert pid.isdigit()
-        with pytest.raises(UserError, match=rf"{copy}: another build \(pid {pid}\) is writing worker 0 of 1 here"):
+        with pytest.raises(UserError, match=rf"{copy}: another w2s process \(pid {pid}\) is writing here"):
             build(micro_world, copy)
         assert not (copy / "parquet" / "shard-00001.parquet").exists()
     finally:

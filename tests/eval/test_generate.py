@@ -16,12 +16,12 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from w2s.cli import main
-from w2s.errors import CacheMismatch
 from w2s.eval.config import GenerateConfig
 from w2s.eval.generate import run, search
 from w2s.eval.responses import read_records
 from w2s.eval.scorer import WeakScorer
 from w2s.io import read_jsonl
+from w2s.runs import FolderRefused
 
 
 def untimed(path: Path) -> list[dict]:
@@ -103,7 +103,7 @@ def test_a_resumed_run_keeps_finished_parts_and_writes_what_an_uninterrupted_one
 
 def test_a_folder_of_another_run_is_refused_naming_what_differs(micro_world, tmp_path):
     run(config_for(micro_world, tmp_path / "x", limit=2))
-    with pytest.raises(CacheMismatch, match=r"run.json: this folder holds responses of another run \(.*temperature"):
+    with pytest.raises(FolderRefused, match=r"holds another run of `w2s generate` \(.*temperature"):
         run(config_for(micro_world, tmp_path / "x", limit=2, temperature=0.3))
 
 

@@ -120,9 +120,11 @@ def test_xsum_export_applies_the_template_and_refuses_bad_rows(tmp_path):
     )
     pq.write_table(table, tmp_path / "xsum.parquet")
     out = export(
-        ExportConfig(dataset=str(tmp_path / "xsum.parquet"), split="train", out=str(tmp_path / "x-{split}.jsonl"))
+        ExportConfig(
+            dataset=str(tmp_path / "xsum.parquet"), split="train", out=str(tmp_path / "exports" / "x-{split}.jsonl")
+        )
     )
-    assert out == tmp_path / "x-train.jsonl"
+    assert out == tmp_path / "exports" / "x-train.jsonl"
     assert read_jsonl(out) == [
         {"id": "1", "prompt": "summarize : Storm hits coast.", "response": "A storm."},
         {"id": "2", "prompt": "summarize : Team wins cup.", "response": "A win."},
@@ -131,7 +133,7 @@ def test_xsum_export_applies_the_template_and_refuses_bad_rows(tmp_path):
         ExportConfig(prompt_template="{doc} in one line")
     pq.write_table(pa.table({"document": ["x"], "summary": [None], "id": ["1"]}), tmp_path / "bad.parquet")
     with pytest.raises(DataError, match="bad.parquet: row 0: field 'summary' must be a non-empty string"):
-        export(ExportConfig(dataset=str(tmp_path / "bad.parquet"), out=str(tmp_path / "b.jsonl")))
+        export(ExportConfig(dataset=str(tmp_path / "bad.parquet"), out=str(tmp_path / "exports" / "b.jsonl")))
 
 
 def test_eval_scores_the_responses_a_generate_run_wrote(micro_world, tmp_path):

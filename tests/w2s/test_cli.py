@@ -23,6 +23,6 @@ def test_force_is_refused_where_it_would_do_nothing(capsys):
 def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    assert main(["world", f"world.out_dir={blocker / 'world'}", "world.num_train=2"]) == 2
+    assert main(["world", f"world.out_dir={blocker / 'world'}", "world.num_train=300"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(blocker) in err and "Traceback" not in err
