@@ -110,7 +110,6 @@ class VllmScorer:
         role: str = "scored",
         batch_tokens: int = 8192,
     ):
-        require_installed("vllm", "cache.backend=vllm", "gpu")
         config = load_model_config(role, model_path)  # a missing or broken folder is refused in one line, first
         if torch.cuda.is_available():
             gpu_memory_utilization = vllm_budget(
@@ -124,6 +123,7 @@ class VllmScorer:
                 tensor_parallel_size,
             )
         kwargs = vllm_llm_kwargs(model_path, dtype, tensor_parallel_size, max_len, gpu_memory_utilization, batch_tokens)
+        require_installed("vllm", "cache.backend=vllm", "gpu")  # after the memory check, which needs no vLLM
         from vllm import LLM, SamplingParams
 
         self.llm = LLM(**kwargs)

@@ -12,6 +12,11 @@ loaded: a refused run leaves no trace.
 
 Scale-out: shard c (rows [c*R, (c+1)*R)) belongs to worker c % num_shards. With one worker the manifest is
 written at once; with several, each writes a part manifest and `w2s cache merge` joins them.
+
+Cross-tokenizer: the weak pair shares one tokenizer; when the strong model's (strong_ref's, else
+`cache.strong_tokenizer`) has another fingerprint, every row is also tokenised the strong way and aligned
+(`w2s.cache.data.strong_side`), and `score_shard` stores the weak pair's chunk sums in strong-token space (the
+layout: `w2s.schemas.cache`). With the same fingerprint nothing differs from a build without a strong tokenizer.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ import numpy as np
 from rich.console import Console
 from tqdm import tqdm
 
+from w2s.align import chunk_sums
 from w2s.cache.backends import Scorer, make_scorer
 from w2s.cache.config import CacheConfig
-from w2s.cache.data import Row, encode_rows, load_rows
+from w2s.cache.data import Row, StrongSide, encode_rows, load_rows
 from w2s.cache.formats import formats_for
 from w2s.cache.ledger import (
     claim_folder,
@@ -38,12 +44,12 @@ from w2s.cache.ledger import (
     save_ledger,
 )
 from w2s.cache.manifest import MANIFEST, cache_layout, file_entry, manifest_body, shard_entry
-from w2s.cache.portable import TOKENIZER_DIR, absolute_paths, save_tokenizer_copy
+from w2s.cache.portable import STRONG_TOKENIZER_DIR, TOKENIZER_DIR, absolute_paths, save_tokenizer_copy
 from w2s.cache.provenance import code_version, model_fingerprint, tokenizer_fingerprint
 from w2s.errors import CacheMismatch, ConfigError
 from w2s.io import atomic_write_json
 from w2s.models import load_tokenizer
-from w2s.schemas.cache import Layout, ShardData, shard_name
+from w2s.schemas.cache import STRONG_CHUNK_FIELD, Layout, ShardData, shard_name
 from w2s.vllm_engine import resolve_backend
 
 
@@ -60,7 +66,9 @@ class CacheJob:
     """Which store is written and how (from the config; `w2s.cache.manifest.cache_layout`)."""
     scorers: dict[str, Scorer] | None = None
     tokenizer: Any = None
-    """The models' shared tokenizer (its copy goes into the cache: `w2s.cache.portable`)."""
+    """The weak pair's shared tokenizer (its copy goes into the cache: `w2s.cache.portable`)."""
+    strong_tokenizer: Any = None
+    """A cross-tokenizer cache's strong tokenizer (copied too); None when it is the weak pair's."""
 
 
 def model_paths(config: CacheConfig) -> dict[str, str]:
@@ -69,7 +77,7 @@ def model_paths(config: CacheConfig) -> dict[str, str]:
 
 
 def load_shared_tokenizer(paths: dict[str, str]):
-    """The models' shared tokenizer; refuses models whose tokenizers differ, naming them."""
+    """The weak pair's shared tokenizer and its fingerprint; refuses models whose tokenizers differ, naming them."""
     tokenizers = {role: load_tokenizer(role, path) for role, path in paths.items()}
     prints = {role: tokenizer_fingerprint(tok) for role, tok in tokenizers.items()}
     first = next(iter(prints))
@@ -77,21 +85,47 @@ def load_shared_tokenizer(paths: dict[str, str]):
     if differ:
         names = ", ".join(f"{role} ({paths[role]})" for role in differ)
         raise CacheMismatch(
-            f"the tokenizer of {names} differs from that of {first} ({paths[first]}): token-level log-ratios need one "
-            "shared tokenizer"
+            f"the tokenizer of {names} differs from that of {first} ({paths[first]}): the weak pair's token-level "
+            "log-ratios need one shared tokenizer"
         )
     return tokenizers[first], prints[first]
 
 
+def load_strong_tokenizer(config: CacheConfig):
+    """The strong model's tokenizer and its fingerprint: strong_ref's when it is cached, else
+    `cache.strong_tokenizer`'s; (None, None) when neither is set.
+
+    Raises:
+        ConfigError: strong_tokenizer set beside a strong_ref whose tokenizer differs from it.
+    """
+    sources = [(role, getattr(config, role)) for role in ("strong_ref", "strong_tokenizer") if getattr(config, role)]
+    loaded = [(role, path, load_tokenizer(role, path)) for role, path in sources]
+    prints = [tokenizer_fingerprint(tokenizer) for *_, tokenizer in loaded]
+    if len(set(prints)) > 1:
+        raise ConfigError(
+            f"cache.strong_tokenizer={config.strong_tokenizer} differs from the tokenizer of strong_ref "
+            f"({config.strong_ref}): leave strong_tokenizer empty when strong_ref is cached"
+        )
+    return (loaded[0][2], prints[0]) if loaded else (None, None)
+
+
 def make_provenance(
-    config: CacheConfig, tokenizer, tokenizer_sha: str, dataset_fingerprint: str, rows: list[Row]
+    config: CacheConfig,
+    tokenizer,
+    tokenizer_sha: str,
+    dataset_fingerprint: str,
+    rows: list[Row],
+    strong_tokenizer_sha: str | None = None,
 ) -> dict:
-    """What made this cache: models, tokenizer, dataset, settings and code."""
+    """What made this cache: models, tokenizer(s), dataset, settings and code. `strong_tokenizer_sha`: the strong
+    tokenizer's fingerprint in a cross-tokenizer cache (recorded, with `cross_tokenizer`, only there)."""
     paths = model_paths(config)
     fields = {k: getattr(config, k) for k in ("prompt_field", "response_field", "messages_field", "id_field")}
+    cross = {"strong_tokenizer_sha256": strong_tokenizer_sha, "cross_tokenizer": True} if strong_tokenizer_sha else {}
     return {
         "models": {role: model_fingerprint(path) for role, path in paths.items()},
         "tokenizer_sha256": tokenizer_sha,
+        **cross,
         "chat_template": getattr(tokenizer, "chat_template", None) if config.use_chat_template else None,
         "dataset": {
             "source": config.dataset,
@@ -134,18 +168,27 @@ def setup(config: CacheConfig, load_models: bool = True) -> CacheJob:
     """
     check_config(config)
     config = absolute_paths(config)
-    paths = model_paths(config)
-    tokenizer, tokenizer_sha = load_shared_tokenizer(paths)
+    weak = {role: path for role, path in model_paths(config).items() if role != "strong_ref"}
+    tokenizer, tokenizer_sha = load_shared_tokenizer(weak)
+    strong, strong_sha = load_strong_tokenizer(config)
+    strong = strong if strong_sha not in (None, tokenizer_sha) else None  # the same tokenizer: as if none was set
+    if strong is not None and config.truncation:
+        raise ConfigError(
+            f"cache.truncation=true is not supported when the strong tokenizer "
+            f"({config.strong_ref or config.strong_tokenizer}) differs from the weak pair's: set truncation=false "
+            "(and max_len high enough)"
+        )
     dataset, fingerprint = load_rows(config.dataset, config.split)
     fields = {k: getattr(config, k) for k in ("prompt_field", "response_field", "messages_field", "id_field")}
     rows = encode_rows(
-        dataset, config.dataset, tokenizer, fields, config.max_len, config.truncation, config.use_chat_template
+        dataset, config.dataset, tokenizer, fields, config.max_len, config.truncation, config.use_chat_template, strong
     )
-    provenance = make_provenance(config, tokenizer, tokenizer_sha, fingerprint, rows)
+    cross_sha = strong_sha if strong is not None else None
+    provenance = make_provenance(config, tokenizer, tokenizer_sha, fingerprint, rows, cross_sha)
     num_shards_total = -(-len(rows) // config.rows_per_shard)
     my_shards = [c for c in range(num_shards_total) if c % config.num_shards == config.shard_index]
     job = CacheJob(config, Path(config.out_dir), rows, provenance, my_shards, cache_layout(config, provenance))
-    job.tokenizer = tokenizer
+    job.tokenizer, job.strong_tokenizer = tokenizer, strong
     if load_models:
         job.scorers = load_scorers(config, provenance["backend"])
     return job
@@ -170,21 +213,39 @@ def load_scorers(config: CacheConfig, backend: str) -> dict[str, Scorer]:
     }
 
 
+def strong_space(values: np.ndarray, side: StrongSide) -> np.ndarray:
+    """A weak per-token field of one row, `[weak response tokens]`, in strong-token space, `[strong response
+    tokens]`: each chunk's sum (`w2s.align.chunk_sums`) at the chunk's last strong token, 0.0 at its others."""
+    chunk_of = np.asarray(side.chunk_of)
+    last = np.append(chunk_of[1:] != chunk_of[:-1], True)  # [strong response tokens]: a chunk ends here
+    placed = np.zeros(len(chunk_of), np.float32)
+    placed[last] = chunk_sums(values, side.weak_chunk, side.num_chunks)[chunk_of[last]]
+    return placed
+
+
 def score_shard(job: CacheJob, shard_rows: list[Row]) -> ShardData:
-    """Runs every scorer over one shard's rows and assembles the columnar shard (float32 arithmetic)."""
-    sequences = [row.input_ids for row in shard_rows]
-    prompt_lens = [row.prompt_len for row in shard_rows]
-    logps = {role: scorer.response_logprobs(sequences, prompt_lens) for role, scorer in job.scorers.items()}
+    """Runs every scorer over one shard's rows and assembles the columnar shard (float32 arithmetic). The weak
+    pair scores each row's weak ids; the strong reference, and what is stored, are the strong ids (the same ids
+    unless the cache is cross-tokenizer: then the weak fields are moved to strong-token space, `strong_space`)."""
+    strong = [row.strong or row for row in shard_rows]  # what is stored: a StrongSide, or the row itself
+    sequences = [row.input_ids for row in strong]
+    logps = {}
+    for role, scorer in job.scorers.items():
+        side = strong if role == "strong_ref" else shard_rows  # the weak pair scores the weak ids
+        logps[role] = scorer.response_logprobs([row.input_ids for row in side], [row.prompt_len for row in side])
     base, aligned = logps["weak_base"], logps["weak_aligned"]
     ratios = [a - b for a, b in zip(aligned, base)]  # float32 - float32: stored ratio is exact before any down-cast
-    token_values = {
-        "logp_weak_base": np.concatenate(base),
-        "logp_weak_aligned": np.concatenate(aligned),
-        "weak_log_ratio": np.concatenate(ratios),
-    }
+    weak_fields = {"logp_weak_base": base, "logp_weak_aligned": aligned, "weak_log_ratio": ratios}
+    if job.layout.cross_tokenizer:
+        weak_fields = {
+            name: [strong_space(v, s) for v, s in zip(values, strong)] for name, values in weak_fields.items()
+        }
+        weak_fields[STRONG_CHUNK_FIELD] = [np.asarray(row.chunk_of, np.int32) for row in strong]
+    token_values = {name: np.concatenate(per_row) for name, per_row in weak_fields.items()}
     if "strong_ref" in logps:
         token_values["logp_strong_ref"] = np.concatenate(logps["strong_ref"])
-    response_len = np.array([len(r) for r in ratios], dtype=np.int32)
+    response_len = np.array([len(r) for r in weak_fields["weak_log_ratio"]], dtype=np.int32)
+    prompt_lens = [row.prompt_len for row in strong]
     return ShardData(
         row_id=np.array([row.row_id for row in shard_rows], dtype=np.int64),
         example_id=[row.example_id for row in shard_rows],
@@ -237,7 +298,9 @@ def build_cache(job: CacheJob) -> dict:
     with claim_folder(job) as folder:
         body = _build_locked(job)
         if job.config.num_shards == 1:  # with several workers, `w2s cache merge` publishes the manifest
-            folder.finish([MANIFEST, TOKENIZER_DIR])
+            folder.finish(
+                [MANIFEST, TOKENIZER_DIR, *([STRONG_TOKENIZER_DIR] if job.strong_tokenizer is not None else [])]
+            )
         return body
 
 
@@ -269,9 +332,12 @@ def _build_locked(job: CacheJob) -> dict:
 
 
 def publish_extras(job: CacheJob) -> None:
-    """What a cache keeps beside its shards: a copy of the tokenizer (`w2s.cache.portable`)."""
+    """What a cache keeps beside its shards: a copy of the tokenizer, and of the strong one in a cross-tokenizer
+    cache (`w2s.cache.portable`)."""
     if job.tokenizer is not None:
         save_tokenizer_copy(job.tokenizer, job.out_dir)
+    if job.strong_tokenizer is not None:
+        save_tokenizer_copy(job.strong_tokenizer, job.out_dir, STRONG_TOKENIZER_DIR)
 
 
 def finish(job: CacheJob, done: dict[int, dict]) -> dict:

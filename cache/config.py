@@ -42,7 +42,14 @@ class CacheConfig:
     weak_aligned: str = "{world}/weak_aligned"
     """Weak model after alignment (path or hub id)."""
     strong_ref: str = ""
-    """Optional strong reference to cache as well (logp_strong_ref), so training can hold only the policy."""
+    """Optional strong reference to cache as well (logp_strong_ref), so training can hold only the policy. Its
+    tokenizer is the strong model's: when it is not the weak pair's, the cache is cross-tokenizer (see
+    strong_tokenizer)."""
+    strong_tokenizer: str = ""
+    """The strong model's tokenizer (a model folder or hub id) when strong_ref is not cached; empty: the weak
+    pair's (with strong_ref, its tokenizer is used and this must be empty or the same). A tokenizer other than the
+    weak pair's makes a cross-tokenizer cache: every row is also tokenised the strong model's way, and the weak
+    log-ratios are summed over the chunks where both tokenizations agree (`w2s.align`, `w2s.schemas.cache`)."""
     backend: Backend = "auto"
     """'transformers', 'vllm', or 'auto' (vllm when importable and a GPU is present)."""
     model_dtype: ModelDtype = "float32"

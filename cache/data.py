@@ -23,11 +23,27 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from transformers import PreTrainedTokenizerBase
 
+from w2s.align import align, token_byte_spans
 from w2s.errors import DataError
-from w2s.tokens import EncodingError, encode_example
+from w2s.tokens import Encoded, EncodingError, encode_example
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow"}
 """Suffixes of local data files, and the format each is read as (a dataset folder holds one format)."""
+
+
+@dataclass(frozen=True)
+class StrongSide:
+    """A row as the strong model sees it, in a cross-tokenizer cache (`w2s.schemas.cache`): its own ids, and the
+    chunks (`w2s.align`) of its response tokens and of the weak pair's, EOS the last chunk of both."""
+
+    input_ids: list[int]
+    """Strong prompt + response + EOS, as `w2s.tokens.encode_example` gives them with the strong tokenizer."""
+    prompt_len: int
+    chunk_of: list[int]
+    """Chunk of each strong response token (EOS included), 0, 1, ... non-decreasing."""
+    weak_chunk: list[int]
+    """Chunk of each weak response token (EOS included)."""
+    num_chunks: int
 
 
 @dataclass(frozen=True)
@@ -37,8 +53,11 @@ class Row:
     row_id: int
     example_id: str
     input_ids: list[int]
+    """Prompt + response (+ EOS) under the weak pair's tokenizer: what the weak pair scores."""
     prompt_len: int
     truncated: bool
+    strong: StrongSide | None = None
+    """Only in a cross-tokenizer cache: the row under the strong model's tokenizer (what is stored and trained)."""
 
 
 class Records(Sequence):
@@ -256,6 +275,40 @@ def locate(dataset: Sequence[dict] | datasets.Dataset, source: str, row_id: int)
     return dataset.locate(row_id) if isinstance(dataset, Records) else (source, row_id)
 
 
+def strong_side(
+    strong_tokenizer: PreTrainedTokenizerBase,
+    weak_tokenizer: PreTrainedTokenizerBase,
+    prompt: str | list[dict],
+    response: str,
+    weak: Encoded,
+    settings: tuple[int, bool, str],
+    where: str,
+) -> StrongSide:
+    """One record tokenised the strong model's way (its own chat template; a plain-text prompt gets its BOS), and
+    the chunks of the response text's two tokenizations (`w2s.align`; EOS a chunk of its own on both sides).
+
+    Args:
+        weak: the record as the weak pair's tokenizer encoded it (no truncation: refused in cross-tokenizer mode).
+        settings: max_len, use_chat_template and the prompt's field.
+    """
+    max_len, use_chat_template, prompt_field = settings
+    names = {"strong": f"strong tokenizer {strong_tokenizer.name_or_path}", "weak": "weak tokenizer"}
+    try:
+        encoded = encode_example(strong_tokenizer, prompt, response, max_len, False, use_chat_template, prompt_field)
+    except EncodingError as err:  # truncation cannot be the fix here: it is refused across tokenizers
+        why = str(err).replace("set truncation to cut the response", "raise max_len: no truncation across tokenizers")
+        raise DataError(f"{where}: {names['strong']}: {why}") from err
+    strong = token_byte_spans(strong_tokenizer, response, f"{where}: field 'response', {names['strong']}")
+    weak_spans = token_byte_spans(weak_tokenizer, response, f"{where}: field 'response', {names['weak']}")
+    for side, spans, ids in (("strong", strong, encoded), ("weak", weak_spans, weak)):
+        if spans.ids != ids.input_ids[ids.prompt_len : -1]:  # both encode the response on its own: never differ
+            raise DataError(f"{where}: {names[side]}: the response's ids differ when tokenised for alignment")
+    alignment = align(strong.spans, weak_spans.spans, strong.num_bytes, eos=True)
+    return StrongSide(
+        encoded.input_ids, encoded.prompt_len, alignment.strong_chunk, alignment.weak_chunk, alignment.num_chunks
+    )
+
+
 def encode_rows(
     dataset: Sequence[dict] | datasets.Dataset,
     source: str,
@@ -264,6 +317,7 @@ def encode_rows(
     max_len: int,
     truncate: bool,
     use_chat_template: bool,
+    strong_tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> list[Row]:
     """Validates and tokenises every record, in dataset order (row_id = position in the dataset). Every text field
     is user text: one that spells a special token is tokenised as text, never as the control token (`w2s.tokens`),
@@ -271,7 +325,10 @@ def encode_rows(
 
     Args:
         dataset: rows from `load_rows` (local rows are named by their own file and row in messages).
+        tokenizer: the weak pair's tokenizer.
         fields: prompt_field, response_field, messages_field and id_field names.
+        strong_tokenizer: a cross-tokenizer cache's strong tokenizer (each row then has its `StrongSide`; the
+            caller refuses `truncate` with it); None: the weak pair's tokenizer is the strong model's too.
 
     Raises:
         DataError: naming the file, the row and the field of the first bad record.
@@ -298,7 +355,11 @@ def encode_rows(
             encoded = encode_example(tokenizer, prompt, response, max_len, truncate, use_chat_template, prompt_field)
         except EncodingError as err:
             raise DataError(f"{where}: {err}") from err
-        rows.append(Row(row_id, example_id, encoded.input_ids, encoded.prompt_len, encoded.truncated))
+        strong = None
+        if strong_tokenizer is not None:
+            settings = (max_len, use_chat_template, prompt_field)
+            strong = strong_side(strong_tokenizer, tokenizer, prompt, response, encoded, settings, where)
+        rows.append(Row(row_id, example_id, encoded.input_ids, encoded.prompt_len, encoded.truncated, strong))
     if not rows:
         raise DataError(f"{source}: no rows")
     return rows

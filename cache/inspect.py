@@ -2,6 +2,10 @@
 
 The figures are only worth reading about a sound cache, so inspect verifies it first (sizes, checksums and row
 ids of every shard file, as `w2s verify` does), says so, and refuses a cache that fails.
+
+A cross-tokenizer cache (`w2s.schemas.cache`) stores strong tokens and one weak log-ratio per chunk, at the chunk's
+last token: its per-token figures are then per chunk (named by their last strong token), and the first row's
+alignment is shown, its strong tokens grouped by chunk with each chunk's weak sum.
 """
 
 from __future__ import annotations
@@ -17,28 +21,57 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from w2s.cache.portable import cache_tokenizer  # noqa: E402
+from w2s.cache.portable import cache_strong_tokenizer  # noqa: E402
 from w2s.cache.store import Cache  # noqa: E402
 from w2s.errors import CacheMismatch  # noqa: E402
+from w2s.schemas.cache import STRONG_CHUNK_FIELD  # noqa: E402
 
 COLUMNS = ("row_id", "input_ids", "prompt_len", "weak_seq_reward", "weak_log_ratio")
+SHOWN_CHUNKS = 24
+"""Chunks of the first row that `chunk_view` shows."""
 
 
 def load_columns(cache: Cache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sequence rewards `[rows]`, flat per-token ratios `[response tokens]`, and the token id each ratio is about
     `[response tokens]`, over all shards (read from the cache's default format). A compact cache stores no
-    `weak_seq_reward`: it is summed here from the stored ratios (in float32, after their rounding to storage)."""
+    `weak_seq_reward`: it is summed here from the stored ratios (in float32, after their rounding to storage). In a
+    cross-tokenizer cache the ratios are those of the chunks, each about its last strong token."""
     rewards, ratios, tokens = [], [], []
+    cross = cache.layout.cross_tokenizer
     for index in range(len(cache.shards)):
-        data = cache.read_shard(index, columns=COLUMNS)
+        data = cache.read_shard(index, columns=COLUMNS + ((STRONG_CHUNK_FIELD,) if cross else ()))
         ratio = data.token_values["weak_log_ratio"]
         if len(data.weak_seq_reward) == data.num_rows:
             rewards.append(data.weak_seq_reward)
         else:
             rewards.append(np.add.reduceat(ratio, data.offsets[:-1]).astype(np.float32))
-        ratios.append(ratio)
-        tokens += [data.sequence(row)[data.prompt_len[row] :] for row in range(data.num_rows)]
+        shard_tokens = np.concatenate([data.sequence(row)[data.prompt_len[row] :] for row in range(data.num_rows)])
+        keep = np.ones(len(ratio), bool)
+        if cross:  # a chunk ends where the next token's chunk differs, or its row ends
+            chunks = data.token_values[STRONG_CHUNK_FIELD]
+            keep = np.append(chunks[1:] != chunks[:-1], True)
+            keep[data.offsets[1:-1] - 1] = True
+        ratios.append(ratio[keep])
+        tokens.append(shard_tokens[keep])
     return np.concatenate(rewards), np.concatenate(ratios), np.concatenate(tokens)
+
+
+def chunk_view(cache: Cache, tokenizer, count: int = SHOWN_CHUNKS) -> str | None:
+    """A cross-tokenizer cache's first row as aligned: its first `count` chunks, each the strong tokens in it and
+    the chunk's weak log-ratio sum, e.g. `['Ġdan'] +0.013 | ['Ġlo', 'st'] -0.145`; None for another cache."""
+    if not cache.layout.cross_tokenizer:
+        return None
+    data = cache.read_shard(0, columns=("row_id", "input_ids", "prompt_len", "weak_log_ratio", STRONG_CHUNK_FIELD))
+    values = data.values(0)
+    chunks, ratio = values[STRONG_CHUNK_FIELD], values["weak_log_ratio"]
+    pieces = tokenizer.convert_ids_to_tokens(data.sequence(0)[data.prompt_len[0] :].tolist())
+    shown = []
+    for chunk in range(min(count, int(chunks[-1]) + 1)):
+        where = np.flatnonzero(chunks == chunk)
+        shown.append(f"{[pieces[t] for t in where]} {ratio[where[-1]]:+.3f}")
+    more = " | ..." if int(chunks[-1]) + 1 > count else ""
+    total = f" ({int(chunks[-1]) + 1} chunks over {len(chunks)} strong tokens)"
+    return f"row {int(data.row_id[0])}, strong tokens by chunk with the weak sums: " + " | ".join(shown) + more + total
 
 
 def extreme_tokens(
@@ -111,12 +144,15 @@ def inspect_cache(cache_dir: str | Path, plot_path: str | Path | None = None) ->
     cache = Cache.open(cache_dir)
     Console().print(verified(cache))
     rewards, ratios, tokens = load_columns(cache)
-    tokenizer = cache_tokenizer(cache)  # the cache's own copy: works from any directory, wherever the models went
+    tokenizer = cache_strong_tokenizer(cache)  # the stored ids' tokenizer, the cache's own copy: works anywhere
     top, bottom = extreme_tokens(ratios, tokens, tokenizer)
     default_plot = Path("inspect.png") if cache.place.remote else cache.place.join("inspect.png")
     plot_path = Path(plot_path or default_plot)
     plot_histograms(rewards, ratios, plot_path)
     print_summary(cache, rewards, ratios, top, bottom)
+    alignment = chunk_view(cache, tokenizer)
+    if alignment is not None:
+        Console().print(alignment, markup=False)
     Console().print(f"histograms: {plot_path}")
     return {
         "rows": int(cache.totals["rows"]),

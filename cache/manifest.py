@@ -40,8 +40,10 @@ def part_manifest_name(shard_index: int, num_shards: int) -> str:
 
 
 def cache_layout(config: CacheConfig, provenance: dict) -> Layout:
-    """The layout a build with `config` writes (the strong reference is stored when it was scored)."""
-    return Layout(config.store, config.storage_dtype, "strong_ref" in provenance.get("models", {}))
+    """The layout a build with `config` writes (the strong reference is stored when it was scored, `strong_chunk`
+    when the strong tokenizer is not the weak pair's)."""
+    models, cross = provenance.get("models", {}), bool(provenance.get("cross_tokenizer"))
+    return Layout(config.store, config.storage_dtype, "strong_ref" in models, cross)
 
 
 def layout_entry(config: CacheConfig, provenance: dict) -> dict:
@@ -57,8 +59,10 @@ Ray is byte-identical, manifest included, to one built by a single process."""
 
 
 def recorded_config(config: CacheConfig) -> dict:
-    """The build's settings as the manifest records them (without `RUN_ONLY`)."""
-    return {key: value for key, value in asdict(config).items() if key not in RUN_ONLY}
+    """The build's settings as the manifest records them (without `RUN_ONLY`, and without `strong_tokenizer` when
+    it is not set, so that a same-tokenizer cache's manifest is what it was before that setting existed)."""
+    unset = ("strong_tokenizer",) if not config.strong_tokenizer else ()
+    return {key: value for key, value in asdict(config).items() if key not in RUN_ONLY + unset}
 
 
 def manifest_body(provenance: dict, shards: list[dict], config: CacheConfig) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from w2s.cache.config import CacheConfig
 from w2s.cache.manifest import MANIFEST, PART_MANIFESTS, check_entry, manifest_body
-from w2s.cache.portable import TOKENIZER_DIR
+from w2s.cache.portable import published_files
 from w2s.config import from_dict
 from w2s.errors import CacheMismatch
 from w2s.io import atomic_write_json
@@ -64,5 +64,5 @@ def merge_parts(cache_dir: str | Path) -> dict:
     manifest = manifest_body(bodies[0]["provenance"], shards, config)
     with claim(cache_dir, "cache", identity=identity, lock=f"{LOCK}-merge") as folder:
         atomic_write_json(cache_dir / MANIFEST, manifest)
-        folder.finish([MANIFEST, *([TOKENIZER_DIR] if (cache_dir / TOKENIZER_DIR).is_dir() else [])])
+        folder.finish(published_files(cache_dir))
     return manifest

@@ -35,8 +35,8 @@ from w2s.cache.build import (
 )
 from w2s.cache.config import CacheConfig
 from w2s.cache.ledger import claim_folder, remove_stale_temporaries, resume_point, save_ledger
-from w2s.cache.manifest import MANIFEST, cache_layout
-from w2s.cache.portable import TOKENIZER_DIR
+from w2s.cache.manifest import cache_layout
+from w2s.cache.portable import published_files
 from w2s.errors import ConfigError, UserError
 
 INSTALL = "pip install 'w2s[ray]'"
@@ -222,7 +222,7 @@ def build_on_ray(job: CacheJob, on_shard: OnShard | None = None) -> dict:
         remove_stale_temporaries(job)  # what an actor killed mid-shard had begun to write
         body = finish(job, done)
         if job.config.num_shards == 1:
-            folder.finish([MANIFEST, TOKENIZER_DIR])
+            folder.finish(published_files(job.out_dir))
     elapsed = time.time() - started
     extra = {"seconds": elapsed, "scored_now": len(todo), "checked": resume.checked, "redone": resume.redone}
     return {**body, **extra, "ray": report}

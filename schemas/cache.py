@@ -10,7 +10,20 @@ of per-row and per-token fields, what each store holds, what each format writes)
 of field:
     row    one value per example (row_id, example_id, prompt_len, response_len, weak_seq_reward)
     ids    the token ids, one list per example (input_ids)
-    token  one value per response token, stored as the cache's storage dtype (float32, float16 or bfloat16)
+    token  one value per response token, stored as the cache's storage dtype (float32, float16 or bfloat16), or
+           as the field's own integer dtype when it has one (`strong_chunk`)
+
+Cross-tokenizer caches (the strong model's tokenizer is not the weak pair's; `w2s.align`). The weak pair scores
+each row tokenised its own way, the strong model trains on it tokenised its own way, and both tokenizations of the
+response are cut into chunks that end where both have a token boundary (EOS a chunk of its own on both sides).
+Every field is then in STRONG-token space: `input_ids` and `prompt_len` are the strong model's (its chat template,
+its BOS), `logp_strong_ref` is scored on those ids, and each weak per-token field (`weak_log_ratio`,
+`logp_weak_base`, `logp_weak_aligned`) holds, at the LAST strong token of each chunk, the chunk's sum of the weak
+pair's per-token values, and 0.0 at the chunk's other tokens. `weak_seq_reward` stays the sum over the response
+(the sum of the chunk sums). One more per-token field, `strong_chunk` (int32, in both stores: training reads it),
+numbers the chunk of each strong response token 0, 1, ... in order; a cache holds it exactly when it is
+cross-tokenizer (`Layout.cross_tokenizer`; the manifest's provenance then says `cross_tokenizer: true`). It is
+declared in `CROSS_TOKENIZER_FIELDS`, after `FIELDS`, so the columns of a same-tokenizer cache are unchanged.
 
 Two stores (`Store`), chosen per cache and recorded in the manifest's `layout`:
     full     every field, float columns (float32 or float16): for inspection with plain pyarrow/pandas/duckdb
@@ -65,12 +78,15 @@ class Field:
     name: str
     kind: FieldKind
     dtype: str | None
-    """Value dtype ('int64', 'int32', 'float32', 'string'; for `ids` the element dtype); None: the storage dtype."""
+    """Value dtype ('int64', 'int32', 'float32', 'string'; for `ids` and `token` the element dtype); None: the
+    storage dtype."""
     doc: str
     optional: bool = False
     """Present only in some caches (`logp_strong_ref`: only when the strong reference was cached)."""
     compact: bool = False
     """Kept by the compact store: training reads it."""
+    cross: bool = False
+    """Present only in cross-tokenizer caches (`strong_chunk`)."""
 
 
 FIELDS: tuple[Field, ...] = (
@@ -92,28 +108,51 @@ FIELDS: tuple[Field, ...] = (
     Field("logp_strong_ref", "token", None, "log pi_ref(y_t | x, y_<t)", optional=True, compact=True),
 )
 STRONG_REF_FIELD = "logp_strong_ref"
+STRONG_CHUNK_FIELD = "strong_chunk"
+CROSS_TOKENIZER_FIELDS: tuple[Field, ...] = (
+    Field(
+        STRONG_CHUNK_FIELD,
+        "token",
+        "int32",
+        "chunk of each strong response token, 0, 1, ... in order (cross-tokenizer caches only; module docstring)",
+        optional=True,
+        compact=True,
+        cross=True,
+    ),
+)
+"""Fields only a cross-tokenizer cache holds, after `FIELDS` in column order."""
 
 
-def fields(with_strong_ref: bool = True, store: Store = "full") -> tuple[Field, ...]:
-    """The fields a cache holds, in column order (the optional strong reference only when cached)."""
-    return tuple(f for f in FIELDS if (not f.optional or with_strong_ref) and (store == "full" or f.compact))
+def fields(with_strong_ref: bool = True, store: Store = "full", cross_tokenizer: bool = False) -> tuple[Field, ...]:
+    """The fields a cache holds, in column order (the optional strong reference only when cached, `strong_chunk`
+    only in a cross-tokenizer cache)."""
+    every = FIELDS + CROSS_TOKENIZER_FIELDS
+    return tuple(
+        f
+        for f in every
+        if (f.cross and cross_tokenizer or not f.cross and (not f.optional or with_strong_ref))
+        and (store == "full" or f.compact)
+    )
 
 
-def names(kind: FieldKind, with_strong_ref: bool = True, store: Store = "full") -> tuple[str, ...]:
+def names(
+    kind: FieldKind, with_strong_ref: bool = True, store: Store = "full", cross_tokenizer: bool = False
+) -> tuple[str, ...]:
     """Names of the fields of one kind, in column order."""
-    return tuple(f.name for f in fields(with_strong_ref, store) if f.kind == kind)
+    return tuple(f.name for f in fields(with_strong_ref, store, cross_tokenizer) if f.kind == kind)
 
 
-def token_fields(with_strong_ref: bool, store: Store = "full") -> tuple[str, ...]:
+def token_fields(with_strong_ref: bool, store: Store = "full", cross_tokenizer: bool = False) -> tuple[str, ...]:
     """Names of the per-response-token fields a cache holds."""
-    return names("token", with_strong_ref, store)
+    return names("token", with_strong_ref, store, cross_tokenizer)
 
 
 ROW_FIELDS = names("row")
 TOKEN_FIELDS = names("token")
-FIELD_BY_NAME = {f.name: f for f in FIELDS}
+FIELD_BY_NAME = {f.name: f for f in FIELDS + CROSS_TOKENIZER_FIELDS}
 TRAINING_FIELDS = tuple(f.name for f in fields(True, "compact"))
-"""What the trainer reads (the compact store holds exactly these): the loss never reads the weak log-probs."""
+"""What the trainer reads (the compact store holds exactly these): the loss never reads the weak log-probs. A
+cross-tokenizer cache adds `strong_chunk` (`CROSS_TOKENIZER_FIELDS`)."""
 
 
 def to_storage(values: np.ndarray, dtype: StorageDtype) -> np.ndarray:
@@ -135,13 +174,15 @@ def from_storage(stored: np.ndarray, dtype: StorageDtype) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Layout:
-    """How one cache stores its rows: the store, the per-token storage dtype, and whether the strong reference
-    is cached. The manifest records `describe()` as `layout`; each shard file carries `summary()` (Parquet: as
-    key-value metadata `w2s_layout`, Zarr: as the group attribute of that name)."""
+    """How one cache stores its rows: the store, the per-token storage dtype, whether the strong reference is
+    cached, and whether the cache is cross-tokenizer (holds `strong_chunk`). The manifest records `describe()` as
+    `layout`; each shard file carries `summary()` (Parquet: as key-value metadata `w2s_layout`, Zarr: as the
+    group attribute of that name)."""
 
     store: Store = "full"
     dtype: StorageDtype = "float32"
     with_strong_ref: bool = False
+    cross_tokenizer: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in STORAGE_DTYPES:
@@ -151,13 +192,13 @@ class Layout:
 
     def fields(self) -> tuple[Field, ...]:
         """The fields this cache holds, in column order."""
-        return fields(self.with_strong_ref, self.store)
+        return fields(self.with_strong_ref, self.store, self.cross_tokenizer)
 
     def field_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields())
 
     def token_fields(self) -> tuple[str, ...]:
-        return token_fields(self.with_strong_ref, self.store)
+        return token_fields(self.with_strong_ref, self.store, self.cross_tokenizer)
 
     def stored_offsets(self) -> bool:
         """Whether flat formats (Zarr) store the per-token `offsets`: the compact store derives them."""
@@ -183,7 +224,7 @@ class Layout:
     def from_description(cls, described: dict) -> Layout:
         """The layout a `describe()` or `summary()` dict records."""
         held = [entry if isinstance(entry, str) else entry["name"] for entry in described["fields"]]
-        return cls(described["store"], described["storage_dtype"], STRONG_REF_FIELD in held)
+        return cls(described["store"], described["storage_dtype"], STRONG_REF_FIELD in held, STRONG_CHUNK_FIELD in held)
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> Layout:
@@ -203,15 +244,17 @@ def layout_from_metadata(metadata: dict[bytes, bytes] | None, columns: list[str]
 
 def arrow_type(spec: Field, dtype: StorageDtype) -> pa.DataType:
     """Arrow type of one field's Parquet column when per-token values are stored as `dtype`."""
-    if spec.kind == "token":
+    if spec.kind == "token" and spec.dtype is None:
         return pa.list_(STORAGE_DTYPES[dtype])
     value = ARROW_TYPES[spec.dtype]
-    return pa.list_(value) if spec.kind == "ids" else value
+    return pa.list_(value) if spec.kind in ("ids", "token") else value
 
 
-def arrow_schema(dtype: StorageDtype = "float32", with_strong_ref: bool = False, store: Store = "full") -> pa.Schema:
+def arrow_schema(
+    dtype: StorageDtype = "float32", with_strong_ref: bool = False, store: Store = "full", cross_tokenizer: bool = False
+) -> pa.Schema:
     """The Parquet schema of a cache of `store` written with per-token values stored as `dtype`."""
-    layout = Layout(store, dtype, with_strong_ref)
+    layout = Layout(store, dtype, with_strong_ref, cross_tokenizer)
     columns = [pa.field(f.name, arrow_type(f, dtype), nullable=False) for f in layout.fields()]
     metadata = {"w2s_schema_version": str(SCHEMA_VERSION), LAYOUT_KEY: json.dumps(layout.summary())}
     return pa.schema(columns, metadata=metadata)
@@ -259,7 +302,8 @@ class ShardData:
     prompt_len: np.ndarray = field(default_factory=lambda: _empty(np.int32))  # [rows] int32
     response_len: np.ndarray = field(default_factory=lambda: _empty(np.int32))  # [rows] int32
     weak_seq_reward: np.ndarray = field(default_factory=lambda: _empty(np.float32))  # [rows] float32
-    token_values: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [sum of response lengths]
+    token_values: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [sum of response lengths], float32
+    # (`strong_chunk`: int32)
     offsets: np.ndarray = field(default_factory=_no_offsets)  # [rows + 1] int64, into the token_values arrays
 
     @property
@@ -292,6 +336,8 @@ def shard_arrays(shard: ShardData, layout: Layout) -> dict[str, np.ndarray | lis
         if spec.kind == "ids":
             arrays["input_ids"] = shard.input_ids.astype(np.int32, copy=False)
             arrays["input_offsets"] = shard.input_offsets.astype(np.int64, copy=False)
+        elif spec.kind == "token" and spec.dtype is not None:  # an integer per-token field keeps its dtype
+            arrays[spec.name] = shard.token_values[spec.name].astype(spec.dtype, copy=False)
         elif spec.kind == "token":
             arrays[spec.name] = to_storage(shard.token_values[spec.name], layout.dtype)
         elif spec.dtype == "string":
@@ -309,7 +355,9 @@ def shard_from_arrays(arrays: dict[str, np.ndarray | list[str]], layout: Layout)
     shard = ShardData()
     for name, values in arrays.items():
         spec = FIELD_BY_NAME.get(name)
-        if spec is not None and spec.kind == "token":
+        if spec is not None and spec.kind == "token" and spec.dtype is not None:
+            shard.token_values[name] = np.asarray(values).astype(spec.dtype, copy=False)
+        elif spec is not None and spec.kind == "token":
             shard.token_values[name] = from_storage(np.asarray(values), layout.dtype)
         elif name == "example_id":
             shard.example_id = [str(x) for x in values]

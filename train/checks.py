@@ -3,7 +3,9 @@
 
 Token-level WSPO pairs the weak ratio of token t with the policy's log-prob of the same token t, so the cache's
 tokenizer must be exactly the policy's: the fingerprints (`w2s.cache.provenance.tokenizer_fingerprint`: vocabulary,
-special and added tokens, add_bos/add_eos, chat template) must be equal, and a refusal says which part differs.
+special and added tokens, add_bos/add_eos, chat template) must be equal, and a refusal says which part differs. A
+cross-tokenizer cache stores the strong model's ids (`w2s.schemas.cache`): there the policy's tokenizer must be the
+cache's STRONG tokenizer (its copy `<cache>/strong_tokenizer`), and the weak pair's is refused like any other.
 The schema version was checked when the cache was opened (`Cache.open`). Soundness is checked at
 `train.verify_cache`'s level: by default sizes and the manifest always, sha256 of a sample of shards and of any file
 modified after the manifest (`w2s.cache.store`), so that start-up does not grow with the cache; the reader checks
@@ -17,7 +19,7 @@ import hashlib
 from transformers import PreTrainedTokenizerBase
 
 from w2s.cache.data import encode_rows, load_rows
-from w2s.cache.portable import TOKENIZER_DIR, cache_tokenizer
+from w2s.cache.portable import STRONG_TOKENIZER_DIR, TOKENIZER_DIR, cache_strong_tokenizer
 from w2s.cache.provenance import model_fingerprint, tokenizer_fingerprint, tokenizer_parts
 from w2s.cache.store import Cache, VerifyLevel
 from w2s.errors import CacheMismatch, UserError
@@ -48,24 +50,42 @@ def check_cache(
     problems = cache.verify(level)
     if problems:
         raise CacheMismatch(f"{cache.path}: the cache fails verification:\n  " + "\n  ".join(problems))
-    if cache.provenance["tokenizer_sha256"] != tokenizer_fingerprint(tokenizer):
-        where = first_difference(cache, tokenizer, sample_rows) if sample_rows else None
+    if stored_tokenizer_sha(cache) == tokenizer_fingerprint(tokenizer):
+        return
+    where = first_difference(cache, tokenizer, sample_rows) if sample_rows else None
+    if cache.provenance.get("cross_tokenizer"):
         raise CacheMismatch(
-            f"the policy {policy} has a different tokenizer than the cache {cache.path}: "
-            f"{differing_parts(cache, tokenizer)}{f'; it {where}' if where else ''}; token-level WSPO needs the "
-            f"policy to share the weak pair's tokenizer, chat template included: use the cache's tokenizer "
-            f"({cache.path}/{TOKENIZER_DIR}) for the policy, or rebuild the cache with this policy's tokenizer "
-            f"(strong_ref={policy})"
+            f"the policy {policy} has a different tokenizer than the strong tokenizer of the cross-tokenizer cache "
+            f"{cache.path}: {differing_parts(cache, tokenizer)}{f'; it {where}' if where else ''}; the cache stores "
+            f"the strong model's token ids: use its strong tokenizer ({cache.path}/{STRONG_TOKENIZER_DIR}) for the "
+            f"policy, or rebuild the cache with this policy as the strong model (strong_ref={policy})"
         )
+    raise CacheMismatch(
+        f"the policy {policy} has a different tokenizer than the cache {cache.path}: "
+        f"{differing_parts(cache, tokenizer)}{f'; it {where}' if where else ''}; token-level WSPO needs the "
+        f"policy to share the weak pair's tokenizer, chat template included: use the cache's tokenizer "
+        f"({cache.path}/{TOKENIZER_DIR}) for the policy, or rebuild the cache with this policy's tokenizer "
+        f"(strong_ref={policy})"
+    )
+
+
+def stored_tokenizer_sha(cache: Cache) -> str:
+    """The fingerprint of the tokenizer of the ids the cache stores: the strong one in a cross-tokenizer cache,
+    else the one tokenizer of the weak pair and the strong model."""
+    provenance = cache.provenance
+    return (
+        provenance["strong_tokenizer_sha256"] if provenance.get("cross_tokenizer") else provenance["tokenizer_sha256"]
+    )
 
 
 def differing_parts(cache: Cache, tokenizer: PreTrainedTokenizerBase) -> str:
-    """Which parts of `tokenizer` differ from the cache's: compared part by part with the cache's own copy of its
-    tokenizer when that copy is the one the manifest records, else as far as the manifest alone tells."""
-    recorded = cache.provenance["tokenizer_sha256"]
+    """Which parts of `tokenizer` differ from the cache's (the strong one's, in a cross-tokenizer cache): compared
+    part by part with the cache's own copy of that tokenizer when the copy is the one the manifest records, else as
+    far as the manifest alone tells."""
+    recorded = stored_tokenizer_sha(cache)
     try:
-        theirs = cache_tokenizer(cache)
-    except (UserError, OSError):  # no readable copy, and the weak_base path is gone: the manifest alone must do
+        theirs = cache_strong_tokenizer(cache)
+    except (UserError, OSError):  # no readable copy, and the model's path is gone: the manifest alone must do
         theirs = None
     if theirs is not None and tokenizer_fingerprint(theirs) == recorded:
         ours, parts = tokenizer_parts(tokenizer), tokenizer_parts(theirs)
@@ -75,7 +95,8 @@ def differing_parts(cache: Cache, tokenizer: PreTrainedTokenizerBase) -> str:
             "the cache records an older kind of tokenizer fingerprint (made by an earlier w2s, without the chat "
             "template and special tokens), so it cannot be trusted to match"
         )
-    template = cache.provenance.get("chat_template")
+    # a cross-tokenizer cache records the weak pair's chat template, not the strong one's: no clue there
+    template = None if cache.provenance.get("cross_tokenizer") else cache.provenance.get("chat_template")
     if template is not None and template != getattr(tokenizer, "chat_template", None):
         return "they differ in their chat template (the one the manifest records)"
     return "they differ in their vocabulary or special tokens (the cache's own copy of its tokenizer is missing)"

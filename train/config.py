@@ -19,10 +19,12 @@ class TrainConfig:
     cache_format: Literal["parquet", "zarr"] = "parquet"
     """Which store of the cache to stream: parquet or zarr."""
     policy: str = "{world}/strong_base"
-    """The strong model to train (path or hub id); its frozen copy is the reference."""
+    """The strong model to train (path or hub id); its frozen copy is the reference. Its tokenizer must be the
+    cache's (in a cross-tokenizer cache, the strong one the cache stores ids of: `<cache>/strong_tokenizer`)."""
     mode: Literal["cached", "online"] = "cached"
     """'cached': weak ratios (and the reference, when cached) come from the cache; 'online': the weak pair runs in
-    the training process, as in the authors' code (the baseline the cache is measured against)."""
+    the training process, as in the authors' code (the baseline the cache is measured against; not with a
+    cross-tokenizer cache, whose weak ratios are per chunk of strong tokens)."""
     use_cached_ref: bool = True
     """Read logp_strong_ref from the cache when it is there; false runs the frozen reference beside the policy."""
     accept_other_ref: bool = False

@@ -10,7 +10,8 @@ Every shard is checked as it is loaded, whatever `train.verify_cache` checked at
 its bytes once and compares their sha256 with the manifest's before parsing them, so a shard damaged on disk
 (even with its size and modification time put back) stops the run with `CacheMismatch` before any of its rows
 reach a batch, hence before the optimiser step that would have used them. Only the columns the loss uses are
-decoded (`fields`: by default `weak_log_ratio`, plus `logp_strong_ref` when the reference comes from the cache),
+decoded (`fields`: by default `weak_log_ratio`, plus `logp_strong_ref` when the reference comes from the cache, and
+`strong_chunk` in a cross-tokenizer cache, whose rows `collate` turns into the chunk loss's inputs),
 but the whole file is read to be hashed (`benchmarks/read_hashing.py` measures the cost). The shard's row ids are
 then checked against the manifest, which with the hash makes a full verification of each shard trained on.
 
@@ -31,7 +32,7 @@ import torch
 from w2s.cache.store import Cache
 from w2s.errors import CacheMismatch
 from w2s.logprobs import pad_right
-from w2s.schemas.cache import STRONG_REF_FIELD, ShardData
+from w2s.schemas.cache import STRONG_CHUNK_FIELD, STRONG_REF_FIELD, ShardData
 
 ROW_COLUMNS = ("row_id", "input_ids", "prompt_len")
 """What every batch needs besides per-token values: the ids to run the policy on, and where the response starts."""
@@ -79,12 +80,13 @@ class CacheReader:
         fields: Sequence[str] | None = None,
     ):
         """`cache`: an opened `Cache`, or its folder or URL (opened here); `fields`: the per-token fields to read (None:
-        `weak_log_ratio`, and `logp_strong_ref` when the cache holds it). Raises CacheMismatch when the cache has no
-        `fmt` store or lacks a field asked for."""
+        `weak_log_ratio`, and `logp_strong_ref` and `strong_chunk` when the cache holds them). Raises CacheMismatch
+        when the cache has no `fmt` store or lacks a field asked for."""
         self.cache = cache if isinstance(cache, Cache) else Cache.open(cache)
         self.fmt = self.cache.require_format(fmt)
         held = self.cache.layout.token_fields()
-        self.fields = tuple(fields) if fields is not None else tuple(f for f in held if f in default_fields())
+        wanted = default_fields(True, cross_tokenizer=True)
+        self.fields = tuple(fields) if fields is not None else tuple(f for f in held if f in wanted)
         missing = [name for name in self.fields if name not in held]
         if missing:
             raise CacheMismatch(f"{self.cache.path}: the cache holds no {', '.join(missing)} (it holds {held})")
@@ -133,17 +135,22 @@ class CacheReader:
         }
 
 
-def default_fields(cached_ref: bool = True) -> tuple[str, ...]:
-    """The per-token fields the WSPO loss reads: the weak ratio, and the strong reference when it is cached."""
-    return ("weak_log_ratio", STRONG_REF_FIELD) if cached_ref else ("weak_log_ratio",)
+def default_fields(cached_ref: bool = True, cross_tokenizer: bool = False) -> tuple[str, ...]:
+    """The per-token fields the WSPO loss reads: the weak ratio, the strong reference when it is cached, and the
+    chunk of each strong token in a cross-tokenizer cache."""
+    chunks = (STRONG_CHUNK_FIELD,) if cross_tokenizer else ()
+    return ("weak_log_ratio", STRONG_REF_FIELD, *chunks) if cached_ref else ("weak_log_ratio", *chunks)
 
 
 def collate(rows: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """Right-pads rows; per-token values are placed on target positions (t-1 predicts t), `[batch, seq - 1]`."""
+    """Right-pads rows; per-token values are placed on target positions (t-1 predicts t), `[batch, seq - 1]`.
+    Rows of a cross-tokenizer cache (with `strong_chunk`) give `chunk_index` and `weak_chunk_sums` instead of a
+    `strong_chunk` value (`chunk_inputs`)."""
     input_ids, attention_mask = pad_right([row["input_ids"] for row in rows], pad_id)  # each [batch, seq]
     width = input_ids.shape[1]
     mask = np.zeros((len(rows), width - 1), np.float32)  # [batch, seq-1]: 1 where the target is a response token
-    values = {name: np.zeros((len(rows), width - 1), np.float32) for name in rows[0]["values"]}  # each [batch, seq-1]
+    names = [name for name in rows[0]["values"] if name != STRONG_CHUNK_FIELD]
+    values = {name: np.zeros((len(rows), width - 1), np.float32) for name in names}  # each [batch, seq-1]
     for b, row in enumerate(rows):
         start, end = row["prompt_len"] - 1, len(row["input_ids"]) - 1
         mask[b, start:end] = 1.0
@@ -155,4 +162,21 @@ def collate(rows: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
         "mask": torch.from_numpy(mask),
         "row_id": torch.tensor([row["row_id"] for row in rows]),
     }
+    if STRONG_CHUNK_FIELD in rows[0]["values"]:
+        batch.update(chunk_inputs(rows, width - 1))
     return {**batch, **{name: torch.from_numpy(array) for name, array in values.items()}}
+
+
+def chunk_inputs(rows: list[dict], width: int) -> dict[str, torch.Tensor]:
+    """What `w2s.train.losses.wspo_chunk_loss` reads, from a cross-tokenizer cache's strong-space fields:
+    `chunk_index` `[batch, width]` int64 (each response target's chunk, -1 elsewhere) and `weak_chunk_sums`
+    `[batch, max chunks]` (each chunk's weak log-ratio: `weak_log_ratio` at the chunk's last strong token)."""
+    chunks = [np.asarray(row["values"][STRONG_CHUNK_FIELD], np.int64) for row in rows]
+    index = np.full((len(rows), width), -1, np.int64)
+    sums = np.zeros((len(rows), max(int(c[-1]) + 1 for c in chunks)), np.float32)
+    for b, (row, chunk) in enumerate(zip(rows, chunks)):
+        start = row["prompt_len"] - 1
+        index[b, start : start + len(chunk)] = chunk
+        last = np.append(chunk[1:] != chunk[:-1], True)  # a chunk ends here
+        sums[b, chunk[last]] = row["values"]["weak_log_ratio"][last]
+    return {"chunk_index": torch.from_numpy(index), "weak_chunk_sums": torch.from_numpy(sums)}

@@ -44,7 +44,7 @@ from w2s.train.engine import (
     read_json,
 )
 from w2s.train.guards import check_finite, check_reference_batch, check_reference_fingerprint, local_grad_norm
-from w2s.train.losses import wspo_loss
+from w2s.train.losses import wspo_chunk_loss, wspo_loss
 from w2s.train.metrics import MetricsLog, rewind_metrics, summarise
 from w2s.train.reader import CacheReader, Position, default_fields
 
@@ -109,9 +109,17 @@ def setup(config: TrainConfig) -> Run:
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer("policy", config.policy)
     cache = Cache.open(config.cache_dir)  # the one read of manifest.json
+    cross = bool(cache.provenance.get("cross_tokenizer"))  # the cache holds strong ids and per-chunk weak ratios
+    if cross and config.mode == "online":
+        raise ConfigError(
+            f"train.mode=online is not supported with the cross-tokenizer cache {config.cache_dir} (the weak pair "
+            "would have to score the policy's tokens, which are not its own): use train.mode=cached"
+        )
     check_cache(cache, tokenizer, config.policy, config.check_rows, config.verify_cache)
     manifest = cache.manifest
-    fields = default_fields(reference_source(config, manifest) == "cache") if config.mode == "cached" else ()
+    cached_ref = reference_source(config, manifest) == "cache"
+    fields = default_fields(cached_ref, cross_tokenizer=True) if cross else default_fields(cached_ref)
+    fields = fields if config.mode == "cached" else ()
     reader = CacheReader(
         cache, config.cache_format, config.seed, rank, world_size, config.micro_batch_size, config.block_shards, fields
     )
@@ -272,7 +280,11 @@ def optimiser_step(run: Run, stream) -> dict:
         batch = {k: v.to(run.engine.device) for k, v in batch.items()}
         read_seconds += time.perf_counter() - tick
         policy, ref, weak = batch_terms(run, batch)
-        loss, metrics = wspo_loss(policy, ref, weak, batch["mask"], config.gamma)
+        if "chunk_index" in batch:  # a cross-tokenizer cache: the weak ratio is known per chunk (`w2s.align`)
+            chunk_sums, chunk_index = batch["weak_chunk_sums"], batch["chunk_index"]
+            loss, metrics = wspo_chunk_loss(policy, ref, chunk_sums, chunk_index, batch["mask"], config.gamma)
+        else:
+            loss, metrics = wspo_loss(policy, ref, weak, batch["mask"], config.gamma)
         check_finite(run.step + 1, loss.item(), None, run.last_checkpoint)  # before backward: nothing applied yet
         run.engine.backward(loss)
         if run.engine.is_gradient_accumulation_boundary():

@@ -6,7 +6,9 @@ same everywhere, and `trust_remote_code` is never turned on: a model folder's ow
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -37,9 +39,42 @@ def load_tokenizer(role: str, name_or_path: str):
     """The tokenizer of the `role` model (e.g. 'policy', 'weak_base')."""
     check_model_path(role, name_or_path)
     try:
-        return AutoTokenizer.from_pretrained(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except Exception as err:  # transformers raises OSError, ValueError, KeyError... for one cause: a bad folder
         raise ModelError(f"the {role} tokenizer at {name_or_path} cannot be loaded: {_why(err)}") from err
+    restore_bos(role, name_or_path, tokenizer)
+    return tokenizer
+
+
+BOS_FAMILIES = ("gemma",)
+"""Model types (prefixes) whose makers require a BOS token at the start of every input: Gemma reads English at a
+perplexity of 137 without it and 10 with it. A tokenizer saved without `add_bos_token` (transformers' GGUF reader
+drops it) would feed such a model wrongly everywhere its text is not rendered by a chat template."""
+
+
+def restore_bos(role: str, name_or_path: str, tokenizer) -> None:
+    """Makes the tokenizer of a model that needs a BOS add it, and says so on stderr in one line.
+
+    Raises:
+        ModelError: the tokenizer cannot be made to add it.
+    """
+    config = Path(name_or_path) / "config.json"
+    if tokenizer.bos_token_id is None or not config.is_file():
+        return
+    model_type = str(json.loads(config.read_text()).get("model_type", ""))
+    if not model_type.startswith(BOS_FAMILIES) or tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        return
+    tokenizer.add_bos_token = True
+    if tokenizer("a")["input_ids"][:1] != [tokenizer.bos_token_id]:
+        raise ModelError(
+            f"the {role} tokenizer at {name_or_path} adds no BOS, which {model_type} models need, and cannot be "
+            "told to: save it with add_bos_token=true"
+        )
+    print(
+        f"w2s: the {role} tokenizer at {name_or_path} adds no BOS, which {model_type} models need; w2s adds it "
+        "(save the tokenizer with add_bos_token=true to silence this)",
+        file=sys.stderr,
+    )
 
 
 def load_model_config(role: str, name_or_path: str):

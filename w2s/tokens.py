@@ -203,8 +203,24 @@ def prompt_ids(
     use_chat_template: bool = True,
     field: str | None = None,
 ) -> list[int]:
-    """Token ids of the rendered prompt, no special tokens added; user text stays text (module docstring)."""
-    return encode_rendered(tokenizer, *render_prompt(tokenizer, prompt, use_chat_template, field))
+    """Token ids of the rendered prompt; user text stays text (module docstring).
+
+    As the model's makers feed it: a chat template renders its own BOS (as `apply_chat_template` does, no
+    special tokens are added to it); a plain-text prompt gets the special tokens the tokenizer puts before any
+    text (Gemma's and Llama's BOS), never one after it (a tokenizer that adds EOS adds it to the response)."""
+    rendered, spans = render_prompt(tokenizer, prompt, use_chat_template, field)
+    templated = use_chat_template and bool(getattr(tokenizer, "chat_template", None))
+    return ([] if templated else leading_special_ids(tokenizer)) + encode_rendered(tokenizer, rendered, spans)
+
+
+def leading_special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The ids the tokenizer adds before a text (its BOS, when it adds one); [] for most chat tokenizers."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start]
+    return []
 
 
 def check_rendered(messages: list[dict], rendered: str, list_field: str | None, field: str) -> None:

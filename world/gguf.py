@@ -170,6 +170,47 @@ def convert_gguf(source: GgufSource, out_dir: str | Path) -> float:
     model.save_pretrained(tmp, safe_serialization=True)
     del model, state, expected
     gc.collect()
-    AutoTokenizer.from_pretrained(str(source.path.parent), gguf_file=source.path.name).save_pretrained(tmp)
+    tokenizer = AutoTokenizer.from_pretrained(str(source.path.parent), gguf_file=source.path.name)
+    feed_as_made(tokenizer, gguf_flags(source))
+    tokenizer.save_pretrained(tmp)
     publish_dir(tmp, out_dir)
     return parity
+
+
+BASE_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}Question: {{ message['content'] | trim }}\n"
+    "{% elif message['role'] == 'assistant' %}Answer: {{ message['content'] | trim }}{{ eos_token }}\n"
+    "{% else %}{{ message['content'] | trim }}\n\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}Answer:{% endif %}"
+)
+"""The prompt format w2s gives a base model that ships no chat template (Gemma-3-270M base): BOS, then
+`Question: <prompt>` on one line and `Answer:`; a system message is a plain paragraph before it. A base model was
+never taught turns, so this is the plain question/answer layout it saw in pretraining text, nothing more."""
+
+
+def gguf_flags(source: GgufSource) -> dict[str, bool]:
+    """What the GGUF's metadata says the tokenizer adds: `add_bos_token`, `add_eos_token` (False when unsaid)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(source.path)).fields
+    flags = {}
+    for name in ("add_bos_token", "add_eos_token"):
+        field = fields.get(f"tokenizer.ggml.{name}")
+        flags[name] = bool(field.parts[field.data[0]][0]) if field is not None and field.data else False
+    return flags
+
+
+def feed_as_made(tokenizer, flags: dict[str, bool]) -> None:
+    """Makes a converted tokenizer add what its maker's metadata says (transformers' GGUF reader drops Gemma's BOS),
+    and gives a model without a chat template the base-model prompt format (`BASE_TEMPLATE`).
+
+    Raises:
+        WeightsError: the tokenizer still does not add the BOS its metadata asks for.
+    """
+    if flags.get("add_bos_token") and tokenizer.bos_token_id is not None:
+        tokenizer.add_bos_token = True
+        if tokenizer("a")["input_ids"][:1] != [tokenizer.bos_token_id]:
+            raise WeightsError(f"the converted tokenizer does not add its BOS {tokenizer.bos_token!r}")
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = BASE_TEMPLATE

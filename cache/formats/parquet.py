@@ -45,12 +45,13 @@ so only the compact store uses it there; on float32 it is old and read everywher
 
 def column_encoding(spec: Field, layout: Layout) -> str:
     """The Parquet encoding of one field's values (the list elements for `ids` and `token` fields)."""
-    if spec.kind == "token" and layout.dtype == "float32" or spec.dtype == "float32":
+    stored_float = spec.kind == "token" and spec.dtype is None  # per-token values in the storage dtype
+    if stored_float and layout.dtype == "float32" or spec.dtype == "float32":
         return "BYTE_STREAM_SPLIT"  # sign and exponent bytes together: zstd packs them; the dictionary costs here
-    if spec.kind in ("ids", "token"):  # token ids (which zstd matches as phrases), 16-bit floats
+    if spec.kind == "ids" or stored_float:  # token ids (which zstd matches as phrases), 16-bit floats
         return NEW_ENCODINGS if layout.store == "compact" else "PLAIN"
     if spec.dtype in ("int64", "int32"):
-        return "DELTA_BINARY_PACKED"  # row ids step by 1, lengths are small: a few bits each
+        return "DELTA_BINARY_PACKED"  # row ids step by 1, lengths and chunk numbers (`strong_chunk`) by little
     return "PLAIN"  # example ids are unique strings: a dictionary would only repeat them
 
 
@@ -90,7 +91,7 @@ def _flat(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 def shard_table(shard: ShardData, layout: Layout) -> pa.Table:
     """The fields of `layout` from `shard` as an Arrow table: one row per example, jagged fields as lists."""
     arrays = shard_arrays(shard, layout)
-    schema = arrow_schema(layout.dtype, layout.with_strong_ref, layout.store)
+    schema = arrow_schema(layout.dtype, layout.with_strong_ref, layout.store, layout.cross_tokenizer)
     columns = []
     for spec, column in zip(layout.fields(), schema):
         if spec.kind == "ids":

@@ -113,3 +113,62 @@ def test_models_are_fingerprinted_and_a_rebuild_is_a_no_op(real_world):
     started = time.time()
     assert build_real_world(RealWorldConfig(out_dir=str(real_world))) == manifest
     assert time.time() - started < 5 and os.stat(real_world / "world.json").st_mtime_ns == stamp
+
+
+HELD_OUT_ENGLISH = (
+    "The river runs through the old town, past the market and the church, and on towards the sea. In summer the "
+    "children swim near the bridge, and in the evening their parents sit by the water and talk about the day."
+)
+"""Plain English that none of the real world's data holds, for perplexity."""
+
+
+@torch.no_grad()
+def perplexity(folder, text: str) -> float:
+    """The model's perplexity on `text`, fed as its makers intend: the tokenizer's leading specials (BOS) first."""
+    from w2s.models import load_tokenizer
+    from w2s.tokens import encode_text, leading_special_ids
+
+    tokenizer = load_tokenizer("test", str(folder))
+    ids = torch.tensor([leading_special_ids(tokenizer) + encode_text(tokenizer, text)])
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    return float(torch.exp(model(ids, labels=ids).loss))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["weak_base", "weak_aligned", "strong_gemma"])
+def test_every_real_model_reads_plain_english_sensibly(real_world, name):
+    """Gemma without its BOS reads this at a perplexity above 100; every real model must be under 40."""
+    assert perplexity(real_world / name, HELD_OUT_ENGLISH) < 40
+
+
+@pytest.mark.integration
+def test_gemma_is_fed_its_bos_and_a_base_model_prompt_format(real_world):
+    from w2s.sampling import generate
+
+    tokenizer = AutoTokenizer.from_pretrained(real_world / "strong_gemma")
+    bos = tokenizer.bos_token_id
+    assert tokenizer("a")["input_ids"][0] == bos  # the GGUF's add_bos_token survives the conversion
+    ids = encode_prompt(tokenizer, "What is the capital of France?")
+    assert ids[0] == bos and ids.count(bos) == 1  # the template renders BOS once, nothing adds a second
+    assert tokenizer.decode(ids[1:]) == "Question: What is the capital of France?\nAnswer:"
+    model = AutoModelForCausalLM.from_pretrained(real_world / "strong_gemma", dtype=torch.float32).eval()
+    (answer_ids,) = generate(model, tokenizer, ["What is the capital of France?"], max_new_tokens=12, temperature=0)
+    answer = tokenizer.decode(answer_ids, skip_special_tokens=True)
+    words = answer.split()
+    assert "Paris" in answer and len(set(words)) > len(words) / 2, answer  # sensible, not a repeated token
+
+
+@pytest.mark.integration
+def test_a_tokenizer_that_drops_its_models_bos_is_given_it_back_and_says_so(real_world, tmp_path, capsys):
+    from w2s.models import load_tokenizer
+
+    folder = tmp_path / "gemma-no-bos"
+    tokenizer = AutoTokenizer.from_pretrained(real_world / "strong_gemma")
+    tokenizer.add_bos_token = False
+    tokenizer.save_pretrained(folder)
+    (folder / "config.json").write_bytes((real_world / "strong_gemma" / "config.json").read_bytes())
+    assert AutoTokenizer.from_pretrained(folder)("a")["input_ids"][0] != tokenizer.bos_token_id
+    loaded = load_tokenizer("strong", str(folder))
+    assert loaded("a")["input_ids"][0] == tokenizer.bos_token_id
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "adds no BOS" in err and str(folder) in err

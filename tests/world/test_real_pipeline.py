@@ -41,6 +41,15 @@ def search_args(out: Path, model: Path | str) -> list[str]:
     ]
 
 
+def assert_sane(record: dict) -> None:
+    """A response a person would call text: not empty, and not one token over and over (Gemma fed without its BOS
+    gave `<h2><h2>...`, runs of newlines and empty strings, and the pipeline still passed)."""
+    ids = record["token_ids"]
+    assert record["output"].strip(), record
+    most = max(ids.count(token) for token in set(ids))
+    assert most <= max(2, len(ids) // 2), record
+
+
 def test_cache_train_search_generate_eval_on_real_weights(real_world, tmp_path):
     root = tmp_path / "run"
     rows = (real_world / "data" / "cache.jsonl").read_text().splitlines(keepends=True)[::3]  # 8 rows, every length
@@ -58,12 +67,15 @@ def test_cache_train_search_generate_eval_on_real_weights(real_world, tmp_path):
     assert len(gemma) != len(smol)
     for record in read_records(root / "search-gemma" / "responses.jsonl"):
         assert record["output"] == gemma.decode(record["token_ids"], skip_special_tokens=True)
+        assert_sane(record)
         assert record["strong_tokens"] > len(record["token_ids"]) and record["weak_tokens"] > 0
 
     # generate with the WSPO model, then eval: the length task scores both runs' recorded responses
     generate = root / "generate"
     w2s("generate", root, real_world, f"out_dir={generate}", "model={wspo}/final", "prompts={world}/data/prompts.jsonl",
         "id_field=id", "limit=2", "max_new_tokens=16", "threads=2")  # fmt: skip
+    for record in read_records(generate / "responses.jsonl"):
+        assert_sane(record)
     alpaca = json.loads((generate / "model_outputs.json").read_text())
     assert len(alpaca) == 2 and {"instruction", "output", "generator"} == set(alpaca[0])
     systems = (
