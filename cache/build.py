@@ -33,7 +33,7 @@ from tqdm import tqdm
 from w2s.align import chunk_sums
 from w2s.cache.backends import Scorer, make_scorer
 from w2s.cache.config import CacheConfig
-from w2s.cache.data import Row, StrongSide, encode_rows, load_rows
+from w2s.cache.data import Row, StrongSide, encode_rows, load_rows, locate
 from w2s.cache.formats import formats_for
 from w2s.cache.ledger import (
     claim_folder,
@@ -46,9 +46,9 @@ from w2s.cache.ledger import (
 from w2s.cache.manifest import MANIFEST, cache_layout, file_entry, manifest_body, shard_entry
 from w2s.cache.portable import STRONG_TOKENIZER_DIR, TOKENIZER_DIR, absolute_paths, save_tokenizer_copy
 from w2s.cache.provenance import code_version, model_fingerprint, tokenizer_fingerprint
-from w2s.errors import CacheMismatch, ConfigError
+from w2s.errors import CacheMismatch, ConfigError, DataError
 from w2s.io import atomic_write_json
-from w2s.models import load_tokenizer
+from w2s.models import load_model_config, load_tokenizer
 from w2s.schemas.cache import STRONG_CHUNK_FIELD, Layout, ShardData, shard_name
 from w2s.vllm_engine import resolve_backend
 
@@ -149,6 +149,33 @@ def make_provenance(
     }
 
 
+def check_models_fit(config: CacheConfig, rows: list[Row], dataset, models: dict) -> None:
+    """Refuses what would score nonsense without an error: a weak pair that is one model (every log-ratio 0), and
+    a row longer than a model's positions (transformers would score past them without a word).
+
+    Raises:
+        ConfigError: the weak pair's weights are the same.
+        DataError: naming the longest row's file and line, the model's role and its positions.
+    """
+    prints = {role: models[role]["weights_sha256"] for role in ("weak_base", "weak_aligned")}
+    if prints["weak_base"] == prints["weak_aligned"]:
+        raise ConfigError(
+            f"cache.weak_aligned ({config.weak_aligned}) has the same weights as cache.weak_base ({config.weak_base}): "
+            "every weak log-ratio would be 0; name the aligned model"
+        )
+    for role, path in model_paths(config).items():
+        positions = getattr(load_model_config(role, path), "max_position_embeddings", None)
+        side = (lambda row: row.strong.input_ids) if role == "strong_ref" and rows and rows[0].strong else None
+        lengths = [len(side(row) if side else row.input_ids) for row in rows]
+        if positions and lengths and max(lengths) > positions:
+            longest = rows[lengths.index(max(lengths))]
+            file, line = locate(dataset, config.dataset, longest.row_id)
+            raise DataError(
+                f"{file}: row {line}: {max(lengths)} tokens, more than the {role} model's {positions} positions "
+                f"({path}); set cache.max_len={positions} with cache.truncation=true, or drop the row"
+            )
+
+
 def check_config(config: CacheConfig) -> None:
     """Refuses settings no build can use (an unknown format names the registered ones)."""
     config.check_installed()  # vLLM or Ray missing: refused before the rows are read
@@ -185,6 +212,7 @@ def setup(config: CacheConfig, load_models: bool = True) -> CacheJob:
     )
     cross_sha = strong_sha if strong is not None else None
     provenance = make_provenance(config, tokenizer, tokenizer_sha, fingerprint, rows, cross_sha)
+    check_models_fit(config, rows, dataset, provenance["models"])
     num_shards_total = -(-len(rows) // config.rows_per_shard)
     my_shards = [c for c in range(num_shards_total) if c % config.num_shards == config.shard_index]
     job = CacheJob(config, Path(config.out_dir), rows, provenance, my_shards, cache_layout(config, provenance))

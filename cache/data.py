@@ -340,10 +340,7 @@ def encode_rows(
         file, row = locate(dataset, source, row_id)
         where = f"{file}: row {row}"
         prompt, response = _prompt_and_response(record, fields, where)
-        example_id = record.get(fields["id_field"]) if fields["id_field"] else None
-        example_id = (
-            f"row-{row_id}" if example_id is None else check_encodable(str(example_id), fields["id_field"], where)
-        )
+        example_id = example_id_of(record, fields["id_field"], where, row_id)
         if example_id in seen_ids:
             first_file, first_row = locate(dataset, source, seen_ids[example_id])
             first = f"row {first_row}" if first_file == file else f"{first_file}: row {first_row}"
@@ -363,3 +360,19 @@ def encode_rows(
     if not rows:
         raise DataError(f"{source}: no rows")
     return rows
+
+
+def example_id_of(record: dict, field: str, where: str, row: int) -> str:
+    """A row's id as text: a non-empty string or an integer from `field`, or `row-<n>` when the field is unset or
+    absent; anything else (a boolean, a float such as NaN, a list or mapping, an empty string) is refused rather
+    than stored as its Python spelling.
+
+    Raises:
+        DataError: naming `where` and the field.
+    """
+    value = record.get(field) if field else None
+    if value is None:
+        return f"row-{row}"
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or (isinstance(value, str) and not value.strip()):
+        raise DataError(f"{where}: field '{field}' must be a non-empty string or an integer, got {value!r}")
+    return check_encodable(str(value), field, where)

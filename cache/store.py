@@ -194,6 +194,21 @@ class Cache:
             next_row = shard["row_start"] + shard["rows"]
         if next_row != self.totals["rows"]:
             problems.append(f"shards hold {next_row} rows, manifest totals say {self.totals['rows']}")
+        return problems + self.stray_entries()
+
+    def stray_entries(self) -> list[str]:
+        """Entries of the shard folders that the manifest does not list: a plain `pyarrow.dataset` (or polars,
+        duckdb) reader of `<cache>/parquet` would read them as rows of the cache (local caches only)."""
+        if self.place.remote:
+            return []
+        listed = {entry["name"] for shard in self.shards for entry in shard["files"].values()}
+        problems = []
+        for fmt in self.formats:
+            folder = self.place.root / fmt
+            for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+                name = f"{fmt}/{entry.name}"
+                if name not in listed and not entry.name.startswith("."):
+                    problems.append(f"{self.place.join(name)}: not in the manifest (readers of {folder} would read it)")
         return problems
 
     def _check_file(self, shard: dict, fmt: str, entry: dict, deep: bool) -> list[str]:

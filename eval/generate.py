@@ -155,14 +155,16 @@ def run(config: GenerateConfig, default_generator: str = "sample") -> dict:
     the published files and a one-screen summary. Returns the summary."""
     started, gen = time.perf_counter(), setup(config, default_generator)
     with gen.folder:
-        if gen.folder.done:  # this very run finished and its published files still check
-            summary = json.loads((gen.out_dir / files.SUMMARY).read_text())
+        summary = json.loads((gen.out_dir / files.SUMMARY).read_text()) if gen.folder.done else {}
+        if summary.get("prompts") == len(gen.examples):  # this very run finished, its published files check
             Console().print(f"[green]{gen.spec.name}[/green]: already done in {gen.out_dir} (files checked)")
             return summary
         if gen.folder.problems:
             print(f"w2s generate: {gen.folder.problems[0]}; publishing again from the finished parts", file=sys.stderr)
         if not gen.folder.resumed:
             gen.folder.reset(files.ARTEFACTS)
+        elif gen.folder.finished:  # another `limit` over the same prompts: the finished parts are kept
+            gen.folder.reset([])
         return generate_all(gen, config, started)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from w2s.cache.data import check_encodable, check_messages, load_rows, locate
+from w2s.cache.data import check_encodable, check_messages, example_id_of, load_rows, locate
 from w2s.errors import DataError
 from w2s.eval.task import Example
 
@@ -53,14 +53,13 @@ def _example(record: dict, source: PromptSource, where: str, row: int) -> Exampl
         prompt, reference = _messages(record, source.messages_field, where)
     else:
         prompt, reference = record.get(source.prompt_field), None
-        if not isinstance(prompt, str) or not prompt:
-            got = "missing" if prompt is None else f"a {type(prompt).__name__}" if prompt else "empty"
+        if not isinstance(prompt, str) or not prompt.strip():
+            got = "missing" if prompt is None else "empty" if isinstance(prompt, str) else f"a {type(prompt).__name__}"
             raise DataError(f"{where}: field '{source.prompt_field}' must be a non-empty string, got {got}")
         check_encodable(prompt, source.prompt_field, where)
     if source.reference_field and isinstance(record.get(source.reference_field), str):
         reference = check_encodable(record[source.reference_field], source.reference_field, where)
-    example_id = record.get(source.id_field)
-    example_id = f"row-{row}" if example_id is None else check_encodable(str(example_id), source.id_field, where)
+    example_id = example_id_of(record, source.id_field, where, row)
     return Example(prompt, example_id, reference, dict(record))
 
 

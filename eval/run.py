@@ -19,6 +19,7 @@ import torch
 from rich.console import Console
 from tqdm import tqdm
 
+from w2s.errors import ConfigError
 from w2s.eval.config import EvalConfig
 from w2s.eval.report import REPORT_FILES, Layout, print_table, write_report
 from w2s.eval.systems import Models, Planned, plan, prepare, responses_of
@@ -116,6 +117,9 @@ def evaluate_all(config: EvalConfig, task: Task | None) -> tuple[dict, Layout]:
     console, started = Console(), time.perf_counter()
     task = task if task is not None else load_task(config.task)
     systems, sweep, skipped = plan(config)
+    if not systems and not sweep:
+        reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items()) or "eval.systems is empty"
+        raise ConfigError(f"w2s eval has nothing to evaluate ({reasons})")
     for name, reason in skipped.items():
         console.print(f"[yellow]skipping {name}[/yellow]: {reason}")
     examples, models, threads = task.examples()[: config.num_examples], Models(config), torch.get_num_threads()

@@ -18,7 +18,13 @@ import re
 import shutil
 from pathlib import Path
 
+from w2s.errors import UserError
 from w2s.io import atomic_write_json
+
+
+class CheckpointError(UserError):
+    """A checkpoint folder whose position file w2s cannot use."""
+
 
 CHECKPOINTS = "checkpoints"
 STATE = "w2s_state.json"
@@ -56,7 +62,18 @@ def latest_checkpoint(out_dir: Path) -> tuple[str, dict] | None:
     if not tags:
         return None
     tag = tags[-1][1]
-    return tag, json.loads((out_dir / CHECKPOINTS / tag / STATE).read_text())
+    path = out_dir / CHECKPOINTS / tag / STATE
+    try:
+        state = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        state = None
+    keys = ("step", "epoch", "consumed")
+    if not isinstance(state, dict) or not all(isinstance(state.get(k), int) and state[k] >= 0 for k in keys):
+        raise CheckpointError(
+            f"{path}: not a w2s checkpoint position (integers {', '.join(keys)}); remove {path.parent} to resume "
+            "from the checkpoint before it"
+        )
+    return tag, state
 
 
 def save_checkpoint(engine, out_dir: Path, state: dict, keep: int, is_main: bool) -> None:

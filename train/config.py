@@ -98,6 +98,13 @@ class TrainConfig:
         require_finite(self.gamma, "train.gamma", positive=True)
         for index, gamma in enumerate(self.gammas):
             require_finite(gamma, f"train.gammas[{index}]", positive=True)
+        folders = [f"gamma-{gamma:g}" for gamma in self.gammas]  # each gamma's run folder, as `w2s train` names it
+        require(
+            len(set(folders)) == len(folders),
+            "train.gammas",
+            f"gives two runs one folder ({sorted({f for f in folders if folders.count(f) > 1})}): gammas must differ "
+            "in their first 6 significant digits",
+        )
         require_finite(self.lr, "train.lr", positive=True)
         require_finite(self.clip, "train.clip")
         require(self.clip >= 0, "train.clip", f"must be >= 0 (0 turns clipping off), got {self.clip!r}")

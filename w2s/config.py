@@ -315,7 +315,7 @@ def load_config(cls: type, path: str | Path | None, overrides: list[str] = ()) -
     if path is not None:
         try:
             data = _read_yaml(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
             raise ConfigError(f"{path}: cannot read config: {err}") from err
         except ConfigError as err:
             raise ConfigError(f"{path}: {err}") from None

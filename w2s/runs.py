@@ -292,6 +292,8 @@ def claim(
     Raises:
         FolderRefused: the folder is not this command's, overlaps an input, holds another run, or is busy.
     """
+    if not str(path).strip():
+        raise FolderRefused(f"`w2s {command}`: the output folder is empty (an unset variable?); name a folder")
     path = Path(path)
     check_outside_inputs(path, inputs or {})
     if path.exists() and not path.is_dir():

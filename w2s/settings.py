@@ -48,6 +48,9 @@ class Settings:
             "run_root",
             f"must be a folder path without placeholders, got {self.run_root!r}",
         )
+        for name in ("world", "cache", "train", "eval", "generate"):  # "" would be the working directory
+            out_dir = getattr(self, name).out_dir
+            require(bool(out_dir.strip()), f"{name}.out_dir", "is empty (an unset variable?); name a folder")
         roots = {"run_root": self.run_root}
         for name, section in (("world", self.world), ("cache", self.cache), ("wspo", self.train)):
             roots[name] = _fill(section.out_dir, roots, f"{name}.out_dir")

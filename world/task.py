@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from w2s.errors import ConfigError
+from w2s.cache.data import decode_utf8, parse_json_lines
+from w2s.errors import ConfigError, DataError
 from w2s.eval.task import Example, Metric, Response, Task
-from w2s.io import read_jsonl
 from w2s.world.corpus import document_facts
 from w2s.world.metrics import example_scores, mean_scores
 
@@ -53,9 +53,15 @@ class SummaryTask(Task):
         """The split in file order; ConfigError when the world has not been built."""
         if not self.path.exists():
             raise ConfigError(f"eval.task.path: no data at {self.path} (run `w2s world` first)")
+        rows = parse_json_lines(self.path, decode_utf8(self.path, self.path.read_bytes()))
+        for number, row in enumerate(rows, 1):
+            if not isinstance(row.get("prompt"), str) or not isinstance(row.get("facts"), list):
+                raise DataError(
+                    f"{self.path}: line {number}: a world row needs a text 'prompt' and a list of 'facts' (this task "
+                    "scores the tiny world's splits; for your own prompts use w2s.eval.tasks.LengthTask)"
+                )
         return [
-            Example(row["prompt"], row.get("example_id"), row.get("response"), {"facts": row["facts"]})
-            for row in read_jsonl(self.path)
+            Example(row["prompt"], row.get("example_id"), row.get("response"), {"facts": row["facts"]}) for row in rows
         ]
 
     def score_example(self, response: Response, example: Example) -> dict[str, float]:
