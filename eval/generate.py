@@ -122,7 +122,7 @@ def setup(config: GenerateConfig, default_generator: str = "sample") -> Generati
     out_dir = Path(config.out_dir).absolute()
     inputs = {"prompts": config.prompts, "model": spec.model, "weak_base": config.weak_base}
     inputs.update(weak_aligned=config.weak_aligned, tokenizer=config.tokenizer)
-    folder = claim(out_dir, "generate", identity=json.loads(json.dumps(identity)), inputs=inputs)
+    folder = claim(out_dir, "generate", identity=identity, inputs=inputs)
     atomic_write_json(out_dir / files.RUN, {"identity": identity, "code_version": code_version()})
     return Generation(config, spec, examples, out_dir, identity, folder)
 

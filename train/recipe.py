@@ -12,7 +12,6 @@ DeepSpeed's settings, the policy's loading (into ZeRO-3 partitions) and metrics 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 import time
@@ -180,7 +179,7 @@ def claim_folder(config: TrainConfig, provenance: dict) -> RunFolder | None:
     if not is_main():
         return None
     inputs = {"cache": config.cache_dir, "policy": config.policy}
-    return claim(config.out_dir, "train", identity=json.loads(json.dumps(provenance)), inputs=inputs)
+    return claim(config.out_dir, "train", identity=provenance, inputs=inputs)
 
 
 def resume(run: Run) -> None:

@@ -28,6 +28,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -179,8 +180,6 @@ class RunFolder:
     def reset(self, names: Iterable[str]) -> None:
         """A fresh start: removes this command's own artefacts by name (files or folders) and forgets any earlier
         publication. Only names the command lists are touched; anything else in the folder stays."""
-        import shutil
-
         for name in names:
             target = self.path / name
             if target.is_dir() and not target.is_symlink():
@@ -207,8 +206,6 @@ class RunFolder:
     def scratch(self) -> Path:
         """A new temporary folder inside this one, for a build published whole at its end (a killed run's
         scratch folders are removed first: they are this command's own)."""
-        import shutil
-
         for stale in self.path.glob(f"{SCRATCH}*"):
             shutil.rmtree(stale, ignore_errors=True)
         tmp = self.path / f"{SCRATCH}{os.getpid()}"
@@ -295,6 +292,7 @@ def claim(
     if not str(path).strip():
         raise FolderRefused(f"`w2s {command}`: the output folder is empty (an unset variable?); name a folder")
     path = Path(path)
+    identity = json.loads(json.dumps(identity, default=str))  # as the marker holds it, so the two compare equal
     check_outside_inputs(path, inputs or {})
     if path.exists() and not path.is_dir():
         raise FolderRefused(f"{path}: exists and is not a folder; choose another out_dir")
@@ -331,7 +329,7 @@ def _settle(path, command, identity, on_change, artefacts, handle) -> RunFolder:
         raise FolderRefused(f"{path}: this folder belongs to `w2s {marker['command']}`; choose another out_dir")
     folder = RunFolder(path, command, identity, marker, handle, resumed=True)
     if marker.get("identity_key") != identity_key(identity):
-        changed = differences(marker.get("identity"), json.loads(json.dumps(identity, default=str)))
+        changed = differences(marker.get("identity"), identity)
         if on_change != "replace":
             raise FolderRefused(
                 f"{path}: holds another run of `w2s {command}` ({', '.join(changed[:4]) or 'identity'} differ); "
