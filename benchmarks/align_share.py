@@ -18,12 +18,13 @@ import os
 import random
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from w2s.align import chunk_share  # noqa: E402
 
 WORDS = (
     "the a of and to in is was for on that with as by at from it this be are have not but had his they you were "
@@ -78,26 +79,6 @@ def tokenizers(folder: Path):
     return tuple(AutoTokenizer.from_pretrained(str(folder / name)) for name in ("gemma", "smollm2"))
 
 
-def measure(texts: list[str], strong, weak) -> dict:
-    """Characters in chunks of more than one strong (weak) token, and those chunks' texts."""
-    from w2s.align import align_response
-
-    totals, multi = Counter(), Counter()
-    for row, text in enumerate(texts):
-        alignment = align_response(strong, weak, text, f"sentence {row}")
-        data, starts = text.encode(), [0, *alignment.chunk_ends[:-1]]
-        for side, chunk_of in (("strong", alignment.strong_chunk[:-1]), ("weak", alignment.weak_chunk[:-1])):
-            sizes = Counter(chunk_of)  # tokens per text chunk (EOS left out)
-            for k, (start, end) in enumerate(zip(starts, alignment.chunk_ends)):
-                chars = len(data[start:end].decode())
-                totals[side] += chars
-                if sizes[k] > 1:
-                    totals[f"{side}_multi"] += chars
-                    multi[(side, data[start:end].decode())] += 1
-        totals["chunks"] += len(alignment.chunk_ends)
-    return {"totals": totals, "multi": multi}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sentences", type=int, default=200)
@@ -108,7 +89,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     texts = [sentence(rng) for _ in range(args.sentences)]
     began = time.perf_counter()
-    result = measure(texts, strong, weak)
+    result = chunk_share(strong, weak, texts)
     seconds = time.perf_counter() - began
     totals = result["totals"]
     print(f"{len(texts)} sentences (seed {args.seed}), {totals['strong']} characters, {totals['chunks']} chunks")

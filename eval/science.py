@@ -20,6 +20,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from rich.console import Console
@@ -51,6 +52,9 @@ def _train_defaults() -> TrainConfig:
 @dataclass
 class ScienceConfig:
     """What `make science` runs: seeds, tasks, the gamma sweep, baselines and budgets."""
+
+    layout: ClassVar[str] = "tiny"
+    """The report's systems, metrics and claims (`w2s.eval.science_report.TINY`)."""
 
     out_dir: str = "runs/science"
     """Everything goes here: [seed-<s>/]world, [seed-<s>/]<task>/cache, seed-<s>/<task>/{wspo,val,test},
@@ -187,17 +191,31 @@ def evaluate(cell: Cell, split: str, spec: SystemConfig) -> dict:
         weak_aligned=cell.model("weak_aligned"), tokenizer=str(cell.world / "tokenizer"), wspo_dir=str(out),
         gamma_sweep=False, num_examples=size, seed=cell.seed, threads=config.threads, num_shown=2,
     )  # fmt: skip
+    return evaluate_system(eval_config, config.world.weak.hidden_size)
+
+
+def evaluate_system(eval_config: EvalConfig, weak_width: int, extend=None) -> dict:
+    """Runs `w2s eval` on the config's one system and returns its report row with the weak tokens it ran per prompt
+    and per weak model (`weak_width`: the weak models' embedding width); the row is saved beside the eval folder
+    and reused when the same eval finished and its files check.
+
+    Args:
+        extend: called with the row before it is saved, to add per-example scores the task does not compute.
+    """
+    out, spec = Path(eval_config.out_dir), eval_config.systems[0]
     saved, key = out.with_name(f"{out.name}.row.json"), identity_key(eval_identity(eval_config))
     if saved.exists() and finished_run(out, "eval"):  # reused only for the same eval, finished and checked
         row = json.loads(saved.read_text())
         if row.get("eval_identity") == key:
             return row
-    with WeakTokens(config.world.weak.hidden_size) as weak:
-        report = run_eval(eval_config, load_task(task_spec))
+    with WeakTokens(weak_width) as weak:
+        report = run_eval(eval_config, load_task(eval_config.task))
     row = dict(report["systems"][spec.name], name=spec.name)
     guided = spec.generator != "sample"
     row["weak_tokens"] = weak.count / 2 / report["num_examples"] if guided else 0.0  # per model of the pair
     row["eval_identity"] = key
+    if extend is not None:
+        extend(row)
     atomic_write_json(saved, row)
     return row
 

@@ -58,32 +58,44 @@ class PromptTask(Task):
 
 
 class LengthTask(PromptTask):
-    """The WSPO paper's summarisation reward: 1 inside [l_min, l_max] tokens, falling linearly to 0 `tolerance`
-    tokens outside.
+    """The WSPO paper's summarisation reward: 1 inside [l_min, l_max] tokens (or words), falling linearly to 0
+    `tolerance` units outside.
 
     Args:
-        l_min, l_max: the window of full reward (tokens, EOS excluded).
-        tolerance: tokens outside the window at which the reward reaches 0.
+        l_min, l_max: the window of full reward (tokens, EOS excluded, or words).
+        tolerance: units outside the window at which the reward reaches 0.
         tokenizer: count tokens with this tokenizer (e.g. the paper's Qwen2) for every system; empty counts each
             system's own tokens.
+        unit: "tokens", or "words" (whitespace-separated words of the text: the same measure for models with
+            different tokenizers, as when a SmolLM2 pair steers Gemma).
         (the other arguments: see `PromptTask`)
     """
 
     metrics = (
         Metric("length_reward", "length reward", "{:.3f}", "reward", "length reward"),
         MEAN_TOKENS,
+        Metric("words", "mean words", "{:.1f}", "words"),
         Metric("in_window", "in window", "{:.2f}", "in win"),
     )
 
     def __init__(
-        self, prompts: str, l_min: int = 20, l_max: int = 30, tolerance: int = 10, tokenizer: str = "", **source
+        self,
+        prompts: str,
+        l_min: int = 20,
+        l_max: int = 30,
+        tolerance: int = 10,
+        tokenizer: str = "",
+        unit: str = "tokens",
+        **source,
     ) -> None:
         super().__init__(prompts, **source)
         if not 0 <= l_min <= l_max or tolerance < 1:
             raise ConfigError(
                 f"eval.task: needs 0 <= l_min <= l_max and tolerance >= 1, got {l_min}, {l_max}, {tolerance}"
             )
-        self.l_min, self.l_max, self.tolerance = l_min, l_max, tolerance
+        if unit not in ("tokens", "words"):
+            raise ConfigError(f"eval.task.unit: must be tokens or words, got {unit!r}")
+        self.l_min, self.l_max, self.tolerance, self.unit = l_min, l_max, tolerance, unit
         self.tokenizer = load_tokenizer("length task", tokenizer) if tokenizer else None
 
     def length(self, response: Response) -> int:
@@ -92,15 +104,18 @@ class LengthTask(PromptTask):
         return len(encode_text(self.tokenizer, response.text))  # the text's tokens, as text (`w2s.tokens`)
 
     def score_example(self, response: Response, example: Example) -> dict[str, float]:
-        tokens = self.length(response)
+        tokens, words = self.length(response), len(response.text.split())
+        size = words if self.unit == "words" else tokens
         return {
-            "length_reward": length_reward(tokens, self.l_min, self.l_max, self.tolerance),
+            "length_reward": length_reward(size, self.l_min, self.l_max, self.tolerance),
             "mean_tokens": float(tokens),
-            "in_window": float(self.l_min <= tokens <= self.l_max),
+            "words": float(words),
+            "in_window": float(self.l_min <= size <= self.l_max),
         }
 
     def describe(self) -> str:
         counted = "each system's own tokens" if self.tokenizer is None else f"{self.tokenizer.name_or_path} tokens"
+        counted = "words" if self.unit == "words" else counted
         return f"length reward on `{self.source.path}`, window [{self.l_min}, {self.l_max}] {counted}"
 
 

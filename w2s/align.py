@@ -34,6 +34,7 @@ With the same tokenizer on both sides every chunk is one token, and the chunk lo
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from itertools import accumulate
 
@@ -237,3 +238,23 @@ def chunk_sums(values, chunk_of: list[int], num_chunks: int) -> np.ndarray:
     if values.shape != (len(chunk_of),):
         raise ValueError(f"chunk_sums: {values.shape} values for {len(chunk_of)} tokens")
     return np.bincount(np.asarray(chunk_of, dtype=np.int64), weights=values, minlength=num_chunks).astype(np.float32)
+
+
+def chunk_share(strong_tokenizer, weak_tokenizer, texts: list[str]) -> dict:
+    """How often chunks span more than one token, over `texts`: per side ("strong", "weak") the characters in all
+    text chunks and (`<side>_multi`) in chunks of more than one of that side's tokens, the number of chunks, and
+    (`multi`) a Counter of (side, chunk text) for those chunks."""
+    totals, multi = Counter(), Counter()
+    for row, text in enumerate(texts):
+        alignment = align_response(strong_tokenizer, weak_tokenizer, text, f"text {row}")
+        data, starts = text.encode(), [0, *alignment.chunk_ends[:-1]]
+        for side, chunk_of in (("strong", alignment.strong_chunk[:-1]), ("weak", alignment.weak_chunk[:-1])):
+            sizes = Counter(chunk_of)  # tokens per text chunk (EOS left out)
+            for k, (start, end) in enumerate(zip(starts, alignment.chunk_ends)):
+                chars = len(data[start:end].decode())
+                totals[side] += chars
+                if sizes[k] > 1:
+                    totals[f"{side}_multi"] += chars
+                    multi[(side, data[start:end].decode())] += 1
+        totals["chunks"] += len(alignment.chunk_ends)
+    return {"totals": totals, "multi": multi}

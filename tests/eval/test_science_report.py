@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from w2s.eval.science import ScienceConfig
-from w2s.eval.science_report import SYSTEMS, readme_text, select, write_science_report
+from w2s.eval.science_report import TINY, readme_text, select, write_science_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.science_table import replace_between_markers  # noqa: E402
@@ -52,7 +52,7 @@ def test_selection_takes_the_best_reward_that_keeps_capability(tmp_path):
 
 def test_report_claims_hold_fail_or_are_inconclusive_as_the_scores_say(tmp_path):
     cfg = config(tmp_path)
-    levels = dict.fromkeys(SYSTEMS, (0.5, 0.6))
+    levels = dict.fromkeys(TINY.systems, (0.5, 0.6))
     levels.update({"weak_aligned": (0.75, 0.1), "weak_base": (0.5, 0.1), "wspo": (0.9, 0.62), "search": (0.5, 0.6)})
     test = {
         (s, "tone"): {name: row(*lv, seed=10 * s + i) for i, (name, lv) in enumerate(levels.items())} for s in SEEDS
@@ -77,3 +77,33 @@ def test_readme_markers_are_replaced_and_required():
     assert replace_between_markers(text, "new") == "intro\n<!-- science-table -->\nnew\n<!-- /science-table -->\nend\n"
     with pytest.raises(ValueError, match="science-table"):
         replace_between_markers("no markers", "new")
+
+
+def test_real_layout_report_has_its_own_systems_metrics_claims_and_only_gamma(tmp_path):
+    """`make science-real`'s layout: words and reference log-likelihood per byte, gamma the only knob."""
+    from w2s.eval.science_real import ScienceRealConfig
+    from w2s.eval.science_report import REAL
+
+    cfg = ScienceRealConfig(out_dir=str(tmp_path), gammas=[0.1, 0.3], resamples=300)
+
+    def real_row(reward: float, loglik: float, seed: int) -> dict:
+        rng = np.random.default_rng(seed)
+        rewards, logliks = np.clip(rng.normal(reward, 0.1, PROMPTS), 0, 1), rng.normal(loglik, 0.02, PROMPTS)
+        per_example = [{"length_reward": float(r), "words": 20.0, "ref_loglik": float(c), "tokens": 30.0}
+                       for r, c in zip(rewards, logliks)]  # fmt: skip
+        return {"per_example": per_example, "sampled_tokens": 30.0, "weak_tokens": 0.0}
+
+    val_levels = {"strong_base": (0.1, -0.5), "wspo gamma=0.1": (0.9, -0.9), "wspo gamma=0.3": (0.6, -0.52)}
+    val = {(s, "length"): {n: real_row(*lv, s + i) for i, (n, lv) in enumerate(val_levels.items())} for s in SEEDS}
+    levels = dict.fromkeys(REAL.systems, (0.1, -0.5)) | {"wspo": (0.6, -0.52), "weak_aligned": (0.4, -0.45)}
+    test = {(s, "length"): {n: real_row(*lv, 7 * s + i) for i, (n, lv) in enumerate(levels.items())} for s in SEEDS}
+    choices = {"length": select(cfg, "length", val)}
+    assert choices["length"]["gamma"]["chosen"] == 0.3 and set(choices["length"]) == {"gamma"}
+    report = write_science_report(cfg, val, test, choices, extra={"weak_pair": {"note": 1}})
+    assert report["layout"] == "real" and report["weak_pair"] == {"note": 1}
+    verdicts = {c["a"] + ">" + c["b"] + ":" + c["metric"]: c["verdict"] for c in report["tasks"]["length"]["claims"]}
+    assert verdicts["wspo>strong_base:reward"] == "holds" and verdicts["wspo>strong_base:ref_loglik"] == "holds"
+    assert verdicts["search>strong_base:reward"] == "inconclusive"
+    text = readme_text(json.loads((tmp_path / "report.json").read_text()))
+    assert "| system | reward | words | ref log-lik / byte | tokens |" in text and "EFT" not in text
+    assert (tmp_path / "science-real.png").read_bytes()[:4] == b"\x89PNG"

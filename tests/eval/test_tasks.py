@@ -62,8 +62,16 @@ def test_length_task_scores_the_paper_reward_in_system_or_fixed_tokens(micro_wor
     examples = task.examples()
     responses = [Response("x", [1, 2]), Response("y", [1, 2, 3, 4, 5, 6])]
     scores = task.score(responses, examples)
-    assert scores == {"length_reward": (1.0 + length_reward(6, 2, 3)) / 2, "mean_tokens": 4.0, "in_window": 0.5}
+    assert scores == {
+        "length_reward": (1.0 + length_reward(6, 2, 3)) / 2, "mean_tokens": 4.0, "words": 1.0, "in_window": 0.5
+    }  # fmt: skip
     assert length_reward(6, 2, 3) == pytest.approx(0.7)
+    by_words = LengthTask(str(prompts), l_min=2, l_max=3, unit="words")  # a measure no tokenizer changes
+    assert by_words.score_example(Response("one two  three\nfour", [9]), examples[0]) == {
+        "length_reward": length_reward(4, 2, 3), "mean_tokens": 1.0, "words": 4.0, "in_window": 0.0
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match="unit"):
+        LengthTask(str(prompts), unit="bytes")
     counted = LengthTask(str(prompts), l_min=1, l_max=1, tokenizer=str(micro_world / "tokenizer"))
     text = "the boat sailed to the city"
     expected = len(
