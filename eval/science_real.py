@@ -46,6 +46,8 @@ from w2s.runs import LOCK, claim, finished_run
 from w2s.train.config import TrainConfig
 from w2s.world.dpo import DpoSettings
 
+KINDS = ("short", "window", "long")
+"""The cache's answer kinds: under, inside and over the window."""
 DATA_FILES = ("dpo.jsonl", "cache.jsonl", "sft.jsonl", "val.jsonl", "test.jsonl")
 
 
@@ -92,6 +94,11 @@ class ScienceRealConfig:
     """Held-out topics of the validation prompts (six wordings each)."""
     num_test_topics: int = 6
     """Held-out topics of the test prompts (six wordings each)."""
+    rejected: list[str] = field(default_factory=lambda: ["long"])
+    """Kinds of the DPO pairs' rejected answers (long: the fact with every closing; short: its first 8 words).
+    The weak base never stops early (it runs to any cap), so long answers are the on-policy failure; rejecting
+    short ones as well taught the weak model to forbid an early EOS above all (-20 nats after a short answer),
+    which WSPO passed on to Gemma as "never stop" (docs/science_real.md)."""
     num_train_topics: int = 0
     """Training topics (DPO pairs, cache rows) kept; 0 keeps every topic that is not held out (a reduced run
     sets fewer)."""
@@ -126,6 +133,7 @@ class ScienceRealConfig:
             require_finite(getattr(self, section).lr, f"{section}.lr", positive=True)
         require(set(self.search) == {"width", "num_samples", "chunk_len"}, "search", "needs width, num_samples, "
                 "chunk_len")  # fmt: skip
+        require(bool(self.rejected) and set(self.rejected) <= {"short", "long"}, "rejected", "short and/or long")
         require(self.num_train_topics >= 0, "num_train_topics", "must be >= 0 (0 keeps every training topic)")
         for key in ("num_val_topics", "num_test_topics", "max_new_tokens", "threads", "resamples"):
             require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
@@ -170,16 +178,16 @@ def built_stage(folder: Path, command: str, identity: dict, files: tuple[str, ..
 
 
 def data_identity(config: ScienceRealConfig) -> dict:
-    keys = ("data_seed", "num_val_topics", "num_test_topics", "l_min", "l_max")
+    keys = ("data_seed", "num_val_topics", "num_test_topics", "l_min", "l_max", "rejected")
     identity = {key: getattr(config, key) for key in keys}
-    if config.num_train_topics:  # recorded only when set, so that runs made before the knob existed stay valid
+    if config.num_train_topics:  # recorded only when set (a reduced run)
         identity["num_train_topics"] = config.num_train_topics
     return identity
 
 
 def prepare_data(config: ScienceRealConfig) -> None:
     data = make_data(config.data_seed, config.num_val_topics, config.num_test_topics, config.l_min, config.l_max,
-                     config.num_train_topics)  # fmt: skip
+                     config.num_train_topics, tuple(config.rejected))  # fmt: skip
     built_stage(config.path("data"), "science-real-data", data_identity(config), DATA_FILES,
                 lambda tmp: write_data(tmp, data))  # fmt: skip
 
@@ -333,6 +341,29 @@ def weak_pair_section(config: ScienceRealConfig) -> dict:
     return section
 
 
+def eos_section(config: ScienceRealConfig, gamma: float, rows_per_kind: int = 8) -> dict:
+    """report.json's `strong_eos`: Gemma's mean log-probability of ending (EOS) right after each kind of cache
+    answer, before WSPO and after it (the chosen gamma, each seed), beside the weak pair's log-ratio there. It
+    shows what WSPO taught the strong model about stopping, the attribute's lever."""
+    from w2s.eval.science_real_data import response_token_logps
+    from w2s.models import load_causal_lm, load_tokenizer
+
+    rows = read_jsonl(config.path("data", "cache.jsonl"))
+    by_kind_rows = {kind: [row for row in rows if row["kind"] == kind][:rows_per_kind] for kind in KINDS}
+    picked = [row for kind in KINDS for row in by_kind_rows[kind]]
+    tokenizer = load_tokenizer("strong_base", config.model("strong_base"))
+    models = {"strong_base": config.model("strong_base")}
+    models |= {f"wspo seed {seed}": config.wspo(seed, gamma) for seed in config.seeds}
+    section = {"gamma": gamma, "rows_per_kind": rows_per_kind}
+    for name, path in models.items():
+        model, by_kind = load_causal_lm(name, path).eval(), {}
+        for row in picked:
+            logps, size = response_token_logps(model, tokenizer, row["prompt"], row["response"])
+            by_kind.setdefault(row["kind"], []).append(logps[size].item())
+        section[name] = {kind: round(sum(v) / len(v), 3) for kind, v in by_kind.items()}
+    return section
+
+
 def alignment_section(config: ScienceRealConfig) -> dict:
     """report.json's `alignment`: the share of the cache responses' characters that land in chunks of more than
     one Gemma (strong) or SmolLM2 (weak) token, where WSPO compares chunk sums instead of single tokens."""
@@ -384,7 +415,8 @@ def run_stages(config: ScienceRealConfig, console: Console) -> dict:
     timings["test"] = round(time.time() - started, 1)
     cache = json.loads(config.path("cache", "manifest.json").read_text())
     extra = {"weak_pair": weak_pair_section(config), "timings_seconds": timings, "world": config.world,
-             "alignment": alignment_section(config), "l_window_words": [config.l_min, config.l_max]}  # fmt: skip
+             "alignment": alignment_section(config), "l_window_words": [config.l_min, config.l_max],
+             "strong_eos": eos_section(config, gamma)}  # fmt: skip
     report = write_science_report(config, val, test, choices, {"length": cache["totals"]}, extra)
     console.print(f"science-real report: {config.path('report.md')} ({time.time() - started:.0f} s)")
     return report

@@ -6,7 +6,7 @@ then closing sentences. Topics are split once (by `data_seed`) into training, va
 prompt the systems are scored on shares a topic with anything trained on:
 
 - `dpo.jsonl`: the weak model's preference pairs, per training topic and wording: chosen an in-window answer,
-  rejected a short or a long one to the same prompt;
+  rejected a long one to the same prompt (by default; `rejected` may add short ones);
 - `cache.jsonl`: WSPO's rows, per training topic one short, one in-window and one long answer;
 - `sft.jsonl`: the SFT ceiling's rows, the cache rows whose answer is in the window (the same filtered data);
 - `val.jsonl`, `test.jsonl`: prompts on held-out topics, each with its topic's fact sentence as `reference`
@@ -49,10 +49,17 @@ def answer(topic: str, kind: str, rng: random.Random, l_min: int, l_max: int) ->
 
 
 def make_data(
-    seed: int, num_val_topics: int, num_test_topics: int, l_min: int, l_max: int, num_train_topics: int = 0
+    seed: int,
+    num_val_topics: int,
+    num_test_topics: int,
+    l_min: int,
+    l_max: int,
+    num_train_topics: int = 0,
+    rejected: tuple[str, ...] = ("long",),
 ) -> dict[str, list[dict]]:
     """The five data sets, a pure function of the arguments (see the module docstring); `num_train_topics` > 0
-    keeps only that many training topics (a reduced run)."""
+    keeps only that many training topics (a reduced run); `rejected` the kinds of the DPO pairs' rejected answers,
+    taken in turn."""
     rng = random.Random(seed)
     topics = sorted(TOPICS)
     rng.shuffle(topics)
@@ -61,7 +68,7 @@ def make_data(
     train = train[:num_train_topics] if num_train_topics > 0 else train
     dpo = [
         {"id": f"dpo-{i:03d}", "prompt": wording.format(t=topic), "chosen": answer(topic, "window", rng, l_min, l_max),
-         "rejected": answer(topic, ("short", "long")[i % 2], rng, l_min, l_max)}
+         "rejected": answer(topic, rejected[i % len(rejected)], rng, l_min, l_max)}
         for i, (topic, wording) in enumerate((t, w) for t in train for w in WORDINGS)
     ]  # fmt: skip
     cache = [

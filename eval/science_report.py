@@ -299,6 +299,16 @@ def readme_text(report: dict) -> str:
     return "\n".join(parts + real_sections(report))
 
 
+def claims_summary(report: dict) -> str:
+    """Only the claims and their verdicts, per task, with the run's seeds and prompts (a README summary)."""
+    parts = [f"Seeds {', '.join(map(str, report['seeds']))}, {report['num_test']} test prompts per seed; paired "
+             "differences with 95% intervals (generated from report.json):", ""]  # fmt: skip
+    for name, task in report["tasks"].items():
+        gamma = task["selection"]["gamma"]["chosen"]
+        parts += [f"Task {name} (WSPO gamma {gamma:g}, chosen on validation):", "", *claims_table(task["claims"]), ""]
+    return "\n".join(parts)
+
+
 def real_sections(report: dict) -> list[str]:
     """The real run's weak-pair diagnostics, alignment share and timings, when report.json has them."""
     parts = []
@@ -319,6 +329,19 @@ def real_sections(report: dict) -> list[str]:
             summed = " / ".join(f"{r['sum_by_kind'][k]:+.1f}" for k in ("short", "window", "long"))
             center = f"{r['off_eos_mean']:+.3f} | {r['off_eos_median']:+.3f} | {r['off_eos_mean_abs']:.3f}"
             parts.append(f"| {name} | {center} | {r['off_eos_share_positive']:.0%} | {eos} | {summed} |")
+        parts.append("")
+    if "strong_eos" in report:
+        eos = report["strong_eos"]
+        parts += [
+            f"Gemma's log-probability of ending (EOS) right after each kind of cache answer, before and after WSPO "
+            f"(gamma {eos['gamma']:g}, {eos['rows_per_kind']} rows per kind):",
+            "",
+            "| model | after a short answer | after an in-window answer | after a long answer |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for name, row in eos.items():
+            if isinstance(row, dict):
+                parts.append(f"| {name} | " + " | ".join(f"{row[k]:.2f}" for k in ("short", "window", "long")) + " |")
         parts.append("")
     if "alignment" in report:
         a = report["alignment"]

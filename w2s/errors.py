@@ -6,8 +6,10 @@ a cache); anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 
 class UserError(ValueError):
@@ -26,10 +28,20 @@ class CacheMismatch(UserError):
     """A cache that does not match what a stage was handed; the message says what differs."""
 
 
+def quiet_deepspeed() -> None:
+    """On a machine with no accelerator device, tells DeepSpeed so (DS_ACCELERATOR=cpu), which it otherwise
+    guesses with a warning banner on every import. A device (NVIDIA, AMD, Intel, Habana) or the user's own
+    DS_ACCELERATOR leaves DeepSpeed's detection alone."""
+    devices = ("nvidia[0-9]*", "kfd", "dri/renderD*", "accel*", "hl[0-9]*")
+    if "DS_ACCELERATOR" not in os.environ and not any(any(Path("/dev").glob(d)) for d in devices):
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def run_as_command(command: str, action: Callable[[], int]) -> int:
     """Runs `action` as the command `command`: a refusal, an interrupt or a failed read or write becomes one line on
     stderr and an exit status (2; 130 for Ctrl-C), never a traceback. Every output w2s writes is published
     atomically and its folder's marker says what finished (`w2s.runs`), so an interrupted run resumes on rerun."""
+    quiet_deepspeed()
     try:
         return action()
     except UserError as err:

@@ -7,6 +7,7 @@ same everywhere, and `trust_remote_code` is never turned on: a model folder's ow
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -19,6 +20,23 @@ from w2s.errors import UserError
 
 class ModelError(UserError):
     """A model or tokenizer that cannot be loaded; the message names its role and path."""
+
+
+def quiet_loading() -> None:
+    """Turns off transformers' per-load progress bars ("Loading weights", "Writing model shards"), which repeat on
+    every model a command loads and bury its own progress; the hub's download bars stay. W2S_VERBOSE=1 keeps them."""
+    if os.environ.get("W2S_VERBOSE"):
+        return
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    hub_bars = not are_progress_bars_disabled()
+    transformers_logging.disable_progress_bar()  # also turns the hub's off: turned back on below
+    if hub_bars:
+        enable_progress_bars()
+
+
+quiet_loading()
 
 
 def _why(err: Exception) -> str:

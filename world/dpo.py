@@ -29,8 +29,9 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 class DpoSettings:
     """How the weak model is preference-aligned."""
 
-    steps: int = 42
-    """Optimiser steps (42 steps of 8 pairs: about two epochs of the 186 pairs of `make science-real`)."""
+    steps: int = 24
+    """Optimiser steps (24 steps of 8 pairs: about one epoch of the 186 pairs of `make science-real`; a second
+    epoch drove the loss to 0.02 and the log-ratio off the attribute to a mean |ratio| of 1.2 nats)."""
     batch_size: int = 8
     """Preference pairs per step."""
     lr: float = 5e-4

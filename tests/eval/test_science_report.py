@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from w2s.eval.science import ScienceConfig
-from w2s.eval.science_report import TINY, readme_text, select, write_science_report
+from w2s.eval.science_report import TINY, claims_summary, readme_text, select, write_science_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.science_table import replace_between_markers  # noqa: E402
@@ -77,6 +77,8 @@ def test_readme_markers_are_replaced_and_required():
     assert replace_between_markers(text, "new") == "intro\n<!-- science-table -->\nnew\n<!-- /science-table -->\nend\n"
     with pytest.raises(ValueError, match="science-table"):
         replace_between_markers("no markers", "new")
+    named = ("<!-- s -->", "<!-- /s -->")
+    assert replace_between_markers("<!-- s -->x<!-- /s -->", "y", named) == "<!-- s -->\ny\n<!-- /s -->"
 
 
 def test_real_layout_report_has_its_own_systems_metrics_claims_and_only_gamma(tmp_path):
@@ -106,4 +108,6 @@ def test_real_layout_report_has_its_own_systems_metrics_claims_and_only_gamma(tm
     assert verdicts["search>strong_base:reward"] == "inconclusive"
     text = readme_text(json.loads((tmp_path / "report.json").read_text()))
     assert "| system | reward | words | ref log-lik / byte | tokens |" in text and "EFT" not in text
+    summary = claims_summary(report)
+    assert "WSPO gamma 0.3, chosen on validation" in summary and summary.count("| holds |") >= 2
     assert (tmp_path / "science-real.png").read_bytes()[:4] == b"\x89PNG"

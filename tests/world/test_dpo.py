@@ -46,5 +46,8 @@ def test_science_real_data_splits_topics_and_sizes_answers_in_words():
         assert row["prompt"] not in held_out, row
     kinds = {k: [words(r["response"]) for r in data["cache"] if r["kind"] == k] for k in ("short", "window", "long")}
     assert max(kinds["short"]) < 15 and all(15 <= n <= 30 for n in kinds["window"]) and min(kinds["long"]) > 40
-    assert all(15 <= words(r["chosen"]) <= 30 and not 15 <= words(r["rejected"]) <= 30 for r in data["dpo"])
+    assert all(15 <= words(r["chosen"]) <= 30 and words(r["rejected"]) > 40 for r in data["dpo"])  # long rejected
+    both = make_data(0, 3, 6, 15, 30, rejected=("short", "long"))["dpo"]
+    assert [words(r["rejected"]) < 15 for r in both[:4]] == [True, False, True, False]
+    assert len(make_data(0, 3, 6, 15, 30, num_train_topics=2)["cache"]) == 6
     assert data["sft"] == [r for r in data["cache"] if r["kind"] == "window"]
