@@ -25,8 +25,8 @@ from w2s.eval.responses import RUN, read_responses, responses_file
 from w2s.eval.samplers import HFSampler, Sampler, Sampling
 from w2s.eval.scorer import WeakScorer
 from w2s.eval.search import SearchResult, best_of_n, chunk_beam_search, sample
-from w2s.models import load_causal_lm, load_tokenizer
-from w2s.sampling import generate
+from w2s.models import load_causal_lm, load_model_config, load_tokenizer
+from w2s.sampling import encode_prompt, generate
 
 
 @dataclass
@@ -205,6 +205,22 @@ class Generated:
     """Whether it ended with EOS rather than at the budget (None where the generator does not say)."""
 
 
+def check_positions(models: Models, spec: SystemConfig, prompts: list, first_index: int = 0) -> None:
+    """Refuses a prompt whose tokens plus the token budget exceed the strong model's positions, which it would
+    otherwise answer from garbled positions; names the prompt (its index in the run), the model and the fix."""
+    text = load_model_config("eval", spec.model)  # the config only: a vLLM system's weights stay unloaded here
+    text = text.get_text_config() if hasattr(text, "get_text_config") else text
+    positions, tokenizer = getattr(text, "max_position_embeddings", None), models.tokenizer(spec.model)
+    budget = models.config.max_new_tokens
+    for index, prompt in enumerate(prompts) if positions else ():
+        size = len(encode_prompt(tokenizer, prompt))
+        if size + budget > positions:
+            raise DataError(
+                f"prompt {first_index + index} (0-based): {size} tokens + max_new_tokens {budget} exceed the "
+                f"{spec.name} model's {positions} positions ({spec.model}); shorten the prompt or lower max_new_tokens"
+            )
+
+
 def generate_for(
     models: Models, spec: SystemConfig, job: Job | None, prompts: list, first_index: int = 0
 ) -> list[Generated]:
@@ -212,6 +228,7 @@ def generate_for(
     a batch of plain samples is seeded with seed + first_index, so a run split into parts draws the same tokens
     whichever parts a resumed run redoes."""
     config = models.config
+    check_positions(models, spec, prompts, first_index)
     if job is None:
         model, tokenizer = models.get(spec.model)
         seed, budget = config.seed + first_index, config.max_new_tokens

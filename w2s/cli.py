@@ -200,6 +200,14 @@ def split_words(command: str, words: list[str]) -> tuple[dict[str, str | None], 
     if len(values) > len(positional):
         raise ConfigError(f"w2s {command}: unexpected argument(s) {values[len(positional) :]}")
     named = dict(zip(positional, values + [None] * (len(positional) - len(values))))
+    if (
+        command == "cache"
+        and named.get("path")
+        and any(o.split("=", 1)[0] in ("out_dir", "cache.out_dir") for o in overrides)
+    ):
+        raise ConfigError(  # two answers to "which cache?": neither is picked silently
+            "merge: name the cache once, either as `merge CACHE_DIR` or as cache.out_dir=..., not both"
+        )
     if command == "cache" and named.get("action") not in (None, "merge"):
         # a bare word here is never used silently: `cache.rows_per_shard:4` is a typo, not a path
         raise ConfigError(

@@ -255,7 +255,7 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def _read_yaml(text: str) -> Any:
+def read_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: plain data only
 
 
@@ -292,7 +292,7 @@ def _parse_scalar(raw: str, dotted: str) -> Any:
     if raw == "":
         return ""
     try:
-        return _read_yaml(raw)
+        return read_yaml(raw)
     except yaml.YAMLError:
         return raw
     except ConfigError as err:
@@ -314,7 +314,7 @@ def load_config(cls: type, path: str | Path | None, overrides: list[str] = ()) -
     data: dict = {}
     if path is not None:
         try:
-            data = _read_yaml(Path(path).read_text()) or {}
+            data = read_yaml(Path(path).read_text()) or {}
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
             raise ConfigError(f"{path}: cannot read config: {err}") from err
         except ConfigError as err:

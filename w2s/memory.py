@@ -187,11 +187,10 @@ def _paper_settings(path) -> dict:
     import json
     from pathlib import Path
 
-    import yaml
-
     from w2s.cache.config import CacheConfig
+    from w2s.config import read_yaml
 
-    config = yaml.safe_load(Path(path).read_text())
+    config = read_yaml(Path(path).read_text())  # the loader every config goes through: a duplicated key is refused
     cache, train = config["cache"], config["train"]
     if train.get("deepspeed_config"):
         ds_path = Path(path).parent.parent / train["deepspeed_config"]

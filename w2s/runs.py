@@ -317,6 +317,17 @@ def claim(
         raise
 
 
+def refuse_links(path: Path) -> None:
+    """w2s never makes a symbolic link in its folders: one found there (a shard folder pointed at the user's own
+    files, say) is refused, so that nothing is written, reset or removed through it."""
+    for entry in sorted(path.iterdir()):
+        if entry.is_symlink():
+            raise FolderRefused(
+                f"{entry}: a link w2s did not make (to {os.readlink(entry)}); w2s writes only into what it made: "
+                "remove the link or choose another out_dir"
+            )
+
+
 def _settle(path, command, identity, on_change, artefacts, handle) -> RunFolder:
     """Under the lock: reread the marker (a racing claimant may have written it), then write or compare it."""
     marker = read_marker(path)
@@ -327,6 +338,7 @@ def _settle(path, command, identity, on_change, artefacts, handle) -> RunFolder:
         return RunFolder(path, command, identity, marker, handle)
     if marker["command"] != command:
         raise FolderRefused(f"{path}: this folder belongs to `w2s {marker['command']}`; choose another out_dir")
+    refuse_links(path)
     folder = RunFolder(path, command, identity, marker, handle, resumed=True)
     if marker.get("identity_key") != identity_key(identity):
         changed = differences(marker.get("identity"), identity)

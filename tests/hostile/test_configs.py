@@ -118,3 +118,10 @@ def test_every_number_setting_is_range_checked_at_load_naming_its_key():
 def test_settings_that_would_silently_do_nothing_or_break_later_are_refused_with_their_range(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(Settings, None, [override])
+
+
+def test_cache_merge_refuses_two_names_for_the_cache(capsys):
+    from w2s.cli import main
+
+    assert main(["cache", "merge", "runs/a", "cache.out_dir=runs/b"]) == 2
+    assert "name the cache once" in capsys.readouterr().err

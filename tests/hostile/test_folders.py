@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from w2s.cli import main
-from w2s.runs import LOCK, MARKER, claim, lock_folder
+from w2s.runs import LOCK, MARKER, FolderRefused, claim, lock_folder
 
 pytestmark = pytest.mark.integration
 
@@ -233,3 +233,17 @@ def test_force_removes_only_what_w2s_wrote(tmp_path):
     (tmp_path / "w" / "notes.txt").write_text("the user's, added later")
     claim(tmp_path / "w", "world", identity="a", force=True, artefacts=("world.json",)).release()
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == [".w2s-lock", MARKER, "notes.txt"]
+
+
+def test_a_link_put_into_a_w2s_folder_is_refused_and_its_target_left_alone(tmp_path):
+    """A shard folder replaced by a link to the user's own folder is never written, reset or removed through."""
+    folder = claim(tmp_path / "cache", "cache", identity="a", artefacts=("parquet",))
+    folder.release()
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "thesis.parquet").write_bytes(b"the user's")
+    (tmp_path / "cache" / "parquet").symlink_to(user)
+    for on_change, identity in (("refuse", "a"), ("replace", "b")):
+        with pytest.raises(FolderRefused, match="parquet: a link w2s did not make"):
+            claim(tmp_path / "cache", "cache", identity=identity, on_change=on_change, artefacts=("parquet",))
+    assert (user / "thesis.parquet").read_bytes() == b"the user's"

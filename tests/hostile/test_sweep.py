@@ -97,3 +97,11 @@ def test_gammas_that_share_a_folder_and_an_empty_out_dir_are_refused(micro_world
     assert "train.gammas" in one_line(capsys)
     assert main(["cache", *cache_words(micro_world, tmp_path / "c"), "cache.out_dir="]) == 2
     assert "cache.out_dir: is empty" in one_line(capsys)
+
+
+def test_a_prompt_and_budget_past_the_models_positions_are_refused(micro_world, tmp_path, capsys):
+    words = [*generate_words(micro_world, tmp_path / "g"), "max_new_tokens=1000000"]
+    assert main(["generate", *words]) == 2
+    line = one_line(capsys)
+    assert "prompt 0 (0-based)" in line and "positions" in line and "max_new_tokens" in line
+    assert not (tmp_path / "g" / "responses.jsonl").exists()
