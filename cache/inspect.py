@@ -10,6 +10,7 @@ alignment is shown, its strong tokens grouped by chunk with each chunk's weak su
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -134,9 +135,16 @@ def verified(cache: Cache) -> str:
     return f"verified: {files} shard files match their sizes, checksums and row ids"
 
 
+def default_plot(cache: Cache) -> Path | None:
+    """inspect.png in the cache's own folder, where it can be written (the folder is w2s's); None for a remote or
+    read-only cache: the current folder is the user's, and an inspect.png of theirs there would be overwritten."""
+    folder = None if cache.place.remote else Path(cache.place.join("inspect.png")).parent
+    return folder / "inspect.png" if folder is not None and os.access(folder, os.W_OK) else None
+
+
 def inspect_cache(cache_dir: str | Path, plot_path: str | Path | None = None) -> dict:
     """Verifies the cache, prints the summary and writes `inspect.png` in the cache folder (or at `plot_path`; for a
-    cache on another filesystem, a URL, in the current folder); returns the figures.
+    remote or read-only cache, only at `plot_path`); returns the figures.
 
     Raises:
         CacheMismatch: no finished cache there, or one that fails verification (nothing is written then).
@@ -146,19 +154,24 @@ def inspect_cache(cache_dir: str | Path, plot_path: str | Path | None = None) ->
     rewards, ratios, tokens = load_columns(cache)
     tokenizer = cache_strong_tokenizer(cache)  # the stored ids' tokenizer, the cache's own copy: works anywhere
     top, bottom = extreme_tokens(ratios, tokens, tokenizer)
-    default_plot = Path("inspect.png") if cache.place.remote else cache.place.join("inspect.png")
-    plot_path = Path(plot_path or default_plot)
-    plot_histograms(rewards, ratios, plot_path)
+    plot_path = plot_path or default_plot(cache)
+    if plot_path is not None:
+        plot_histograms(rewards, ratios, Path(plot_path))
     print_summary(cache, rewards, ratios, top, bottom)
     alignment = chunk_view(cache, tokenizer)
     if alignment is not None:
         Console().print(alignment, markup=False)
-    Console().print(f"histograms: {plot_path}")
+    Console().print(
+        f"histograms: {plot_path}"
+        if plot_path
+        else "histograms: not drawn, the cache folder is remote or "
+        "read-only (w2s writes nowhere else unasked); inspect_cache(..., plot_path=FILE) draws them"
+    )
     return {
         "rows": int(cache.totals["rows"]),
         "reward_mean": float(rewards.mean()),
         "ratio_mean": float(ratios.mean()),
         "top": top,
         "bottom": bottom,
-        "plot": str(plot_path),
+        "plot": str(plot_path) if plot_path else None,
     }

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -168,6 +169,12 @@ def test_inspect_and_verify_commands(cache_dir, tmp_path, capsys):
     assert "40 rows" in out and "most positive tokens" in out
     assert (copy / "inspect.png").stat().st_size > 5000
     assert main(["verify", str(copy)]) == 0
+    (copy / "inspect.png").unlink()  # a cache folder w2s may not write (read-only for this user): no PNG anywhere
+    real_access = os.access
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "access", lambda path, mode: False if Path(path) == copy else real_access(path, mode))
+        assert main(["inspect", str(copy)]) == 0
+    assert "histograms: not drawn" in capsys.readouterr().out and not (copy / "inspect.png").exists()
     victim = copy / "zarr" / "shard-00002.zarr" / "weak_log_ratio" / "c" / "0"
     victim.write_bytes(victim.read_bytes()[:-1])
     assert main(["verify", str(copy)]) == 1
