@@ -277,16 +277,21 @@ def run_cells(config: ScienceConfig, console: Console) -> dict:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m w2s.eval.science CONFIG [key=value ...]`."""
+def config_command(name: str, config_class, runner, argv: list[str] | None) -> int:
+    """`python -m <driver> CONFIG [key=value ...]`: loads `config_class` and calls `runner` on it as command `name`."""
     args = sys.argv[1:] if argv is None else argv
     path = args[0] if args and "=" not in args[0] else None
 
-    def science() -> int:
-        run(load_config(ScienceConfig, path, [a for a in args if "=" in a]))
+    def command() -> int:
+        runner(load_config(config_class, path, [a for a in args if "=" in a]))
         return 0
 
-    return run_as_command("w2s science", science)
+    return run_as_command(name, command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m w2s.eval.science CONFIG [key=value ...]`."""
+    return config_command("w2s science", ScienceConfig, run, argv)
 
 
 if __name__ == "__main__":

@@ -30,18 +30,17 @@ import torch
 from rich.console import Console
 from tqdm import tqdm
 
-from w2s.config import load_config, require, require_finite
-from w2s.errors import UserError, run_as_command
+from w2s.config import require, require_finite
+from w2s.errors import UserError
 from w2s.eval.config import EvalConfig, SystemConfig
-from w2s.eval.science import evaluate_system
+from w2s.eval.science import config_command, evaluate_system
 from w2s.eval.science_real_data import (
     make_data,
-    read_jsonl,
     reference_loglik,
     weak_pair_diagnostics,
     write_data,
 )
-from w2s.io import atomic_write_json
+from w2s.io import atomic_write_json, read_jsonl
 from w2s.runs import LOCK, claim, finished_run
 from w2s.train.config import TrainConfig
 from w2s.world.dpo import DpoSettings
@@ -424,14 +423,7 @@ def run_stages(config: ScienceRealConfig, console: Console) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m w2s.eval.science_real CONFIG [key=value ...]`."""
-    args = sys.argv[1:] if argv is None else argv
-    path = args[0] if args and "=" not in args[0] else None
-
-    def science() -> int:
-        run(load_config(ScienceRealConfig, path, [a for a in args if "=" in a]))
-        return 0
-
-    return run_as_command("w2s science-real", science)
+    return config_command("w2s science-real", ScienceRealConfig, run, argv)
 
 
 if __name__ == "__main__":

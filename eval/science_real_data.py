@@ -20,8 +20,7 @@ from pathlib import Path
 
 import torch
 
-from w2s.io import atomic_write_text
-from w2s.world.real import CLOSINGS, TEMPLATES, TOPICS
+from w2s.world.real import CLOSINGS, TEMPLATES, TOPICS, write_jsonl
 
 WORDINGS = (*TEMPLATES, "Give me a short overview of {t}.", "What should I know about {t}?")
 """Six prompt wordings; every topic is asked in each of them."""
@@ -85,16 +84,8 @@ def make_data(
 
 
 def write_data(folder: Path, data: dict[str, list[dict]]) -> None:
-    import json
-
     for name, rows in data.items():
-        atomic_write_text(folder / f"{name}.jsonl", "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    import json
-
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        write_jsonl(folder / f"{name}.jsonl", rows)
 
 
 def response_token_logps(model, tokenizer, prompt: str, response: str) -> tuple[torch.Tensor, int]:

@@ -41,7 +41,6 @@ def run_as_command(command: str, action: Callable[[], int]) -> int:
     """Runs `action` as the command `command`: a refusal, an interrupt or a failed read or write becomes one line on
     stderr and an exit status (2; 130 for Ctrl-C), never a traceback. Every output w2s writes is published
     atomically and its folder's marker says what finished (`w2s.runs`), so an interrupted run resumes on rerun."""
-    quiet_deepspeed()
     try:
         return action()
     except UserError as err:
