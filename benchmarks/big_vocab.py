@@ -238,7 +238,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(json.loads(args.child))
-    from w2s.memory import paper_table
+    from benchmarks.paper_memory import paper_table
 
     if args.readme:
         return print(paper_table(REPO))

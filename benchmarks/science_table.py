@@ -19,8 +19,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from w2s.eval.science_report import claims_summary, readme_text  # noqa: E402
 from w2s.io import atomic_write_text  # noqa: E402
+from w2s.science.report import claims_summary, readme_text  # noqa: E402
 
 MARKERS = ("<!-- science-table -->", "<!-- /science-table -->")
 

@@ -17,14 +17,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from w2s.memory import GIB, _paper_settings, paper_train_memory  # noqa: E402
+from benchmarks.paper_memory import paper_settings, paper_train_memory  # noqa: E402
+from w2s.memory import GIB  # noqa: E402
 
 MARKERS = ("<!-- train-memory-table -->", "<!-- /train-memory-table -->")
 COLUMNS = ("weights", "gradients", "optimizer", "gathered", "activations", "logprobs")
 
 
 def how(config: Path, gpus: int) -> str:
-    s = _paper_settings(config)
+    s = paper_settings(config)
     parts = ["LoRA"] * s["lora"] + [f"ZeRO-{s['zero_stage']}"] + ["optimizer offload"] * s["offload"]
     return f"{gpus} GPUs, {', '.join(parts)}, {s['micro_batch']} x {s['max_len']} tokens"
 

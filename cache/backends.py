@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from w2s.config import require_installed
-from w2s.errors import ConfigError
 from w2s.logprobs import response_logprobs
 from w2s.memory import Shape, vllm_budget
 from w2s.models import load_causal_lm, load_model_config
+from w2s.registry import Registry
 from w2s.vllm_engine import resolve_backend, vllm_llm_kwargs
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -57,6 +57,11 @@ def resolve_device(device: str) -> str:
     return device
 
 
+BACKENDS: Registry[type] = Registry("cache backend")
+"""Scoring backends by name (`cache.backend`); each class builds itself from the cache settings (`for_cache`)."""
+
+
+@BACKENDS.register("transformers")
 class TransformersScorer:
     """Scores with a Hugging Face causal LM: right-padded batches under a token budget, float32 log-probs of the
     response tokens only, the output layer applied in chunks (`w2s.logprobs`: no `[tokens, vocab]` logits)."""
@@ -75,6 +80,11 @@ class TransformersScorer:
         self.model = load_causal_lm(role, model_path, DTYPES[dtype]).to(self.device).eval()
         self.batch_tokens = batch_tokens
 
+    @classmethod
+    def for_cache(cls, config, role: str, model_path: str, num_models: int) -> TransformersScorer:
+        """The scorer of one model of a cache job (`config`: its `CacheConfig`)."""
+        return cls(model_path, config.model_dtype, config.batch_tokens, config.device, role=role)
+
     def _score_batch(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[np.ndarray]:
         # one right-padded forward, no grad; padding, forward and gather are shared with the trainer and search
         return response_logprobs(self.model, sequences, prompt_lens)
@@ -88,6 +98,7 @@ class TransformersScorer:
         return results  # type: ignore[return-value]
 
 
+@BACKENDS.register("vllm")
 class VllmScorer:
     """Scores with vLLM: one-token generation with `prompt_logprobs=0` returns each given token's log-prob.
 
@@ -131,6 +142,19 @@ class VllmScorer:
         # every position is computed afresh and gets its log-prob.
         self.params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
 
+    @classmethod
+    def for_cache(cls, config, role: str, model_path: str, num_models: int) -> VllmScorer:
+        """The scorer of one of a cache job's `num_models` models: each gets 0.85 / num_models of the GPU."""
+        return cls(
+            model_path,
+            config.model_dtype,
+            config.tensor_parallel_size,
+            config.max_len,
+            gpu_memory_utilization=0.85 / num_models,
+            role=role,
+            batch_tokens=config.batch_tokens,
+        )
+
     def response_logprobs(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[np.ndarray]:
         from vllm.inputs import TokensPrompt
 
@@ -163,30 +187,9 @@ def gpu_bytes() -> int:
         return torch.cuda.get_device_properties(0).total_memory
 
 
-def make_scorer(
-    backend: str,
-    role: str,
-    model_path: str,
-    dtype: str,
-    batch_tokens: int,
-    device: str,
-    tensor_parallel_size: int,
-    max_len: int,
-    num_models: int,
-) -> Scorer:
-    """Builds the scorer `backend` names ('auto' picks vllm when usable, transformers otherwise) for the `role`
-    model (weak_base, weak_aligned, strong_ref: named when its folder cannot be loaded)."""
-    backend = resolve_backend(backend)
-    if backend == "transformers":
-        return TransformersScorer(model_path, dtype, batch_tokens, device, role=role)
-    if backend == "vllm":
-        return VllmScorer(
-            model_path,
-            dtype,
-            tensor_parallel_size,
-            max_len,
-            gpu_memory_utilization=0.85 / num_models,
-            role=role,
-            batch_tokens=batch_tokens,
-        )
-    raise ConfigError(f"cache.backend: unknown backend {backend!r}; use transformers, vllm or auto")
+def make_scorer(config, role: str, model_path: str, num_models: int, backend: str = "") -> Scorer:
+    """The scorer `config.backend` names ('auto' picks vllm when usable, transformers otherwise; any registered
+    backend or a scorer class's dotted path) for the `role` model (weak_base, weak_aligned, strong_ref: named
+    when its folder cannot be loaded)."""
+    scorer = BACKENDS.get(resolve_backend(backend or config.backend), "cache.backend")
+    return scorer.for_cache(config, role, model_path, num_models)

@@ -15,16 +15,14 @@ written at once; with several, each writes a part manifest and `w2s cache merge`
 
 Cross-tokenizer: the weak pair shares one tokenizer; when the strong model's (strong_ref's, else
 `cache.strong_tokenizer`) has another fingerprint, every row is also tokenised the strong way and aligned
-(`w2s.cache.data.strong_side`), and `score_shard` stores the weak pair's chunk sums in strong-token space (the
+(`w2s.data.strong_side`), and `score_shard` stores the weak pair's chunk sums in strong-token space (the
 layout: `w2s.schemas.cache`). With the same fingerprint nothing differs from a build without a strong tokenizer.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -33,8 +31,8 @@ from tqdm import tqdm
 from w2s.align import chunk_sums
 from w2s.cache.backends import Scorer, make_scorer
 from w2s.cache.config import CacheConfig
-from w2s.cache.data import Row, StrongSide, encode_rows, load_rows, locate
 from w2s.cache.formats import formats_for
+from w2s.cache.job import CacheJob, model_paths
 from w2s.cache.ledger import (
     claim_folder,
     ledger_path,
@@ -45,35 +43,13 @@ from w2s.cache.ledger import (
 )
 from w2s.cache.manifest import MANIFEST, cache_layout, file_entry, manifest_body, shard_entry
 from w2s.cache.portable import STRONG_TOKENIZER_DIR, TOKENIZER_DIR, absolute_paths, save_tokenizer_copy
-from w2s.cache.provenance import code_version, model_fingerprint, tokenizer_fingerprint
+from w2s.data import Row, StrongSide, encode_rows, load_rows, locate
 from w2s.errors import CacheMismatch, ConfigError, DataError
 from w2s.io import atomic_write_json
 from w2s.models import load_model_config, load_tokenizer
-from w2s.schemas.cache import STRONG_CHUNK_FIELD, Layout, ShardData, shard_name
+from w2s.provenance import code_version, model_fingerprint, tokenizer_fingerprint
+from w2s.schemas.cache import STRONG_CHUNK_FIELD, ShardData, shard_name
 from w2s.vllm_engine import resolve_backend
-
-
-@dataclass
-class CacheJob:
-    """Everything the shard loop needs, prepared by `setup()`."""
-
-    config: CacheConfig
-    out_dir: Path
-    rows: list[Row]
-    provenance: dict
-    my_shards: list[int]
-    layout: Layout
-    """Which store is written and how (from the config; `w2s.cache.manifest.cache_layout`)."""
-    scorers: dict[str, Scorer] | None = None
-    tokenizer: Any = None
-    """The weak pair's shared tokenizer (its copy goes into the cache: `w2s.cache.portable`)."""
-    strong_tokenizer: Any = None
-    """A cross-tokenizer cache's strong tokenizer (copied too); None when it is the weak pair's."""
-
-
-def model_paths(config: CacheConfig) -> dict[str, str]:
-    paths = {"weak_base": config.weak_base, "weak_aligned": config.weak_aligned, "strong_ref": config.strong_ref}
-    return {role: path for role, path in paths.items() if path}
 
 
 def load_shared_tokenizer(paths: dict[str, str]):
@@ -225,20 +201,7 @@ def setup(config: CacheConfig, load_models: bool = True) -> CacheJob:
 def load_scorers(config: CacheConfig, backend: str) -> dict[str, Scorer]:
     """One scorer per model role, on `backend` (loads the models: once per process, or per Ray actor)."""
     paths = model_paths(config)
-    return {
-        role: make_scorer(
-            backend,
-            role,
-            path,
-            config.model_dtype,
-            config.batch_tokens,
-            config.device,
-            config.tensor_parallel_size,
-            config.max_len,
-            len(paths),
-        )
-        for role, path in paths.items()
-    }
+    return {role: make_scorer(config, role, path, len(paths), backend) for role, path in paths.items()}
 
 
 def strong_space(values: np.ndarray, side: StrongSide) -> np.ndarray:
@@ -374,18 +337,6 @@ def finish(job: CacheJob, done: dict[int, dict]) -> dict:
     body = manifest_body(job.provenance, [done[c] for c in job.my_shards], job.config)
     atomic_write_json(job.out_dir / manifest_name(job.config), body)
     ledger_path(job).unlink(missing_ok=True)
-    return body
-
-
-def run(config: CacheConfig) -> dict:
-    """`w2s cache`: setup, build (in this process, or on Ray with engine=ray), and a one-screen summary."""
-    if config.engine == "ray":
-        from w2s.cache.ray_engine import run_on_ray
-
-        return run_on_ray(config)
-    job = setup(config)
-    body = build_cache(job)
-    print_summary(job, body)
     return body
 
 

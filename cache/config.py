@@ -10,7 +10,6 @@ from w2s.cache.formats import formats_for
 from w2s.config import ConfigError, require, require_installed
 from w2s.schemas.cache import StorageDtype, Store
 
-Backend = Literal["auto", "transformers", "vllm"]
 ModelDtype = Literal["float32", "bfloat16", "float16"]
 Engine = Literal["local", "ray"]
 DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
@@ -50,8 +49,9 @@ class CacheConfig:
     pair's (with strong_ref, its tokenizer is used and this must be empty or the same). A tokenizer other than the
     weak pair's makes a cross-tokenizer cache: every row is also tokenised the strong model's way, and the weak
     log-ratios are summed over the chunks where both tokenizations agree (`w2s.align`, `w2s.schemas.cache`)."""
-    backend: Backend = "auto"
-    """'transformers', 'vllm', or 'auto' (vllm when importable and a GPU is present)."""
+    backend: str = "auto"
+    """'transformers', 'vllm', 'auto' (vllm when importable and a GPU is present), or another registered backend
+    (`w2s.cache.backends.BACKENDS`) or a scorer class's dotted path."""
     model_dtype: ModelDtype = "float32"
     """Compute dtype of the models: float32, bfloat16 or float16."""
     storage_dtype: StorageDtype = "float32"
@@ -108,6 +108,10 @@ class CacheConfig:
             formats_for(self.format)  # an unregistered format is refused at load time, naming the known ones
         except ConfigError as err:
             raise ConfigError(f"cache.format: {err}") from None
+        if self.backend != "auto":  # refused at load time too, naming the registered ones
+            from w2s.cache.backends import BACKENDS
+
+            BACKENDS.get(self.backend, "cache.backend")
         require(
             self.device == "auto" or DEVICE.fullmatch(self.device) is not None,
             "cache.device",

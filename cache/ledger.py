@@ -21,15 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from w2s.cache.job import CacheJob, model_paths
 from w2s.cache.manifest import MANIFEST, check_entry, part_manifest_name
-from w2s.cache.provenance import provenance_key
 from w2s.errors import CacheMismatch
 from w2s.io import atomic_write_json
+from w2s.provenance import provenance_key
 from w2s.runs import LOCK, RunFolder, claim
 from w2s.schemas.cache import stale_temporaries
 
 if TYPE_CHECKING:
-    from w2s.cache.build import CacheJob
     from w2s.cache.config import CacheConfig
 
 
@@ -46,8 +46,6 @@ def claim_folder(job: CacheJob) -> RunFolder:
     Raises:
         FolderRefused: another folder, an input, a cache of other inputs, or this worker already running.
     """
-    from w2s.cache.build import model_paths
-
     identity = {k: v for k, v in job.provenance.items() if k != "code_version"}
     inputs = {"dataset": job.config.dataset, **model_paths(job.config)}
     lock = worker_lock_name(job.config.shard_index, job.config.num_shards)

@@ -21,8 +21,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from w2s.cache.provenance import tokenizer_fingerprint
 from w2s.models import ModelError, load_tokenizer, save_tokenizer  # noqa: F401 (save_tokenizer: used here and re-exported)
+from w2s.provenance import tokenizer_fingerprint
 
 if TYPE_CHECKING:
     from w2s.cache.config import CacheConfig

@@ -23,7 +23,6 @@ from rich.console import Console
 from tqdm import tqdm
 
 from w2s.cache.build import (
-    CacheJob,
     finish,
     load_scorers,
     print_summary,
@@ -34,6 +33,7 @@ from w2s.cache.build import (
     write_shard,
 )
 from w2s.cache.config import CacheConfig
+from w2s.cache.job import CacheJob
 from w2s.cache.ledger import claim_folder, remove_stale_temporaries, resume_point, save_ledger
 from w2s.cache.manifest import cache_layout
 from w2s.cache.portable import published_files

@@ -12,28 +12,10 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from w2s.config import require, require_finite, require_installed, require_seed
+from w2s.search.components import SEARCHES
 
-Generator = Literal["sample", "cbs", "bon", "eft"]
-"""How a system generates: plain sampling, chunk-level beam search, best-of-N, emulated fine-tuning."""
 Engine = Literal["hf", "vllm"]
 """What samples the strong model: transformers (KV cache kept across chunks) or vLLM (prefix caching)."""
-
-PARAMS: dict[str, dict[str, type]] = {
-    "sample": {},
-    "cbs": {"width": int, "num_samples": int, "chunk_len": int},
-    "bon": {"n": int},
-    "eft": {"beta": float},
-}
-"""The params each generator takes: cbs W, K, L; bon N; eft the weight of the weak log-ratio."""
-
-DEFAULT_PARAMS: dict[str, dict[str, float]] = {
-    "sample": {},
-    "cbs": {"width": 2, "num_samples": 2, "chunk_len": 30},
-    "bon": {"n": 4},
-    "eft": {"beta": 1.0},
-}
-"""The value a param takes when a system leaves it out: the W2S search paper's AlpacaEval settings (W, K, L =
-2, 2, 30), best-of-4, and EFT at beta 1."""
 
 DEFAULT_TASK = {
     "_component_": "w2s.world.task.SummaryTask",
@@ -52,9 +34,10 @@ class SystemConfig:
     """Row name in the report (unique)."""
     model: str
     """The strong model: a Hugging Face folder or hub id."""
-    generator: Generator = "sample"
+    generator: str = "sample"
     """sample (plain sampling), cbs (chunk-level beam search guided by the weak pair), bon (best-of-N, same
-    guide) or eft (emulated fine-tuning: strong log-probs + beta * weak log-ratio, one shared vocabulary)."""
+    guide), eft (emulated fine-tuning: strong log-probs + beta * weak log-ratio, one shared vocabulary), or any
+    search registered in `w2s.search.components.SEARCHES` (or a search class's dotted path)."""
     params: dict[str, Any] = field(default_factory=dict)
     """The generator's settings: cbs {width, num_samples, chunk_len}; bon {n}; eft {beta}; sample none."""
     engine: Engine = "hf"
@@ -74,12 +57,13 @@ class SystemConfig:
 
     def check(self, key: str) -> None:
         """Refuses a bad generator/params/engine combination (naming `key`); fills left-out params with
-        `DEFAULT_PARAMS` and makes them int or float."""
+        the search's defaults and makes them int or float."""
         require(bool(self.name), key, "every system needs a name")
-        expected = PARAMS[self.generator]
+        search = SEARCHES.get(self.generator, f"{key}.generator")
+        expected = search.params
         unknown = sorted(set(self.params) - set(expected))
         require(not unknown, f"{key}.params", f"{self.generator} takes {sorted(expected)}; unknown {unknown}")
-        self.params = {**DEFAULT_PARAMS[self.generator], **self.params}
+        self.params = {**search.defaults, **self.params}
         for name, kind in expected.items():
             value = self.params[name]
             require(
@@ -95,9 +79,9 @@ class SystemConfig:
                 require_finite(value, f"{key}.params.{name}")
                 self.params[name] = float(value)
         require(
-            self.generator != "eft" or self.engine == "hf",
+            not search.hf_only or self.engine == "hf",
             f"{key}.engine",
-            "eft needs engine hf: it mixes next-token distributions at every step, which vLLM does not expose",
+            f"{self.generator} needs engine hf: {search.hf_only}",
         )
 
 
@@ -209,7 +193,7 @@ class EvalConfig(GenerationSettings):
     out_dir: str = "{run_root}/eval"
     """Output folder: report.json, report.md, comparison.png, reward_vs_gamma.png (gamma sweep only), config.yaml."""
     task: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_TASK))
-    """The task: `_component_` (dotted path of a w2s.eval.task.Task class) and its arguments. A mapping
+    """The task: `_component_` (dotted path of a w2s.task.Task class) and its arguments. A mapping
     without `_component_` updates the arguments of the default task (the tiny world's test split)."""
     systems: list[SystemConfig] = field(default_factory=default_systems)
     """The systems to compare, in report order: each {name, model, generator, params, engine, optional,
@@ -217,10 +201,11 @@ class EvalConfig(GenerationSettings):
     run: list[str] = field(default_factory=list)
     """Names of the declared systems to run (in declared order); empty runs them all."""
     wspo_dir: str = "{wspo}"
-    """WSPO output: every wspo_dir/gamma-*/final feeds the reward-vs-gamma plot (gamma read from
-    final/w2s_provenance.json)."""
+    """Training output: every wspo_dir/*/final of a sweep (e.g. gamma-0.1/final) feeds the reward-vs-gamma plot (the
+    loss and its parameters read from final/w2s_provenance.json, never from folder names)."""
     gamma_sweep: bool = True
-    """Also evaluate every wspo_dir/gamma-*/final (plain sampling) and plot the task's metrics against gamma."""
+    """Also evaluate every wspo_dir/*/final (plain sampling) and plot the task's metrics against the swept loss
+    parameter (gamma for a WSPO sweep)."""
     num_examples: int = 200
     """Test prompts evaluated (the task's first ones)."""
     num_shown: int = 3
@@ -272,7 +257,7 @@ class GenerateConfig(GenerationSettings):
     """Only the first N prompts (0: all)."""
     model: str = "{world}/strong_base"
     """The strong model (a folder or hub id); any tokenizer: the weak pair re-tokenises its text."""
-    generator: Literal["", "sample", "cbs", "bon", "eft"] = ""
+    generator: str = ""
     """sample, cbs (chunk-level beam search), bon (best-of-N) or eft; empty: cbs under `w2s search`, sample
     under `w2s generate`."""
     params: dict[str, Any] = field(default_factory=dict)

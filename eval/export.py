@@ -17,8 +17,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from w2s.cache.data import load_rows, locate
 from w2s.config import require
+from w2s.data import load_rows, locate
 from w2s.errors import DataError
 from w2s.eval.responses import to_jsonl
 from w2s.io import atomic_write_text

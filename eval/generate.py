@@ -8,7 +8,7 @@ AlpacaEval's model_outputs.json and a summary (`w2s.eval.responses` owns the fil
 seed + i, so a resumed run writes what an uninterrupted one would.
 
 The strong model may use any tokenizer: the weak pair scores decoded text with its own tokenizer and chat
-template (`w2s.eval.scorer`). EFT mixes next-token distributions and so needs one shared vocabulary.
+template (`w2s.search.scorer`). EFT mixes next-token distributions and so needs one shared vocabulary.
 
 Python API: `search(prompts, model=..., weak_base=..., weak_aligned=...)` returns records without files.
 """
@@ -26,16 +26,17 @@ import torch
 from rich.console import Console
 from tqdm import tqdm
 
-from w2s.cache.provenance import code_version, model_fingerprint, tokenizer_fingerprint
 from w2s.errors import ConfigError
 from w2s.eval import responses as files
 from w2s.eval.config import GenerateConfig, SystemConfig
 from w2s.eval.prompts import PromptSource, load_prompts
-from w2s.eval.systems import GUIDED, Job, Models, generate_for, prepare
-from w2s.eval.task import Example
+from w2s.eval.systems import Job, Models, generate_for, prepare
 from w2s.io import atomic_write_json
 from w2s.models import ModelError, check_model_path, load_tokenizer
+from w2s.provenance import code_version, model_fingerprint, tokenizer_fingerprint
 from w2s.runs import RunFolder, claim
+from w2s.search.components import SEARCHES
+from w2s.task import Example
 
 SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "batch_size")
 """Settings that change which tokens are drawn: part of a run's identity."""
@@ -57,7 +58,7 @@ class Generation:
 def run_identity(config: GenerateConfig, spec: SystemConfig, prompts_fingerprint: str) -> dict:
     """Everything that fixes the responses: the system, the models' weights, the sampling settings, the prompts."""
     roles = {"strong": spec.model}
-    if spec.generator in GUIDED:
+    if SEARCHES.get(spec.generator).guided:
         roles.update(weak_base=config.weak_base, weak_aligned=config.weak_aligned)
     prompt_keys = ("prompts", "split", "prompt_field", "messages_field", "id_field", "save_every")
     return {

@@ -1,6 +1,6 @@
 """A prompt set, read once for every command that generates: `w2s generate`, `w2s search` and the prompt tasks.
 
-Rows come from `w2s.cache.data.load_rows` (local jsonl/json/parquet/arrow read by w2s itself, or a hub dataset),
+Rows come from `w2s.data.load_rows` (local jsonl/json/parquet/arrow read by w2s itself, or a hub dataset),
 so a bad file is named by file and line exactly as the cache names it. Each row becomes an `Example`: the prompt
 (a text field, or chat messages whose last assistant message, if any, is kept as the reference), a unique id, and
 the whole record for the task's metrics.
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from w2s.cache.data import check_encodable, check_messages, example_id_of, load_rows, locate
+from w2s.data import check_encodable, check_messages, example_id_of, load_rows, locate
 from w2s.errors import DataError
-from w2s.eval.task import Example
+from w2s.task import Example
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from w2s.eval.task import Metric  # noqa: E402
 from w2s.io import atomic_write_text  # noqa: E402
+from w2s.task import Metric  # noqa: E402
 
 COST = (Metric("sampled_tokens", "sampled tokens", "{:.1f}", "sampled"), Metric("seconds", "seconds", "{:.1f}", "sec"))
 """What every system's row reports besides the task's metrics: strong tokens drawn per prompt, wall time."""
@@ -137,8 +137,10 @@ def plot_comparison(systems: dict[str, dict], metrics: Sequence[Metric], path: P
 
 
 def plot_gamma(sweep: list[dict], reference: dict | None, metrics: Sequence[Metric], path: Path) -> None:
-    """Each plotted metric of the WSPO models against gamma, the strong base as a dashed reference."""
-    gammas = [row["gamma"] for row in sweep]
+    """Each plotted metric of the sweep's models against the swept loss parameter (gamma for a WSPO sweep), the
+    strong base as a dashed reference."""
+    parameter = sweep[0].get("parameter", "gamma")
+    gammas = [row["loss"][parameter] if "loss" in row else row["gamma"] for row in sweep]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.8), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         values = [row[metric.key] for row in sweep]
@@ -147,7 +149,7 @@ def plot_gamma(sweep: list[dict], reference: dict | None, metrics: Sequence[Metr
             ax.axhline(reference[metric.key], color="gray", linestyle="--", label="strong base")
         if min(gammas) > 0 and max(gammas) / min(gammas) >= 10:
             ax.set_xscale("log")
-        ax.set_xlabel("gamma")
+        ax.set_xlabel(parameter)
         if bounded(values + ([reference[metric.key]] if reference is not None else [])):
             ax.set_ylim(0, 1.05)
         ax.set_title(metric.plot_title)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from w2s.cache.data import decode_utf8, parse_json_lines
+from w2s.data import decode_utf8, parse_json_lines
 from w2s.errors import DataError
 from w2s.io import atomic_write_text
 

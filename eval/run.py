@@ -3,8 +3,8 @@
 The task (`EvalConfig.task`, built from its `_component_` path) owns the prompts, references and metrics; the
 systems (`EvalConfig.systems`) own how responses are generated (`w2s.eval.systems`). Every system is scored by
 the task, timed (model loading excluded), and its sampled strong tokens are counted (EOS and every candidate
-included), so that search and best-of-N can be compared at equal cost. The WSPO gamma sweep
-(wspo_dir/gamma-*/final) adds one plain-sampling row per gamma.
+included), so that search and best-of-N can be compared at equal cost. A training sweep
+(every wspo_dir/*/final, e.g. gamma-0.1/) adds one plain-sampling row per run, its loss read from its provenance.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from w2s.errors import ConfigError
 from w2s.eval.config import EvalConfig
 from w2s.eval.report import REPORT_FILES, Layout, print_table, write_report
 from w2s.eval.systems import Models, Planned, plan, prepare, responses_of
-from w2s.eval.task import Example, Response, Task, load_task
 from w2s.runs import RunFolder, claim
+from w2s.task import Example, Response, Task, load_task
 
 
 def shown(config: EvalConfig, responses: list[Response], examples: list[Example], scores: list[dict]) -> list[dict]:
@@ -45,6 +45,8 @@ def evaluate(config: EvalConfig, task: Task, system: Planned, models: Models, ex
     tokenizer = models.tokenizer(spec.model)
     responses = [Response(tokenizer.decode(row, skip_special_tokens=True), row) for row in ids]
     row = {"kind": spec.generator, "engine": spec.engine, "model": spec.model, "gamma": system.gamma}
+    if system.loss is not None:
+        row["loss"] = system.loss
     per_example = task.score_examples(responses, examples)  # scored once: the means, samples and intervals reuse it
     row.update(task.score(responses, examples, per_example))
     row["sampled_tokens"] = mean(sampled)
@@ -134,7 +136,7 @@ def evaluate_all(config: EvalConfig, task: Task | None) -> tuple[dict, Layout]:
         "settings": asdict(config),
         "num_examples": len(examples),
         "systems": {s.spec.name: rows[s.spec.name] for s in systems},
-        "gamma_sweep": [dict(rows[s.spec.name], name=s.spec.name) for s in sweep],
+        "gamma_sweep": [dict(rows[s.spec.name], name=s.spec.name, parameter=s.parameter) for s in sweep],
         "skipped": skipped,
         "budget": budget({s.spec.name: rows[s.spec.name] for s in systems}),
         "examples_shown": [

@@ -2,13 +2,13 @@
 
 A system is a model plus a generator (`EvalConfig.systems`). Plain sampling on transformers goes through the
 batched `w2s.sampling.generate`; every other (generator, engine) pair goes through the `Sampler` protocol with
-the search written once in `w2s.eval.search` (or `w2s.eval.eft`), looked up in `SEARCHES`, never branched on.
+the search written once in `w2s.search` and looked up in its registry (`w2s.search.components.SEARCHES`), never
+branched on.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,60 +16,86 @@ import torch
 from tqdm import tqdm
 from transformers import AutoConfig
 
-from w2s.cache.provenance import tokenizer_fingerprint
 from w2s.config import ConfigError
 from w2s.errors import CacheMismatch, DataError
 from w2s.eval.config import EvalConfig, GenerationSettings, SystemConfig
-from w2s.eval.eft import check_same_vocab, eft_generate
 from w2s.eval.responses import RUN, read_responses, responses_file
-from w2s.eval.samplers import HFSampler, Sampler, Sampling
-from w2s.eval.scorer import WeakScorer
-from w2s.eval.search import SearchResult, best_of_n, chunk_beam_search, sample
 from w2s.models import load_causal_lm, load_model_config, load_tokenizer
+from w2s.provenance import tokenizer_fingerprint
 from w2s.sampling import encode_prompt, generate
+from w2s.search.components import SEARCHES
+from w2s.search.samplers import HFSampler, Sampler, Sampling
+from w2s.search.scorer import WeakScorer
 
 
 @dataclass
 class Planned:
-    """A system to run: its declaration and, for a WSPO-trained model, the gamma it was trained with."""
+    """A system to run: its declaration and, for a trained model, the loss it was trained with (its provenance)."""
 
     spec: SystemConfig
-    gamma: float | None = None
+    loss: dict | None = None
+    """`train.loss` of the model's w2s_provenance.json: `_component_` and its parameters (None for other models)."""
+    parameter: str = "gamma"
+    """The loss parameter a sweep varies (the x axis of its plot)."""
+
+    @property
+    def gamma(self) -> float | None:
+        """WSPO's gamma (None for a model trained with a loss that has none, or not trained by w2s)."""
+        value = (self.loss or {}).get("gamma")
+        return None if value is None else float(value)
 
 
-def read_gamma(model_dir: str | Path) -> float | None:
-    """The gamma a WSPO model was trained with: `train.gamma` of its w2s_provenance.json (None for other models)."""
+def read_loss(model_dir: str | Path) -> dict | None:
+    """The loss a model was trained with: `train.loss` of its w2s_provenance.json (None for other models)."""
     provenance = Path(model_dir) / "w2s_provenance.json"
     if not provenance.is_file():
         return None
-    gamma = json.loads(provenance.read_text()).get("train", {}).get("gamma")
-    return None if gamma is None else float(gamma)
+    loss = json.loads(provenance.read_text()).get("train", {}).get("loss")
+    return loss if isinstance(loss, dict) else None
 
 
-def gamma_runs(wspo_dir: Path) -> tuple[list[Planned], dict[str, str]]:
-    """Every finished `wspo_dir/gamma-*/final` of a gamma sweep, by increasing gamma, and the runs skipped."""
-    runs, skipped = [], {}
-    for run_dir in sorted(wspo_dir.glob("gamma-*")):
+def swept_parameter(losses: list[dict]) -> str:
+    """The one loss parameter whose value differs between a sweep's runs ('gamma' when none or several do)."""
+    keys = {key for loss in losses for key in loss if key != "_component_"}
+    varied = [key for key in sorted(keys) if len({repr(loss.get(key)) for loss in losses}) > 1]
+    return varied[0] if len(varied) == 1 else "gamma"
+
+
+def sweep_runs(wspo_dir: Path) -> tuple[list[Planned], dict[str, str]]:
+    """Every finished run of a sweep (each `wspo_dir/*/final`, whatever its folder is called), by increasing value
+    of the swept loss parameter, which is read from each model's provenance, and the runs skipped."""
+    found, skipped = [], {}
+    for run_dir in sorted(path for path in wspo_dir.glob("*") if path.is_dir()):
         final = run_dir / "final"
         if not (final / "config.json").exists():
-            continue  # not finished yet
-        gamma = read_gamma(final)
-        if gamma is None:
-            skipped[f"wspo {run_dir.name}"] = f"no train.gamma in {final / 'w2s_provenance.json'}"
+            continue  # not a run, or not finished yet
+        loss = read_loss(final)
+        if loss is None:
+            skipped[f"wspo {run_dir.name}"] = f"no train.loss in {final / 'w2s_provenance.json'}"
             continue
-        runs.append(Planned(SystemConfig(f"wspo gamma={gamma:g}", str(final)), gamma))
-    return sorted(runs, key=lambda run: run.gamma), skipped
+        found.append((final, loss))
+    parameter = swept_parameter([loss for _, loss in found])
+    runs = []
+    for final, loss in found:
+        value = loss.get(parameter)
+        if not isinstance(value, int | float):
+            skipped[f"wspo {final.parent.name}"] = (
+                f"its loss has no numeric {parameter} ({final / 'w2s_provenance.json'})"
+            )
+            continue
+        runs.append(Planned(SystemConfig(f"wspo {parameter}={value:g}", str(final)), loss, parameter))
+    return sorted(runs, key=lambda run: run.loss[parameter]), skipped
 
 
 def plan(config: EvalConfig) -> tuple[list[Planned], list[Planned], dict[str, str]]:
-    """The systems to run (those `run` selects), the gamma-sweep runs, and the systems skipped (name -> reason)."""
+    """The systems to run (those `run` selects), the sweep's runs, and the systems skipped (name -> reason)."""
     systems, skipped = [], {}
     for spec in config.selected():
         if spec.optional and not (Path(spec.model) / "config.json").exists():
             skipped[spec.name] = f"no model at {spec.model} (an optional system: train or build it first)"
             continue
-        systems.append(Planned(spec, read_gamma(spec.model)))
-    sweep, sweep_skipped = gamma_runs(Path(config.wspo_dir)) if config.gamma_sweep else ([], {})
+        systems.append(Planned(spec, read_loss(spec.model)))
+    sweep, sweep_skipped = sweep_runs(Path(config.wspo_dir)) if config.gamma_sweep else ([], {})
     return systems, sweep, {**skipped, **sweep_skipped}
 
 
@@ -119,7 +145,7 @@ class Models:
         """The strong sampler of a system: transformers (KV rows kept) or a vLLM engine (prefix caching)."""
         if spec.engine == "hf":
             return HFSampler(*self.get(spec.model), self.sampling)
-        from w2s.eval.vllm_sampler import VllmSampler, make_llm  # vLLM only where a system asks for it
+        from w2s.search.vllm_sampler import VllmSampler, make_llm  # vLLM only where a system asks for it
 
         if spec.model not in self.engines:
             options = self.config.vllm
@@ -140,30 +166,6 @@ class Job:
     guide: Guide | None = None
 
 
-SEARCHES: dict[str, Callable[[Job, object, int], SearchResult]] = {
-    "sample": lambda job, prompt, seed: sample(job.sampler, None, prompt, job.max_new_tokens, seed),
-    "cbs": lambda job, prompt, seed: chunk_beam_search(
-        job.sampler, job.guide.scorer, prompt, max_new_tokens=job.max_new_tokens, seed=seed, **job.params
-    ),
-    "bon": lambda job, prompt, seed: best_of_n(
-        job.sampler, job.guide.scorer, prompt, job.params["n"], job.max_new_tokens, seed
-    ),
-    "eft": lambda job, prompt, seed: eft_generate(
-        job.sampler,
-        job.guide.tuned,
-        job.guide.untuned,
-        prompt,
-        job.params["beta"],
-        job.max_new_tokens,
-        seed,
-        job.guide.tokenizer,
-    ),
-}
-"""Generator -> one prompt's search with a system's job; plain transformers sampling is batched instead."""
-GUIDED = ("cbs", "bon", "eft")
-"""Generators that need the weak pair."""
-
-
 def prepare(models: Models, spec: SystemConfig) -> Job | None:
     """Loads what a system needs before it is timed; None for batched plain sampling (transformers) and for
     recorded responses (only the tokenizer is loaded)."""
@@ -174,13 +176,13 @@ def prepare(models: Models, spec: SystemConfig) -> Job | None:
         models.get(spec.model)
         if spec.generator == "sample":
             return None
-    guide = models.guide() if spec.generator in GUIDED else None
+    search = SEARCHES.get(spec.generator)
+    guide = models.guide() if search.guided else None
     job = Job(models.sampler(spec), spec.params, models.config.max_new_tokens, guide)
-    if spec.generator == "eft":
-        try:
-            check_same_vocab(job.sampler.model, (guide.tuned, guide.untuned), job.sampler.tokenizer, guide.tokenizer)
-        except ValueError as err:
-            raise ConfigError(f"{spec.name}: {err}") from err
+    try:
+        search().check(job)
+    except ValueError as err:
+        raise ConfigError(f"{spec.name}: {err}") from err
     return job
 
 
@@ -236,7 +238,8 @@ def generate_for(
             model, tokenizer, prompts, budget, config.temperature, config.top_k, config.top_p, seed, config.batch_size
         )
         return [Generated(ids, sampled_tokens(ids, budget), finished=len(ids) < budget) for ids in responses]
-    search, guided = SEARCHES[spec.generator], spec.generator in GUIDED
+    search_class = SEARCHES.get(spec.generator)
+    search, guided = search_class().run, search_class.guided
     results = [
         search(job, prompt, config.seed + first_index + index)
         for index, prompt in enumerate(tqdm(prompts, desc=spec.name, leave=False))

@@ -18,9 +18,9 @@ import torch
 from w2s.errors import ConfigError
 from w2s.eval.prompts import PromptSource, load_prompts
 from w2s.eval.responses import instruction_of
-from w2s.eval.task import Example, Metric, Response, Task
 from w2s.models import ModelError, load_sequence_classifier, load_tokenizer
 from w2s.rewards import length_reward
+from w2s.task import TASKS, Example, Metric, Response, Task
 from w2s.tokens import encode_rendered, encode_text, render_messages
 
 MEAN_TOKENS = Metric("mean_tokens", "mean tokens", "{:.1f}", "tokens")
@@ -57,6 +57,7 @@ class PromptTask(Task):
         return examples
 
 
+@TASKS.register("length")
 class LengthTask(PromptTask):
     """The WSPO paper's summarisation reward: 1 inside [l_min, l_max] tokens (or words), falling linearly to 0
     `tolerance` units outside.
@@ -119,6 +120,7 @@ class LengthTask(PromptTask):
         return f"length reward on `{self.source.path}`, window [{self.l_min}, {self.l_max}] {counted}"
 
 
+@TASKS.register("reward_model")
 class RewardModelTask(PromptTask):
     """A reward model (`AutoModelForSequenceClassification` with one output) scores prompt + response; the
     reward model's chat template renders them when it has one, else "prompt\\n\\nresponse".

@@ -117,3 +117,17 @@ def _real_tokenizer_folder(root: Path, name: str, version: str, tmp_path_factory
             raise
         shutil.rmtree(tmp)  # that session was first
     return folder
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` are skipped where no CUDA device is present (they run on a GPU machine, `make test`)."""
+    if not any(item.get_closest_marker("gpu") for item in items):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)

@@ -2,7 +2,7 @@
 (online) scored by the weak pair that is loaded again.
 
 Token-level WSPO pairs the weak ratio of token t with the policy's log-prob of the same token t, so the cache's
-tokenizer must be exactly the policy's: the fingerprints (`w2s.cache.provenance.tokenizer_fingerprint`: vocabulary,
+tokenizer must be exactly the policy's: the fingerprints (`w2s.provenance.tokenizer_fingerprint`: vocabulary,
 special and added tokens, add_bos/add_eos, chat template) must be equal, and a refusal says which part differs. A
 cross-tokenizer cache stores the strong model's ids (`w2s.schemas.cache`): there the policy's tokenizer must be the
 cache's STRONG tokenizer (its copy `<cache>/strong_tokenizer`), and the weak pair's is refused like any other.
@@ -18,12 +18,12 @@ import hashlib
 
 from transformers import PreTrainedTokenizerBase
 
-from w2s.cache.data import encode_rows, load_rows
 from w2s.cache.portable import STRONG_TOKENIZER_DIR, TOKENIZER_DIR, cache_strong_tokenizer
-from w2s.cache.provenance import model_fingerprint, tokenizer_fingerprint, tokenizer_parts
 from w2s.cache.store import Cache, VerifyLevel
+from w2s.data import encode_rows, load_rows
 from w2s.errors import CacheMismatch, UserError
 from w2s.models import ModelError, check_model_path
+from w2s.provenance import model_fingerprint, tokenizer_fingerprint, tokenizer_parts
 
 WEAK_ROLES = ("weak_base", "weak_aligned")
 

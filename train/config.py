@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
 
-from w2s.config import require, require_finite, require_seed
+from w2s.config import ConfigError, require, require_finite, require_seed
+from w2s.registry import COMPONENT
+
+DEFAULT_LOSS = {COMPONENT: "w2s.train.losses.WSPO", "gamma": 0.1}
+"""WSPO with the paper's gamma for the TL;DR and HH setups."""
 
 
 @dataclass
@@ -16,8 +21,9 @@ class TrainConfig:
     """Output folder: checkpoints/, final/ (a Hugging Face model), metrics.jsonl, tensorboard/, curves.png."""
     cache_dir: str = "{cache}"
     """The logit cache to train on; by default the cache section's out_dir, so a config names that folder once."""
-    cache_format: Literal["parquet", "zarr"] = "parquet"
-    """Which store of the cache to stream: parquet or zarr."""
+    cache_format: str = "parquet"
+    """Which store of the cache to stream: parquet, zarr, or another registered format
+    (`w2s.cache.formats.FORMATS`)."""
     policy: str = "{world}/strong_base"
     """The strong model to train (path or hub id); its frozen copy is the reference. Its tokenizer must be the
     cache's (in a cross-tokenizer cache, the strong one the cache stores ids of: `<cache>/strong_tokenizer`)."""
@@ -29,10 +35,19 @@ class TrainConfig:
     """Read logp_strong_ref from the cache when it is there; false runs the frozen reference beside the policy."""
     accept_other_ref: bool = False
     """Train against the cached strong reference even when the policy is another model (refused otherwise)."""
-    gamma: float = 0.1
-    """WSPO gamma (> 0): the strong log-ratio is pushed toward weak_log_ratio / gamma."""
+    loss: dict = field(default_factory=lambda: dict(DEFAULT_LOSS))
+    """The loss: `_component_` (a registered name such as `wspo` or `wspo_sequence`, or a class's dotted path,
+    `w2s.train.losses.LOSSES`) and its parameters, e.g. `{_component_: w2s.train.losses.WSPO, gamma: 0.1}`. A
+    mapping without `_component_` updates the parameters of the default loss (WSPO). Recorded in the run's
+    provenance, where eval reads it."""
+    sweep: dict = field(default_factory=dict)
+    """A sweep over one loss parameter: `{gamma: [0.1, 0.3, 1.0]}` trains once per value on the same cache, into
+    out_dir/<parameter>-<value>/ (the value overrides the loss's own)."""
+    gamma: float | None = None
+    """Shorthand for loss.gamma (the WSPO gamma, > 0: the strong log-ratio is pushed toward weak_log_ratio /
+    gamma)."""
     gammas: list[float] = field(default_factory=list)
-    """Gamma sweep: train once per value on the same cache, into out_dir/gamma-<value>/ (overrides gamma)."""
+    """Shorthand for sweep: {gamma: [...]}: one run per gamma, into out_dir/gamma-<value>/."""
     lr: float = 1e-5
     """Peak learning rate (> 0; linear warm-up, then cosine to zero)."""
     warmup_ratio: float = 0.1
@@ -95,16 +110,27 @@ class TrainConfig:
     """Cache shards shuffled together (and held in memory at once) by the reader."""
 
     def __post_init__(self) -> None:
-        require_finite(self.gamma, "train.gamma", positive=True)
-        for index, gamma in enumerate(self.gammas):
-            require_finite(gamma, f"train.gammas[{index}]", positive=True)
-        folders = [f"gamma-{gamma:g}" for gamma in self.gammas]  # each gamma's run folder, as `w2s train` names it
-        require(
-            len(set(folders)) == len(folders),
-            "train.gammas",
-            f"gives two runs one folder ({sorted({f for f in folders if folders.count(f) > 1})}): gammas must differ "
-            "in their first 6 significant digits",
-        )
+        from w2s.cache.formats import get_format
+
+        try:
+            get_format(self.cache_format)  # a registered format, not a hand-kept list
+        except ConfigError as err:
+            raise ConfigError(f"train.cache_format: {err}") from None
+        self._fold_shorthands()
+        self.loss_component()  # an unknown loss, or parameters it does not take, are refused at load time
+        require(len(self.sweep) <= 1, "train.sweep", f"sweeps one loss parameter, got {sorted(self.sweep)}")
+        for name, values in self.sweep.items():
+            key = "train.gammas" if self.gammas else f"train.sweep.{name}"
+            require(isinstance(values, list) and bool(values), key, "must be a non-empty list of values")
+            for value in values:
+                self.loss_component({**self.loss, name: value}, key)
+            folders = [sweep_folder(name, value) for value in values]  # each run's folder, as `w2s train` names it
+            require(
+                len(set(folders)) == len(folders),
+                key,
+                f"gives two runs one folder ({sorted({f for f in folders if folders.count(f) > 1})}): values must "
+                "differ in their first 6 significant digits",
+            )
         require_finite(self.lr, "train.lr", positive=True)
         require_finite(self.clip, "train.clip")
         require(self.clip >= 0, "train.clip", f"must be >= 0 (0 turns clipping off), got {self.clip!r}")
@@ -141,3 +167,43 @@ class TrainConfig:
         )
         for key in ("max_steps", "save_every", "check_rows"):
             require(getattr(self, key) >= 0, f"train.{key}", f"must be >= 0, got {getattr(self, key)}")
+
+    def _fold_shorthands(self) -> None:
+        """`gamma` and `gammas` are written into `loss` and `sweep` (then cleared), so the loss has one owner."""
+        require(isinstance(self.loss, dict), "train.loss", "must be a mapping with _component_ and its parameters")
+        if COMPONENT not in self.loss:  # a partial mapping (e.g. one override) updates the default loss
+            self.loss = {**DEFAULT_LOSS, **self.loss}
+        if self.gamma is not None:
+            require_finite(self.gamma, "train.gamma", positive=True)
+            self.loss = {**self.loss, "gamma": self.gamma}
+            self.gamma = None
+        if self.gammas:
+            require(not self.sweep, "train.gammas", "set either train.gammas or train.sweep, not both")
+            for index, gamma in enumerate(self.gammas):
+                require_finite(gamma, f"train.gammas[{index}]", positive=True)
+            self.sweep, self.gammas = {"gamma": list(self.gammas)}, []
+
+    def loss_component(self, spec: dict | None = None, where: str = "train.loss"):
+        """The loss this config names, built with its parameters (refused in one line if it cannot be)."""
+        from w2s.train.losses import LOSSES
+
+        try:
+            return LOSSES.build(spec or self.loss, where)
+        except ConfigError as err:
+            raise ConfigError(str(err) if str(err).startswith("train.") else f"{where}: {err}") from None
+
+    def runs(self) -> list[TrainConfig]:
+        """One config per run: this one, or one per value of the sweep, in its own folder."""
+        if not self.sweep:
+            return [self]
+        (name, values), settings = next(iter(self.sweep.items())), asdict(self)
+        return [
+            TrainConfig(**{**settings, "loss": {**self.loss, name: value}, "sweep": {},
+                           "out_dir": str(Path(self.out_dir) / sweep_folder(name, value))})
+            for value in values
+        ]  # fmt: skip
+
+
+def sweep_folder(name: str, value) -> str:
+    """A sweep run's folder: `gamma-0.1` (numbers as `:g`: 6 significant digits)."""
+    return f"{name}-{value:g}" if isinstance(value, int | float) and not isinstance(value, bool) else f"{name}-{value}"

@@ -1,8 +1,14 @@
-"""The WSPO loss: a pure function over per-token log-probs, importable by any trainer."""
+"""Training losses over the cached terms: WSPO as pure functions any trainer can import, and the loss components
+`train.loss` names (`LOSSES`: `{_component_: w2s.train.losses.WSPO, gamma: 0.1}`, or a registered name)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from w2s.config import require_finite
+from w2s.registry import COMPONENT, Registry
 
 
 def wspo_loss(
@@ -116,3 +122,73 @@ def _check_chunk_layout(index: torch.Tensor, selected: torch.Tensor, weak_chunk_
     after = torch.nn.functional.pad(index, (0, 1), value=-1)[:, 1:]
     after_selected = torch.nn.functional.pad(selected, (0, 1), value=False)[:, 1:]
     return selected & (~after_selected | (after != index))
+
+
+LOSSES: Registry[type] = Registry("loss")
+"""Training losses by name (`train.loss._component_`): a class built with the loss's parameters, called on each
+micro-batch as `loss(policy_logps, ref_logps, batch)` and returning `(scalar loss, metrics)`. `batch` holds the
+cached terms the reader yields (`weak_log_ratio`, `mask`, and for a cross-tokenizer cache `weak_chunk_sums` and
+`chunk_index`); `weak_log_ratio` is the weak pair's per-token log-ratio, cached or computed online."""
+
+
+@LOSSES.register("wspo")
+@dataclass(frozen=True)
+class WSPO:
+    """WSPO (Zhu et al., ICLR 2025), token level: `wspo_loss`; across tokenizers, per chunk: `wspo_chunk_loss`."""
+
+    gamma: float = 0.1
+    """Scale of the strong log-ratio (> 0): it is pushed toward weak_log_ratio / gamma (small gamma amplifies)."""
+
+    def __post_init__(self) -> None:
+        require_finite(self.gamma, "train.loss.gamma", positive=True)
+
+    def __call__(self, policy_logps, ref_logps, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        if "chunk_index" in batch:  # a cross-tokenizer cache: the weak ratio is known per chunk (`w2s.align`)
+            return wspo_chunk_loss(
+                policy_logps, ref_logps, batch["weak_chunk_sums"], batch["chunk_index"], batch["mask"], self.gamma
+            )
+        return wspo_loss(policy_logps, ref_logps, batch["weak_log_ratio"], batch["mask"], self.gamma)
+
+
+@LOSSES.register("wspo_sequence")
+@dataclass(frozen=True)
+class SequenceWSPO:
+    """A sequence-level variant of WSPO on the same cached terms: per sequence,
+    `(gamma * mean_t (policy - ref)_t - mean_t weak_t)^2` over its response tokens, then the mean over the batch.
+
+    Token-level WSPO matches the two log-ratios at every token; this matches only their per-token means over the
+    response, so the policy may move probability between the tokens of a response as long as the whole response's
+    log-ratio follows the weak pair's (the sum over a response is what DPO-style sequence rewards compare). Dividing
+    the sums by the response length keeps the loss on WSPO's per-token scale. The means over a response are the
+    same whether the weak ratio is per token or per chunk, so a cross-tokenizer cache needs no special case: there,
+    `weak_log_ratio`'s chunk sums sit at each chunk's last strong token and their total is the row's weak sum.
+    """
+
+    gamma: float = 0.1
+    """Scale of the strong log-ratio (> 0), as in WSPO."""
+
+    def __post_init__(self) -> None:
+        require_finite(self.gamma, "train.loss.gamma", positive=True)
+
+    def __call__(self, policy_logps, ref_logps, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        mask = batch["mask"].to(policy_logps.dtype)  # [batch, seq]
+        lengths = mask.sum(dim=1)  # [batch]
+        if bool((lengths == 0).any()):
+            raise ValueError("SequenceWSPO: a sequence has no response tokens (mask is all zero)")
+        strong_ratio = (policy_logps - ref_logps.detach()) * mask  # [batch, seq]
+        weak = batch["weak_log_ratio"].detach().to(policy_logps.dtype) * mask  # [batch, seq]
+        strong_mean, weak_mean = strong_ratio.sum(dim=1) / lengths, weak.sum(dim=1) / lengths  # [batch]
+        loss = (self.gamma * strong_mean - weak_mean).pow(2).mean()
+        return loss, _metrics(strong_ratio.detach(), weak, mask)
+
+
+def loss_parameters(spec: dict) -> dict:
+    """A loss spec's parameters (everything but `_component_`), as recorded in a run's provenance."""
+    return {key: value for key, value in spec.items() if key != COMPONENT}
+
+
+def describe_loss(spec: dict) -> str:
+    """A loss spec in a few words, for bars and summaries: `WSPO gamma=0.1`."""
+    name = str(spec.get(COMPONENT, "")).rsplit(".", 1)[-1]
+    return " ".join([name, *(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+                             for key, value in loss_parameters(spec).items())])  # fmt: skip

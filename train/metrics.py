@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from w2s.io import atomic_write_text  # noqa: E402
+from w2s.train.losses import describe_loss  # noqa: E402
 
 CURVES = ("loss", "strong_ratio_mean", "weak_ratio_mean", "ratio_correlation")
 
@@ -76,14 +77,14 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def summarise(out_dir: Path, gamma: float) -> dict:
-    """Writes curves.png and summary.json and prints a one-screen summary."""
+def summarise(out_dir: Path, loss: dict) -> dict:
+    """Writes curves.png and summary.json and prints a one-screen summary (`loss`: the run's loss spec)."""
     rows = read_metrics(out_dir)
-    plot_curves(rows, out_dir / "curves.png", f"WSPO gamma={gamma}")
+    plot_curves(rows, out_dir / "curves.png", describe_loss(loss))
     read, total = sum(r["read_seconds"] for r in rows), sum(r["step_seconds"] for r in rows)
     summary = {
         "out_dir": str(out_dir),
-        "gamma": gamma,
+        "loss": loss,
         "steps": len(rows),
         "first_loss": rows[0]["loss"],
         "last_loss": rows[-1]["loss"],
@@ -93,7 +94,7 @@ def summarise(out_dir: Path, gamma: float) -> dict:
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     Console().print(
-        f"[green]WSPO done[/green] gamma={gamma}: {summary['steps']} steps in {total:.1f} s, loss "
+        f"[green]training done[/green] {describe_loss(loss)}: {summary['steps']} steps in {total:.1f} s, loss "
         f"{summary['first_loss']:.4f} -> {summary['last_loss']:.4f}, strong/weak ratio correlation "
         f"{summary['last_correlation']:.3f}, reader {100 * summary['reader_share']:.2f}% of step time\n"
         f"model: {out_dir / 'final'}   curves: {out_dir / 'curves.png'}   metrics: {out_dir / 'metrics.jsonl'}"

@@ -22,12 +22,12 @@ import deepspeed
 import torch
 from tqdm import tqdm
 
-from w2s.cache.provenance import model_fingerprint
 from w2s.cache.store import Cache
 from w2s.errors import ConfigError
 from w2s.io import atomic_write_json
 from w2s.logprobs import target_logprobs
 from w2s.models import load_tokenizer, save_tokenizer
+from w2s.provenance import model_fingerprint
 from w2s.runs import RunFolder, claim
 from w2s.schedule import cosine_lr
 from w2s.train import checkpoints
@@ -43,7 +43,7 @@ from w2s.train.engine import (
     read_json,
 )
 from w2s.train.guards import check_finite, check_reference_batch, check_reference_fingerprint, local_grad_norm
-from w2s.train.losses import wspo_chunk_loss, wspo_loss
+from w2s.train.losses import describe_loss
 from w2s.train.metrics import MetricsLog, rewind_metrics, summarise
 from w2s.train.reader import CacheReader, Position, default_fields
 
@@ -74,6 +74,8 @@ class Run:
     """The claimed output folder (rank 0; None on the other ranks), holding its lock until the run ends."""
     done: bool = False
     """This very run finished before (its done marker is there): nothing to do."""
+    loss: object = None
+    """The `train.loss` component, called on each micro-batch (`w2s.train.losses.LOSSES`)."""
 
 
 def cosine_schedule(total_steps: int, warmup_ratio: float):
@@ -87,7 +89,16 @@ def _cosine_factor(step: int, total: int, warmup: int) -> float:
     return cosine_lr(step, total, 1.0, warmup)
 
 
-NOT_PROVENANCE = ("out_dir", "gammas", "save_every", "log_every", "keep_checkpoints", "save_final_checkpoint")
+NOT_PROVENANCE = (
+    "out_dir",
+    "gamma",
+    "gammas",
+    "sweep",
+    "save_every",
+    "log_every",
+    "keep_checkpoints",
+    "save_final_checkpoint",
+)
 NOT_PROVENANCE += ("verify_cache",)
 """Settings that change what a run writes or checks, never its result: a rerun may change them and resume."""
 
@@ -139,6 +150,7 @@ def setup(config: TrainConfig) -> Run:
     )
     skip_lone_allreduce(engine, world_size)
     run = Run(config, Path(config.out_dir), engine, reader, tokenizer, run_provenance(config, manifest), total_steps)
+    run.loss = config.loss_component()
     run.folder = folder
     attach_reference_and_weak(run, manifest)
     resume(run)
@@ -279,11 +291,7 @@ def optimiser_step(run: Run, stream) -> dict:
         batch = {k: v.to(run.engine.device) for k, v in batch.items()}
         read_seconds += time.perf_counter() - tick
         policy, ref, weak = batch_terms(run, batch)
-        if "chunk_index" in batch:  # a cross-tokenizer cache: the weak ratio is known per chunk (`w2s.align`)
-            chunk_sums, chunk_index = batch["weak_chunk_sums"], batch["chunk_index"]
-            loss, metrics = wspo_chunk_loss(policy, ref, chunk_sums, chunk_index, batch["mask"], config.gamma)
-        else:
-            loss, metrics = wspo_loss(policy, ref, weak, batch["mask"], config.gamma)
+        loss, metrics = run.loss(policy, ref, {**batch, "weak_log_ratio": weak})  # the train.loss component
         check_finite(run.step + 1, loss.item(), None, run.last_checkpoint)  # before backward: nothing applied yet
         run.engine.backward(loss)
         if run.engine.is_gradient_accumulation_boundary():
@@ -301,7 +309,7 @@ def train(run: Run) -> MetricsLog:
     """The loop: one optimiser step at a time, metrics every step, checkpoints every N; returns the metrics."""
     config, log = run.config, MetricsLog(run.out_dir, enabled=is_main())
     stream = micro_batches(run)
-    bar = tqdm(total=run.total_steps, initial=run.step, desc=f"wspo gamma={config.gamma}", unit="step")
+    bar = tqdm(total=run.total_steps, initial=run.step, desc=describe_loss(config.loss), unit="step")
     while run.step < run.total_steps:
         started = time.perf_counter()
         sums = optimiser_step(run, stream)
@@ -347,7 +355,7 @@ def finish(run: Run) -> dict:
     if not is_main():
         return {}
     checkpoints.publish_final(run.out_dir, lambda folder: write_final(run, folder, gathered))
-    summary = summarise(run.out_dir, run.config.gamma)
+    summary = summarise(run.out_dir, run.config.loss)
     checkpoints.mark_done(run.out_dir, run.provenance, run.step)
     run.folder.marker["steps"] = run.step
     run.folder.finish(checkpoints.PUBLISHED)  # last: the sha256 of every published file, checked by a rerun
@@ -377,20 +385,10 @@ def run_one(config: TrainConfig) -> dict:
 
 
 def run(config: TrainConfig) -> list[dict]:
-    """`w2s train`: one run, or one per gamma of `gammas`, each in its own folder, all on the same cache."""
-    if not config.gammas:
+    """`w2s train`: one run, or one per value of `sweep` (a loss parameter), each in its own folder, all on the
+    same cache."""
+    if not config.sweep:
         return [run_one(config)]
-    if is_main_process():  # the sweep's folder is claimed too: its gamma-<g>/ runs go only into a folder of ours
+    if is_main_process():  # the sweep's folder is claimed too: its <parameter>-<value>/ runs go only into ours
         claim(config.out_dir, "train", identity={"sweep": True}, lock=None)
-    results = []
-    for gamma in config.gammas:
-        one = TrainConfig(
-            **{
-                **asdict(config),
-                "gamma": gamma,
-                "gammas": [],
-                "out_dir": str(Path(config.out_dir) / f"gamma-{gamma:g}"),
-            }
-        )
-        results.append(run_one(one))
-    return results
+    return [run_one(one) for one in config.runs()]

@@ -33,7 +33,7 @@ def run_cache(settings: Settings, args: argparse.Namespace) -> int:
         manifest = merge_parts(args.path or settings.cache.out_dir)
         print(f"merged {len(manifest['shards'])} shards, {manifest['totals']['rows']} rows")
         return 0
-    from w2s.cache.build import run
+    from w2s.cache.run import run
 
     run(settings.cache)
     save_config(settings, settings.cache.out_dir)

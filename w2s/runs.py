@@ -235,7 +235,7 @@ class RunFolder:
 
 
 def new_marker(command: str, identity: Any) -> dict:
-    from w2s.cache.provenance import code_version  # lazily: the core module imports no stage at load time
+    from w2s.provenance import code_version  # lazily: the core module imports no stage at load time
 
     return {
         "format": FORMAT,

@@ -1,7 +1,7 @@
 """The tiny world's two evaluation tasks on one corpus: length (WSPO's XSUM experiment) and tone (the W2S search
 paper's controlled-sentiment experiment), each scored with its reward and the two capability scores.
 
-This is the one place where the world meets evaluation: both implement `w2s.eval.task.Task` (the interface
+This is the one place where the world meets evaluation: both implement `w2s.task.Task` (the interface
 only), so `w2s eval` can be handed either from config (`task: {_component_: w2s.world.task.ToneTask, ...}`).
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from w2s.cache.data import decode_utf8, parse_json_lines
+from w2s.data import decode_utf8, parse_json_lines
 from w2s.errors import ConfigError, DataError
-from w2s.eval.task import Example, Metric, Response, Task
+from w2s.task import TASKS, Example, Metric, Response, Task
 from w2s.world.corpus import document_facts
 from w2s.world.metrics import example_scores, mean_scores
 
@@ -24,6 +24,7 @@ CAPABILITY = (
 that state a true fact as a whole (the one that does not move with length)."""
 
 
+@TASKS.register("tiny_summary")
 class SummaryTask(Task):
     """Summarise a synthetic document: rewarded for a length in [l_min, l_max]; capability is stating true facts.
 
@@ -82,6 +83,7 @@ class SummaryTask(Task):
         return f"summaries of `{self.path}`, length window [{self.l_min}, {self.l_max}] tokens"
 
 
+@TASKS.register("tiny_tone")
 class ToneTask(SummaryTask):
     """The same summaries, rewarded for a positive closing remark (the share of its tone words that are
     positive); capability is stating true facts, as in the length task."""
@@ -95,3 +97,8 @@ class ToneTask(SummaryTask):
 
     def describe(self) -> str:
         return f"summaries of `{self.path}`, rewarded for a positive tone"
+
+
+TINY_TASKS = {"length": "w2s.world.task.SummaryTask", "tone": "w2s.world.task.ToneTask"}
+"""The tiny world's tasks by the name `make science` gives them (their weak aligned models and SFT ceilings:
+`w2s.world.build.TASK_MODELS`)."""

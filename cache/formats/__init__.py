@@ -6,9 +6,9 @@ A format is an object with a `name` (also its folder and file suffix, see `w2s.s
 fields the cache's store holds and how per-token values are stored; `shard_arrays(shard, layout)` gives them as
 flat arrays in their stored dtypes and `shard_from_arrays` turns what was read back into a `ShardData`, so a
 format only moves named arrays (and the layout) to and from disk. An optional `encodings(layout)` describes the
-codecs for the manifest. Adding a format (Lance, say) takes one new module here with such a class, and one
-`register(...)` line below; the build, the manifest, `Cache`, `verify` and the trainer's reader then handle it
-with no other change.
+codecs for the manifest. Adding a format (Lance, say) takes one new module with such a class, decorated
+`@FORMATS.register("lance")` (`w2s.registry`), and, for a built-in, its module in `FORMATS.builtins` below; the
+build, the manifest, `Cache`, `verify` and the trainer's reader then handle it with no other change.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from w2s.cache.formats.parquet import ParquetFormat
-from w2s.cache.formats.zarr import ZarrFormat
 from w2s.errors import ConfigError
+from w2s.registry import Registry
 from w2s.schemas.cache import Layout, ShardData
 
 BOTH = ("parquet", "zarr")
@@ -50,25 +49,13 @@ def format_encodings(fmt: ShardFormat, layout: Layout) -> dict:
     return describe(layout) if describe is not None else {}
 
 
-_REGISTRY: dict[str, ShardFormat] = {}
-
-
-def register(fmt: ShardFormat) -> ShardFormat:
-    """Adds a format under `fmt.name`; refuses a name already taken (and the reserved name 'both')."""
-    if fmt.name in _REGISTRY or fmt.name == "both":
-        raise ValueError(f"a cache format named {fmt.name!r} is already registered")
-    _REGISTRY[fmt.name] = fmt
-    return fmt
-
-
-def unregister(name: str) -> None:
-    """Removes a registered format (for plug-ins and tests)."""
-    _REGISTRY.pop(name, None)
+FORMATS: Registry[type] = Registry("cache format", builtins=("w2s.cache.formats.parquet", "w2s.cache.formats.zarr"))
+"""Shard format classes by name (their `name`: folder and file suffix); 'both' is reserved for parquet + zarr."""
 
 
 def format_names() -> tuple[str, ...]:
     """Names of the registered formats, in registration order."""
-    return tuple(_REGISTRY)
+    return FORMATS.names()
 
 
 def get_format(name: str) -> ShardFormat:
@@ -77,18 +64,14 @@ def get_format(name: str) -> ShardFormat:
     Raises:
         ConfigError: no format has that name (the message lists those that do).
     """
-    if name not in _REGISTRY:
+    if name == "both" or name not in FORMATS.names():
         raise ConfigError(
             f"unknown cache format {name!r}: this w2s knows {', '.join(format_names())} "
             f"(and 'both' = {' + '.join(BOTH)})"
         )
-    return _REGISTRY[name]
+    return FORMATS.get(name)()
 
 
 def formats_for(choice: str) -> tuple[ShardFormat, ...]:
     """The formats a build with `format=choice` writes: one registered name, or 'both'."""
     return tuple(get_format(name) for name in (BOTH if choice == "both" else (choice,)))
-
-
-register(ParquetFormat())
-register(ZarrFormat())

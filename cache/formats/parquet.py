@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from w2s.cache.formats import FORMATS
 from w2s.cache.fs import filesystem, is_url, local_path
 from w2s.schemas.cache import (
     FIELD_BY_NAME,
@@ -103,6 +104,7 @@ def shard_table(shard: ShardData, layout: Layout) -> pa.Table:
     return pa.table(columns, schema=schema)
 
 
+@FORMATS.register("parquet")
 class ParquetFormat:
     """`parquet/shard-00000.parquet`: one row group per shard; readable by pyarrow, polars, duckdb, pandas."""
 

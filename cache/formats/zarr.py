@@ -20,6 +20,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 from zarr.core.buffer.cpu import Buffer
 from zarr.storage import MemoryStore
 
+from w2s.cache.formats import FORMATS
 from w2s.cache.fs import is_url, local_path
 from w2s.schemas.cache import (
     FIELD_BY_NAME,
@@ -83,6 +84,7 @@ def _wanted(group: zarr.Group, columns: Sequence[str] | None) -> list[str]:
     return [name for name in stored if name in wanted]
 
 
+@FORMATS.register("zarr")
 class ZarrFormat:
     """`zarr/shard-00000.zarr/`: flat values plus offsets, read with `zarr` alone (see the README)."""
 

@@ -13,8 +13,8 @@ import pytest
 from tests.cache.helpers import build
 from w2s.cache.config import CacheConfig
 from w2s.cache.portable import absolute_paths
-from w2s.cache.provenance import tokenizer_fingerprint
 from w2s.models import load_tokenizer
+from w2s.provenance import tokenizer_fingerprint
 
 
 def test_local_paths_become_absolute_and_hub_ids_stay(tmp_path, monkeypatch):

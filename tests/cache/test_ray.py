@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from tests.cache.helpers import build, cache_config
-from w2s.cache.build import run, setup
+from w2s.cache.build import setup
 from w2s.cache.config import CacheConfig
 from w2s.cache.manifest import RUN_ONLY, recorded_config
 from w2s.cache.ray_engine import actor_resources, build_on_ray, cluster_address, import_ray, pool_size
+from w2s.cache.run import run
 from w2s.errors import ConfigError
 from w2s.models import ModelError
 from w2s.schemas.cache import stale_temporaries

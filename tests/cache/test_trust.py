@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.cache.helpers import build, cache_config
-from w2s.cache.build import run
+from w2s.cache.run import run
 from w2s.cache.store import verify_cache
 from w2s.cli import main
 from w2s.errors import UserError

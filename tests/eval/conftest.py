@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from w2s.eval.scorer import WeakScorer
 from w2s.io import read_jsonl
+from w2s.search.scorer import WeakScorer
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,9 @@ from w2s.cli import main
 from w2s.eval.config import GenerateConfig
 from w2s.eval.generate import run, search
 from w2s.eval.responses import read_records
-from w2s.eval.scorer import WeakScorer
 from w2s.io import read_jsonl
 from w2s.runs import FolderRefused
+from w2s.search.scorer import WeakScorer
 
 
 def untimed(path: Path) -> list[dict]:

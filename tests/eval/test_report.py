@@ -25,11 +25,13 @@ METRIC_KEYS = ("length_reward", "content", "mean_tokens", "in_window", "sampled_
 
 def fake_wspo(root, strong_base):
     """A WSPO folder whose final/ and gamma-0.5/, gamma-1/ runs are copies of the strong base, each with the
-    w2s_provenance.json that `w2s train` writes beside its final model (only train.gamma is read)."""
+    w2s_provenance.json that `w2s train` writes beside its final model (only train.loss is read)."""
     for run, gamma in (("", 0.1), ("gamma-0.5", 0.5), ("gamma-1", 1.0)):
         folder = root / run if run else root
         shutil.copytree(strong_base, folder / "final")
-        (folder / "final" / "w2s_provenance.json").write_text(json.dumps({"train": {"gamma": gamma}}))
+        (folder / "final" / "w2s_provenance.json").write_text(
+            json.dumps({"train": {"loss": {"_component_": "wspo", "gamma": gamma}}})
+        )
     return root
 
 

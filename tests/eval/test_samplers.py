@@ -8,10 +8,10 @@ import random
 import pytest
 import torch
 
-from w2s.eval.eft import eft_generate
-from w2s.eval.samplers import HFSampler
-from w2s.eval.vllm_sampler import VllmSampler
 from w2s.sampling import encode_prompt
+from w2s.search.eft import eft_generate
+from w2s.search.samplers import HFSampler
+from w2s.search.vllm_sampler import VllmSampler
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from w2s.eval.science import ScienceConfig
-from w2s.eval.science_report import TINY, claims_summary, readme_text, select, write_science_report
+from w2s.science.report import TINY, claims_summary, readme_text, select, write_science_report
+from w2s.science.tiny import ScienceConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.science_table import replace_between_markers  # noqa: E402
@@ -83,8 +83,8 @@ def test_readme_markers_are_replaced_and_required():
 
 def test_real_layout_report_has_its_own_systems_metrics_claims_and_only_gamma(tmp_path):
     """`make science-real`'s layout: words and reference log-likelihood per byte, gamma the only knob."""
-    from w2s.eval.science_real import ScienceRealConfig
-    from w2s.eval.science_report import REAL
+    from w2s.science.real import ScienceRealConfig
+    from w2s.science.report import REAL
 
     cfg = ScienceRealConfig(out_dir=str(tmp_path), gammas=[0.1, 0.3], resamples=300)
 

@@ -8,11 +8,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from w2s.eval.eft import eft_generate
-from w2s.eval.samplers import HFSampler, LMStepper
-from w2s.eval.scorer import WeakScorer
-from w2s.eval.search import Hypothesis, best_of_n, chunk_beam_search, prune, sample, search_many
 from w2s.sampling import sample_token
+from w2s.search.cbs import Hypothesis, best_of_n, chunk_beam_search, prune, sample, search_many
+from w2s.search.eft import eft_generate
+from w2s.search.samplers import HFSampler, LMStepper
+from w2s.search.scorer import WeakScorer
 from w2s.world.build import new_model
 from w2s.world.config import ModelShape
 from w2s.world.sft import encode_pairs, train_sft

@@ -9,11 +9,11 @@ import pytest
 
 from w2s.config import ConfigError
 from w2s.eval.config import EvalConfig, SystemConfig
-from w2s.eval.eft import eft_generate
 from w2s.eval.run import run
-from w2s.eval.samplers import HFSampler
-from w2s.eval.systems import gamma_runs, plan
-from w2s.eval.task import Example, Metric, Task, load_task
+from w2s.eval.systems import plan, sweep_runs
+from w2s.search.eft import eft_generate
+from w2s.search.samplers import HFSampler
+from w2s.task import Example, Metric, Task, load_task
 
 
 class OverlapTask(Task):
@@ -102,7 +102,7 @@ def test_load_task_refuses_what_is_not_a_task():
     refusals = [
         ({"prompts": []}, "needs _component_"),
         ({"_component_": "w2s.nowhere.Task"}, "cannot import 'w2s.nowhere.Task'"),
-        ({"_component_": "w2s.eval.config.EvalConfig"}, "is not a subclass of w2s.eval.task.Task"),
+        ({"_component_": "w2s.eval.config.EvalConfig"}, "is not a subclass of w2s.task.Task"),
         ({"_component_": TOY, "promts": []}, r"refused its arguments \['promts'\]"),
     ]
     for spec, message in refusals:
@@ -115,7 +115,9 @@ def fake_run(folder, gamma: float | None) -> None:
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
     if gamma is not None:
-        (folder / "w2s_provenance.json").write_text(json.dumps({"cache": {}, "train": {"gamma": gamma, "lr": 1e-3}}))
+        (folder / "w2s_provenance.json").write_text(
+            json.dumps({"cache": {}, "train": {"loss": {"_component_": "wspo", "gamma": gamma}, "lr": 1e-3}})
+        )
 
 
 def test_gamma_is_read_from_the_provenance_not_the_folder_name(tmp_path):
@@ -125,7 +127,7 @@ def test_gamma_is_read_from_the_provenance_not_the_folder_name(tmp_path):
     fake_run(wspo / "gamma-0.1" / "final", 0.1)
     fake_run(wspo / "gamma-9" / "final", None)
     (wspo / "gamma-2").mkdir()  # a run still training: no final/ yet
-    runs, skipped = gamma_runs(wspo)
+    runs, skipped = sweep_runs(wspo)
     assert [(run.spec.name, run.gamma) for run in runs] == [("wspo gamma=0.1", 0.1), ("wspo gamma=0.7", 0.7)]
     assert list(skipped) == ["wspo gamma-9"] and "w2s_provenance.json" in skipped["wspo gamma-9"]
     systems = [SystemConfig("wspo", str(wspo / "final"), optional=True), SystemConfig("base", str(tmp_path / "b"))]

@@ -20,10 +20,10 @@ from w2s.eval.export import run as export
 from w2s.eval.generate import run as generate
 from w2s.eval.prompts import PromptSource, load_prompts
 from w2s.eval.run import run as evaluate
-from w2s.eval.task import Response, load_task
 from w2s.eval.tasks import LengthTask, RewardModelTask
 from w2s.io import read_jsonl
 from w2s.rewards import length_reward
+from w2s.task import Response, load_task
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

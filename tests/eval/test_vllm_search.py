@@ -19,9 +19,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.conftest import vllm_program
-from w2s.eval.scorer import WeakScorer
 from w2s.io import read_jsonl
 from w2s.sampling import encode_prompt
+from w2s.search.scorer import WeakScorer
 
 pytestmark = pytest.mark.integration
 
@@ -38,9 +38,9 @@ SCRIPT = textwrap.dedent(
 
     from w2s.eval.config import EvalConfig, SystemConfig
     from w2s.eval.run import run
-    from w2s.eval.scorer import WeakScorer
-    from w2s.eval.search import chunk_beam_search
-    from w2s.eval.vllm_sampler import VllmSampler, make_llm
+    from w2s.search.scorer import WeakScorer
+    from w2s.search.cbs import chunk_beam_search
+    from w2s.search.vllm_sampler import VllmSampler, make_llm
 
     world, prompts, width, samples, chunk, max_new, seed, out = json.loads(sys.argv[1])
     world = Path(world)

@@ -83,7 +83,11 @@ def test_an_override_of_a_text_setting_is_the_text_typed_and_other_settings_stil
     assert settings.eval.wspo_dir == "true"
     assert settings.cache.split == "[train]"
     assert settings.cache.prompt_field == "0x10"
-    assert settings.train.max_steps == 12 and settings.train.gamma == 0.5 and settings.train.gammas == [0.1, 0.2]
+    assert (
+        settings.train.max_steps == 12
+        and settings.train.loss["gamma"] == 0.5
+        and settings.train.sweep == {"gamma": [0.1, 0.2]}
+    )
     assert settings.train.lora is True
     assert settings.eval.task["l_min"] == 3
 

@@ -14,16 +14,16 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from tests.cache.helpers import build
-from w2s.cache.provenance import tokenizer_parts
 from w2s.cache.store import Cache
 from w2s.errors import CacheMismatch, DataError
 from w2s.eval.config import EvalConfig, GenerateConfig, SystemConfig
 from w2s.eval.generate import run as generate
 from w2s.eval.prompts import PromptSource, load_prompts
 from w2s.eval.run import run as evaluate
-from w2s.eval.task import Response
 from w2s.eval.tasks import RewardModelTask
 from w2s.models import ModelError
+from w2s.provenance import tokenizer_parts
+from w2s.task import Response
 from w2s.train.checks import check_cache
 from w2s.train.config import TrainConfig
 from w2s.train.recipe import run as train

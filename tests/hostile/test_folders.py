@@ -100,7 +100,7 @@ def xsum(tmp_path_factory) -> Path:
 
 def commands(world: Path, cache: Path, xsum: Path) -> dict[str, callable]:
     """Every writing command, as a function of the output folder it is pointed at; each returns an exit status."""
-    from w2s.eval.science import main as science
+    from w2s.science.tiny import main as science
     from w2s.world.real import main as real_world
 
     return {

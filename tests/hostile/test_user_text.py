@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from w2s.cache.data import encode_rows, load_rows
+from w2s.data import encode_rows, load_rows
 from w2s.errors import DataError
 from w2s.eval.prompts import PromptSource, load_prompts
-from w2s.eval.scorer import WeakScorer
-from w2s.eval.task import Response
 from w2s.eval.tasks import LengthTask, RewardModelTask
 from w2s.sampling import encode_prompt
+from w2s.search.scorer import WeakScorer
+from w2s.task import Response
 from w2s.tokens import render_chat_prompt
 
 FIELDS = {"prompt_field": "prompt", "response_field": "response", "messages_field": "", "id_field": "id"}

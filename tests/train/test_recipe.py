@@ -56,7 +56,10 @@ def test_training_writes_a_loadable_model_metrics_and_curves(micro_world, cache_
     assert (tmp_path / "wspo" / "curves.png").stat().st_size > 1000
     assert list((tmp_path / "wspo" / "tensorboard").iterdir())
     provenance = json.loads((tmp_path / "wspo" / "final" / "w2s_provenance.json").read_text())
-    assert provenance["cache"]["models"]["weak_base"]["weights_sha256"] and provenance["train"]["gamma"] == 0.1
+    assert provenance["cache"]["models"]["weak_base"]["weights_sha256"] and provenance["train"]["loss"] == {
+        "_component_": "w2s.train.losses.WSPO",
+        "gamma": 0.1,
+    }
 
 
 def test_cached_and_online_training_give_the_same_loss_every_step(micro_world, cache_with_ref, tmp_path):
@@ -143,7 +146,7 @@ def test_gamma_sweep_lora_and_zero3(micro_world, cache_with_ref, tmp_path):
             use_cached_ref=False,
         )
     )
-    assert [r["gamma"] for r in results] == [0.1, 1.0]
+    assert [r["loss"]["gamma"] for r in results] == [0.1, 1.0]
     for gamma in ("0.1", "1"):
         assert AutoModelForCausalLM.from_pretrained(tmp_path / "sweep" / f"gamma-{gamma}" / "final") is not None
     run(

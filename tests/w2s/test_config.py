@@ -65,8 +65,8 @@ def test_cli_reports_bad_override(capsys):
 def test_every_shipped_config_loads():
     from pathlib import Path
 
-    from w2s.eval.science import ScienceConfig
-    from w2s.eval.science_real import ScienceRealConfig
+    from w2s.science.real import ScienceRealConfig
+    from w2s.science.tiny import ScienceConfig
 
     own = {"science.yaml": ScienceConfig, "science_real.yaml": ScienceRealConfig}  # the science drivers' configs
     configs = sorted(Path("configs").glob("*.yaml"))
@@ -81,7 +81,7 @@ def test_a_task_mapping_is_taken_whole_and_every_shipped_task_takes_its_argument
     import inspect
     from pathlib import Path
 
-    from w2s.eval.task import locate
+    from w2s.task import TASKS
 
     text = "eval:\n  task: {_component_: w2s.eval.tasks.LengthTask, prompts: p.jsonl}\n"
     (tmp_path / "c.yaml").write_text(text)
@@ -93,5 +93,5 @@ def test_a_task_mapping_is_taken_whole_and_every_shipped_task_takes_its_argument
         set(Path("configs").glob("*.yaml")) - {Path("configs/science.yaml"), Path("configs/science_real.yaml")}
     ):
         task = dict(load_config(Settings, path).eval.task)
-        cls = locate(task.pop("_component_"), f"{path}: eval.task")
+        cls = TASKS.get(task.pop("_component_"), f"{path}: eval.task")
         inspect.signature(cls).bind(**task)  # TypeError names the argument a class does not take

@@ -7,11 +7,11 @@ import pytest
 import yaml
 from transformers import Qwen2Config
 
+from benchmarks.paper_memory import QWEN2, paper_rows, paper_table, paper_train_memory
 from w2s.errors import ConfigError
 from w2s.logprobs import chunk_rows
 from w2s.memory import (
     GIB,
-    QWEN2,
     Shape,
     activation_bytes,
     layer_activation_bytes,
@@ -19,9 +19,6 @@ from w2s.memory import (
     logprob_step_bytes,
     lora_params,
     model_state_bytes,
-    paper_rows,
-    paper_table,
-    paper_train_memory,
     prompt_logprobs_bytes,
     train_memory,
     vllm_budget,

@@ -1,4 +1,4 @@
-"""DPO of the weak model (w2s.world.dpo) and the data of `make science-real` (w2s.eval.science_real_data)."""
+"""DPO of the weak model (w2s.world.dpo) and the data of `make science-real` (w2s.science.real_data)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from w2s.eval.science_real_data import WORDINGS, make_data, words
+from w2s.science.real_data import WORDINGS, make_data, words
 from w2s.world.dpo import dpo_loss, response_logps
 
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from w2s.align import align_response, chunk_sums
-from w2s.cache.build import run as build_cache
 from w2s.cache.config import CacheConfig
-from w2s.eval.science_real import ScienceRealConfig, run
-from w2s.eval.science_real_data import make_data, response_token_logps, write_data
+from w2s.cache.run import run as build_cache
 from w2s.models import load_causal_lm, load_tokenizer
+from w2s.science.real import ScienceRealConfig, run
+from w2s.science.real_data import make_data, response_token_logps, write_data
 from w2s.world.dpo import DpoSettings
 
 pytestmark = pytest.mark.integration

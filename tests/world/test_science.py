@@ -1,6 +1,6 @@
 """Science regression: on a micro world, over two seeds, the direction of the effects the papers claim.
 
-The same driver as `make science` (`w2s.eval.science`: world, cache, WSPO, evaluation), on the tone task (the
+The same driver as `make science` (`w2s.science.tiny`: world, cache, WSPO, evaluation), on the tone task (the
 effect a micro world learns in seconds: the share of positive tone words), with the per-prompt scores of two
 seeds pooled into paired differences. A change that breaks the weak alignment, the cache's weak ratio, the WSPO
 loss or the search's guidance moves one of these differences to zero or below, and the test fails.
@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 
 from w2s.eval.config import SystemConfig
-from w2s.eval.science import Cell, ScienceConfig, evaluate, prepare
 from w2s.eval.stats import paired_difference
+from w2s.science.tiny import Cell, ScienceConfig, evaluate, prepare
 from w2s.train.config import TrainConfig
 from w2s.world.config import ModelShape, WorldConfig
 

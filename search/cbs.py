@@ -1,11 +1,11 @@
 """Weak-to-strong search (Zhou et al., 2024): steer a frozen strong model with a weak tuned/untuned pair.
 
 The strong model samples chunks of text; the weak pair scores each partial response by the log-likelihood
-ratio log pi_tuned(y | x) - log pi_untuned(y | x), summed over response tokens (`w2s.eval.scorer`).
+ratio log pi_tuned(y | x) - log pi_untuned(y | x), summed over response tokens (`w2s.search.scorer`).
 Chunk-level beam search (CBS) keeps the best W hypotheses, samples K chunks of L tokens from each and keeps the
 best W of the W*K. Best-of-N (W=1, K=N, L=budget) and plain sampling (W=K=1) are special cases.
 
-Written once against the `Sampler` protocol (`w2s.eval.samplers`): the same search runs on transformers
+Written once against the `Sampler` protocol (`w2s.search.samplers`): the same search runs on transformers
 (`HFSampler`, KV rows kept across chunks) or vLLM (`VllmSampler`, prefix caching). A fixed seed gives the same
 search on one sampler; the two samplers draw different tokens for one seed (different random generators).
 """
@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from w2s.eval.samplers import Sampler
-from w2s.eval.scorer import WeakScorer
 from w2s.sampling import encode_prompt
+from w2s.search.samplers import Sampler
+from w2s.search.scorer import WeakScorer
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The data, weak-pair diagnostics and capability score of `make science-real` (w2s.eval.science_real).
+"""The data, weak-pair diagnostics and capability score of `make science-real` (w2s.science.real).
 
 The attribute is answer length in **words** (whitespace-separated), a measure that does not depend on either
 tokenizer. Every row is built from the real world's topics (`w2s.world.real.TOPICS`): a topic's fact sentence,

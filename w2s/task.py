@@ -8,12 +8,12 @@ and plugs in from config without touching eval:
     eval:
       task: {_component_: my_package.tasks.RewardModelTask, prompts: data/prompts.jsonl, reward_model: my/rm}
 
-`_component_` is the dotted path of a `Task` subclass; the other keys are its constructor's arguments.
+`_component_` is a registered task name (`TASKS`: `length`, `reward_model`, the tiny world's `tiny_summary` and
+`tiny_tone`) or the dotted path of a `Task` subclass; the other keys are its constructor's arguments.
 """
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,9 +21,10 @@ from statistics import mean
 from typing import Any
 
 from w2s.errors import ConfigError
+from w2s.registry import COMPONENT, Registry
 
-COMPONENT = "_component_"
-"""The key of a config mapping that names the class to build (torchtune's convention)."""
+TASKS: Registry[type] = Registry("task", builtins=("w2s.eval.tasks", "w2s.world.task"))
+"""Task classes by name; the built-in ones register themselves where they are defined (imported on first read)."""
 
 
 @dataclass(frozen=True)
@@ -101,17 +102,6 @@ class Task(ABC):
         return f"task {type(self).__name__}"
 
 
-def locate(dotted: str, key: str) -> Any:
-    """The object a dotted path names ("package.module.Name"); ConfigError naming `key` when it cannot be found."""
-    module_name, _, name = dotted.rpartition(".")
-    if not module_name:
-        raise ConfigError(f"{key}: {dotted!r} is not a dotted path (package.module.Name)")
-    try:
-        return getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"{key}: cannot import {dotted!r}: {err}") from err
-
-
 def load_task(spec: Mapping[str, Any], key: str = "eval.task") -> Task:
     """Builds the task a config mapping declares: `_component_` names the class, the other keys are its arguments.
 
@@ -120,10 +110,10 @@ def load_task(spec: Mapping[str, Any], key: str = "eval.task") -> Task:
             or a class that is not a `Task`.
     """
     if not isinstance(spec.get(COMPONENT), str):
-        raise ConfigError(f"{key}: needs {COMPONENT}, the dotted path of a Task class")
-    cls = locate(spec[COMPONENT], f"{key}.{COMPONENT}")
+        raise ConfigError(f"{key}: needs {COMPONENT}, a task's registered name or the dotted path of a Task class")
+    cls = TASKS.get(spec[COMPONENT], f"{key}.{COMPONENT}")
     if not (isinstance(cls, type) and issubclass(cls, Task)):
-        raise ConfigError(f"{key}.{COMPONENT}: {spec[COMPONENT]} is not a subclass of w2s.eval.task.Task")
+        raise ConfigError(f"{key}.{COMPONENT}: {spec[COMPONENT]} is not a subclass of w2s.task.Task")
     kwargs = {name: value for name, value in spec.items() if name != COMPONENT}
     try:
         return cls(**kwargs)

@@ -3,7 +3,7 @@ Gemma-3-270M base.
 
 From a built real world (`make real-world`: SmolLM2-135M-Instruct and Gemma-3-270M base converted from the
 registry's GGUFs), the driver
-1. writes the data (`w2s.eval.science_real_data`): preference pairs, WSPO's cache rows, the SFT rows and the
+1. writes the data (`w2s.science.real_data`): preference pairs, WSPO's cache rows, the SFT rows and the
    validation and test prompts, on disjoint topics; the attribute is answer length in words;
 2. aligns the weak model with DPO (`w2s.world.dpo`) on in-window against out-of-window answers, and measures how
    its per-token log-ratio spreads (report.json's `weak_pair`, beside the real world's LoRA fine-tune);
@@ -33,15 +33,15 @@ from tqdm import tqdm
 from w2s.config import require, require_finite
 from w2s.errors import UserError
 from w2s.eval.config import EvalConfig, SystemConfig
-from w2s.eval.science import config_command, evaluate_system
-from w2s.eval.science_real_data import (
+from w2s.io import atomic_write_json, read_jsonl
+from w2s.runs import LOCK, claim, finished_run
+from w2s.science.real_data import (
     make_data,
     reference_loglik,
     weak_pair_diagnostics,
     write_data,
 )
-from w2s.io import atomic_write_json, read_jsonl
-from w2s.runs import LOCK, claim, finished_run
+from w2s.science.tiny import config_command, evaluate_system
 from w2s.train.config import TrainConfig
 from w2s.world.dpo import DpoSettings
 
@@ -71,7 +71,7 @@ class ScienceRealConfig:
     """What `make science-real` runs: the real world, the data, the weak pair's DPO, WSPO, search and budgets."""
 
     layout: ClassVar[str] = "real"
-    """The report's systems, metrics and claims (`w2s.eval.science_report.REAL`)."""
+    """The report's systems, metrics and claims (`w2s.science.report.REAL`)."""
     tasks: ClassVar[list[str]] = ["length"]
     world_per_seed: ClassVar[bool] = False
 
@@ -241,8 +241,8 @@ def sft_ceiling(config: ScienceRealConfig) -> None:
 
 def build_cache(config: ScienceRealConfig) -> None:
     """cache/: the weak pair's log-ratios on data/cache.jsonl, with Gemma as strong_ref (so, cross-tokenizer)."""
-    from w2s.cache.build import run
     from w2s.cache.config import CacheConfig
+    from w2s.cache.run import run
 
     if not finished_run(config.path("cache"), "cache"):
         run(CacheConfig(out_dir=str(config.path("cache")), dataset=str(config.path("data", "cache.jsonl")),
@@ -344,8 +344,8 @@ def eos_section(config: ScienceRealConfig, gamma: float, rows_per_kind: int = 8)
     """report.json's `strong_eos`: Gemma's mean log-probability of ending (EOS) right after each kind of cache
     answer, before WSPO and after it (the chosen gamma, each seed), beside the weak pair's log-ratio there. It
     shows what WSPO taught the strong model about stopping, the attribute's lever."""
-    from w2s.eval.science_real_data import response_token_logps
     from w2s.models import load_causal_lm, load_tokenizer
+    from w2s.science.real_data import response_token_logps
 
     rows = read_jsonl(config.path("data", "cache.jsonl"))
     by_kind_rows = {kind: [row for row in rows if row["kind"] == kind][:rows_per_kind] for kind in KINDS}
@@ -395,7 +395,7 @@ def run(config: ScienceRealConfig) -> dict:
 
 
 def run_stages(config: ScienceRealConfig, console: Console) -> dict:
-    from w2s.eval.science_report import select, write_science_report
+    from w2s.science.report import select, write_science_report
 
     started, timings = time.time(), {}
     capability = Capability(config)
@@ -422,7 +422,7 @@ def run_stages(config: ScienceRealConfig, console: Console) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m w2s.eval.science_real CONFIG [key=value ...]`."""
+    """`python -m w2s.science.real CONFIG [key=value ...]`."""
     return config_command("w2s science-real", ScienceRealConfig, run, argv)
 
 

@@ -2,9 +2,9 @@
 
 A `Sampler` is started on a prompt with `begin(prompt_ids, seed)`; then each `sample(prefixes, repeats, length)`
 draws, for every prefix (a hypothesis' response tokens so far), `repeats` continuations of at most `length`
-tokens. Chunk-level beam search, best-of-N, plain sampling (`w2s.eval.search`) and any other search that asks
+tokens. Chunk-level beam search, best-of-N, plain sampling (`w2s.search.cbs`) and any other search that asks
 for arbitrary prefixes (a tree search such as MCTS) are written once against it; `HFSampler` (here) and
-`VllmSampler` (`w2s.eval.vllm_sampler`) implement it.
+`VllmSampler` (`w2s.search.vllm_sampler`) implement it.
 
 `HFSampler` keeps the strong model's KV cache between calls: when every prefix asked for is a row it already
 holds (matched by content, as a beam search asks for the survivors of the last round), it only reorders and

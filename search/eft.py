@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from w2s.eval.samplers import HFSampler, LMStepper, Sampler
-from w2s.eval.search import SearchResult
 from w2s.sampling import encode_prompt, sample_token
+from w2s.search.cbs import SearchResult
+from w2s.search.samplers import HFSampler, LMStepper, Sampler
 
 
 def check_same_vocab(strong_model, weak_models, tokenizer=None, weak_tokenizer=None) -> None:

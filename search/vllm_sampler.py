@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from w2s.config import require_installed
-from w2s.eval.samplers import DEFAULT_SAMPLING, Sampling
+from w2s.search.samplers import DEFAULT_SAMPLING, Sampling
 from w2s.vllm_engine import vllm_llm_kwargs
 
 SEED_STRIDE = 2**32

@@ -19,8 +19,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from w2s.eval.stats import bootstrap, paired_difference, verdict  # noqa: E402
-from w2s.eval.task import locate  # noqa: E402
 from w2s.io import atomic_write_json, atomic_write_text  # noqa: E402
+from w2s.task import TASKS  # noqa: E402
+from w2s.world.task import TINY_TASKS  # noqa: E402
 
 CLAIMS = (
     ("weak aligned > weak base (reward): the weak model is aligned", "weak_aligned", "weak_base", "reward", 0.0),
@@ -75,7 +76,7 @@ TINY = Layout(
     reward=lambda task: reward_key(task),
     png="science.png",
 )  # fmt: skip
-"""`make science` on the tiny world (w2s.eval.science)."""
+"""`make science` on the tiny world (w2s.science.tiny)."""
 
 REAL_CLAIMS = (
     ("weak aligned (DPO) > weak base (reward): the weak model is aligned", "weak_aligned", "weak_base", "reward", 0.0),
@@ -100,7 +101,7 @@ REAL = Layout(
     reward=lambda task: "length_reward",
     png="science-real.png",
 )  # fmt: skip
-"""`make science-real` on real weights (w2s.eval.science_real): SmolLM2 pair, Gemma-3-270M strong."""
+"""`make science-real` on real weights (w2s.science.real): SmolLM2 pair, Gemma-3-270M strong."""
 
 LAYOUTS = {layout.name: layout for layout in (TINY, REAL)}
 
@@ -113,9 +114,7 @@ def layout_of(report_or_config) -> Layout:
 
 def reward_key(task: str) -> str:
     """The per-example key of a tiny-world task's reward (its Task class's `reward`)."""
-    from w2s.eval.science import TASKS
-
-    return locate(TASKS[task], "science.tasks").reward
+    return TASKS.get(TINY_TASKS[task], "science.tasks").reward
 
 
 def per_seed(rows: dict, task: str, name: str, metric: str, layout: Layout | None = None) -> list[list[float]]:

@@ -9,7 +9,7 @@ tone: the W2S search paper's controlled-sentiment experiment), the driver
 4. on the **test** split: weak base, weak aligned, strong base, WSPO (chosen gamma), the SFT ceiling, search
    (CBS), best-of-N at N = W*K (the paper's matching) and at the strong tokens search sampled, and EFT (chosen
    beta), counting strong tokens sampled and weak tokens run per prompt.
-Every stage is resumable: a finished world, cache, WSPO run or evaluation is reused. `w2s.eval.science_report`
+Every stage is resumable: a finished world, cache, WSPO run or evaluation is reused. `w2s.science.report`
 turns the per-prompt scores into report.json (intervals, claims), report.md and science.png.
 """
 
@@ -26,22 +26,23 @@ import torch
 from rich.console import Console
 from tqdm import tqdm
 
-from w2s.cache.build import run as build_cache
 from w2s.cache.config import CacheConfig
+from w2s.cache.run import run as build_cache
 from w2s.config import load_config, require, require_finite
 from w2s.errors import run_as_command
 from w2s.eval.config import EvalConfig, SystemConfig
 from w2s.eval.run import eval_identity
 from w2s.eval.run import run as run_eval
-from w2s.eval.task import load_task
 from w2s.io import atomic_write_json
 from w2s.runs import LOCK, claim, finished_run, identity_key
+from w2s.task import load_task
 from w2s.train.config import TrainConfig
 from w2s.train.recipe import run as train_wspo
 from w2s.world.build import TASK_MODELS, build_world
 from w2s.world.config import WorldConfig
+from w2s.world.task import TINY_TASKS
 
-TASKS = {"length": "w2s.world.task.SummaryTask", "tone": "w2s.world.task.ToneTask"}
+TASKS = TINY_TASKS
 """Task name -> its Task class in the world (its weak aligned model and SFT ceiling: `TASK_MODELS`)."""
 
 
@@ -54,7 +55,7 @@ class ScienceConfig:
     """What `make science` runs: seeds, tasks, the gamma sweep, baselines and budgets."""
 
     layout: ClassVar[str] = "tiny"
-    """The report's systems, metrics and claims (`w2s.eval.science_report.TINY`)."""
+    """The report's systems, metrics and claims (`w2s.science.report.TINY`)."""
 
     out_dir: str = "runs/science"
     """Everything goes here: [seed-<s>/]world, [seed-<s>/]<task>/cache, seed-<s>/<task>/{wspo,val,test},
@@ -259,7 +260,7 @@ def run(config: ScienceConfig) -> dict:
 
 def run_cells(config: ScienceConfig, console: Console) -> dict:
     """Worlds, caches and sweeps, then validation, then the test comparison, then the report."""
-    from w2s.eval.science_report import select, write_science_report
+    from w2s.science.report import select, write_science_report
 
     cells = [Cell(config, seed, task) for seed in config.seeds for task in config.tasks]
     for cell in tqdm(cells, desc="science: worlds, caches, WSPO sweeps"):
@@ -290,7 +291,7 @@ def config_command(name: str, config_class, runner, argv: list[str] | None) -> i
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m w2s.eval.science CONFIG [key=value ...]`."""
+    """`python -m w2s.science.tiny CONFIG [key=value ...]`."""
     return config_command("w2s science", ScienceConfig, run, argv)
 
 
