@@ -91,6 +91,11 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) scripts/check_layers.py
+	$(PY) -m mkdocs build --strict --quiet --site-dir runs/site
+
+# the documentation site (docs/, mkdocs.yml), offline: runs/site/index.html
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict --site-dir runs/site
 
 format: $(STAMP)
 	$(PY) -m ruff check --fix .

@@ -1,7 +1,7 @@
 """Big vocabularies: peak memory and time of the log-prob step, old path against new (a script, not a test).
 
     .venv/bin/python benchmarks/big_vocab.py                 # the tables below, about 10 minutes on 2 cores
-    .venv/bin/python benchmarks/big_vocab.py --readme        # only the README's paper-config memory table
+    .venv/bin/python benchmarks/big_vocab.py --readme        # only the paper-config memory table (docs/memory.md)
     .venv/bin/python benchmarks/big_vocab.py --vllm-python .venv-vllm/bin/python   # adds the vLLM part
 
 Models are random-initialised with Qwen2's config shape at a small width (`benchmarks/random_models.py`), so the
@@ -226,7 +226,7 @@ def vllm_part(python: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--readme", action="store_true", help="print the README's paper-config memory table only")
+    parser.add_argument("--readme", action="store_true", help="print the paper-config memory table only")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--rows", type=int, default=24, help="rows the cache scorer scores")

@@ -2,7 +2,7 @@
 `num_shards`/`shard_index` plus `w2s cache merge`, and N Ray actors (`w2s cache engine=ray`, on a local Ray started
 here first; its start-up is timed apart). Each engine builds the cache twice, with big and with small shards: the
 difference in wall time over the difference in shard count is the engine's cost per shard, which is what the
-README's shard-size guidance comes from.
+shard-size guidance in docs/scaling.md comes from.
 
     python benchmarks/cache_engines.py --world runs/tiny/world --rows 2000 --workers 2 --shard-rows 400 10
 

@@ -2,7 +2,7 @@
 16-bit storage dtypes cost the trained model (a script, not a test).
 
     .venv/bin/python benchmarks/cache_storage.py [--world PATH] [--rows N] [--steps 30] [--encodings]
-                                                 [--readme README.md]
+                                                 [--readme docs/cache.md]
 
 The weak pair and the strong reference score the rows once; the same scored shards are then written in every
 store (full, compact), storage dtype and format, through the cache's own writers, plus "before": the writers

@@ -103,7 +103,8 @@ def paper_rows(path, device_gib: float = 80.0, gpus: int = 4) -> list[tuple[str,
 
 
 def paper_table(repo, device_gib: float = 80.0, gpus: int = 4) -> str:
-    """The README's markdown table of per-GPU memory for the paper configs, before and after, from the formulas."""
+    """The markdown table of per-GPU memory for the paper configs, before and after, from the formulas
+    (docs/memory.md)."""
     lines = [
         "| config | stage | before: model + log-probs = total | after: model + log-probs = total |",
         "|---|---|---:|---:|",

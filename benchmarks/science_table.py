@@ -1,6 +1,7 @@
-"""Prints the science report's tables (from report.json, never typed by hand) or writes them into a README.
+"""Prints the science report's tables (from report.json, never typed by hand) or writes them into a markdown file
+(docs/science.md, docs/science_real.md, the README's summary).
 
-    .venv/bin/python benchmarks/science_table.py [--report runs/science/report.json] [--readme README.md]
+    .venv/bin/python benchmarks/science_table.py [--report runs/science/report.json] [--readme docs/science.md]
     .venv/bin/python benchmarks/science_table.py --report runs/science-real/report.json --readme docs/science_real.md
     .venv/bin/python benchmarks/science_table.py --report runs/science-real/report.json --readme README.md \
         --claims --marker science-real-summary

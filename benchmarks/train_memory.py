@@ -1,7 +1,7 @@
 """Per-GPU memory of WSPO training for the paper configs, on paper (`w2s.memory.train_memory`; nothing runs).
 
     .venv/bin/python benchmarks/train_memory.py                      # prints the table
-    .venv/bin/python benchmarks/train_memory.py --readme README.md   # writes it between the README's markers
+    .venv/bin/python benchmarks/train_memory.py --readme docs/memory.md   # between its markers
 
 --readme FILE replaces the text between `<!-- train-memory-table -->` and `<!-- /train-memory-table -->` in FILE
 with the table (the markers stay). Each paper config gives two rows: as configured, and with

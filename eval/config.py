@@ -215,10 +215,11 @@ class EvalConfig(GenerationSettings):
         super().__post_init__()
         if "_component_" not in self.task:  # a partial mapping (e.g. one override) updates the default task
             self.task = {**DEFAULT_TASK, **self.task}
-        require(
-            isinstance(self.task["_component_"], str) and "." in self.task["_component_"],
+        require(  # the name itself is looked up in w2s.task.TASKS when the task is built (before any model loads)
+            isinstance(self.task["_component_"], str) and bool(self.task["_component_"]),
             "eval.task._component_",
-            "must be a dotted path such as w2s.world.task.SummaryTask",
+            "must be a registered task name (length, reward_model, tiny_summary, tiny_tone) or a dotted path such as "
+            "w2s.world.task.SummaryTask",
         )
         names = [system.name for system in self.systems]
         require(len(set(names)) == len(names), "eval.systems", f"system names must be unique, got {names}")

@@ -266,7 +266,7 @@ def claims_table(claims_list: list[dict]) -> list[str]:
 
 
 def readme_text(report: dict) -> str:
-    """The markdown tables of a science report (what the README shows between its science-table markers)."""
+    """The markdown tables of a science report (what docs/science.md shows between its science-table markers)."""
     layout, seeds, search = layout_of(report), report["seeds"], report["search"]
     varied = (
         "each its own world, caches, WSPO runs and samples"

@@ -73,12 +73,15 @@ class Registry(Generic[T]):
         self._load()
         if name in self._entries:
             return self._entries[name]
+        where = f"{where}: " if where else ""
         if isinstance(name, str) and "." in name:
-            obj = _import_object(name)
+            try:
+                obj = _import_object(name)
+            except ImportError as err:  # the module is there but fails to import: say why, not "unknown"
+                raise ConfigError(f"{where}cannot import {name!r}: {err}") from None
             if obj is not None:
                 return obj
         known = ", ".join(self._entries) or "none"
-        where = f"{where}: " if where else ""
         raise ConfigError(f"{where}unknown {self.kind} {name!r}: use one of {known}, or the dotted path of a class")
 
     def name_of(self, obj: Any) -> str:
@@ -105,13 +108,20 @@ class Registry(Generic[T]):
 
 
 def _import_object(path: str) -> Any:
+    """The object a dotted path names; None when its module does not exist or lacks it (ImportError when the
+    module exists but fails to import)."""
     module_name, _, attribute = path.rpartition(".")
     try:
         module = importlib.import_module(module_name)
-    except ImportError:
-        return None
+    except ModuleNotFoundError as err:
+        if err.name and (module_name == err.name or module_name.startswith(f"{err.name}.")):
+            return None  # no such module
+        raise
     return getattr(module, attribute, None)
 
 
 def _importable(path: str) -> bool:
-    return "." in path and _import_object(path) is not None
+    try:
+        return "." in path and _import_object(path) is not None
+    except ImportError:
+        return False

@@ -86,7 +86,7 @@ def _wanted(group: zarr.Group, columns: Sequence[str] | None) -> list[str]:
 
 @FORMATS.register("zarr")
 class ZarrFormat:
-    """`zarr/shard-00000.zarr/`: flat values plus offsets, read with `zarr` alone (see the README)."""
+    """`zarr/shard-00000.zarr/`: flat values plus offsets, read with `zarr` alone (see docs/cache.md)."""
 
     name = "zarr"
 

@@ -196,7 +196,7 @@ def test_a_compact_build_holds_what_training_reads_and_inspects(micro_world, cac
     full = ds.dataset(str(cache_dir / "parquet"), format="parquet").to_table().sort_by("row_id")
     assert table["input_ids"].to_pylist() == full["input_ids"].to_pylist()
     bits = np.asarray(table["weak_log_ratio"].combine_chunks().values)
-    ratios = (bits.astype(np.uint32) << 16).view(np.float32)  # the README's decoding of bfloat16
+    ratios = (bits.astype(np.uint32) << 16).view(np.float32)  # docs/cache.md's decoding of bfloat16
     np.testing.assert_allclose(ratios, full["weak_log_ratio"].combine_chunks().values.to_numpy(), atol=0.02, rtol=2**-8)
     compact_bytes = sum(s["files"]["parquet"]["bytes"] for s in body["shards"])
     full_bytes = sum(

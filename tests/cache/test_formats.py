@@ -149,7 +149,7 @@ def test_parquet_columns_are_plain_and_encoded_per_column(tmp_path):
     assert "BYTE_STREAM_SPLIT" in metadata.column(1).encodings  # the ids, in the compact store
     plain = pq.read_table(compact)
     assert plain.column_names == list(TRAINING_FIELDS[:-1])  # no strong reference cached here
-    bits = np.asarray(plain["weak_log_ratio"].combine_chunks().values)  # the README's decoding, by hand
+    bits = np.asarray(plain["weak_log_ratio"].combine_chunks().values)  # docs/cache.md's decoding, by hand
     decoded = (bits.astype(np.uint32) << 16).view(np.float32)
     np.testing.assert_allclose(decoded, shard.token_values["weak_log_ratio"], rtol=2**-8)
 

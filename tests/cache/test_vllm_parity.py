@@ -19,7 +19,7 @@ import pytest
 from tests.cache.helpers import build, cache_config
 from tests.conftest import vllm_program
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN_COLUMNS = ("logp_weak_base", "logp_weak_aligned", "weak_log_ratio")

@@ -20,6 +20,7 @@ from transformers import Qwen2Config
 from tests.conftest import vllm_program
 from w2s.cache import backends
 from w2s.cache.backends import VllmScorer, make_scorer
+from w2s.cache.config import CacheConfig
 from w2s.errors import ConfigError
 from w2s.memory import prompt_logprobs_bytes
 from w2s.vllm_engine import vllm_llm_kwargs
@@ -76,7 +77,8 @@ def test_w2s_cache_refuses_a_gpu_share_that_cannot_hold_the_largest_batch(tmp_pa
     with pytest.raises(
         ConfigError, match=r"1025 tokens per engine step, max_len=1024"
     ):  # the step cap and max_len both bound it
-        make_scorer("vllm", "weak_base", folder, "float32", 64, "cuda", 1, 1024, 2)
+        config = CacheConfig(out_dir=str(tmp_path / "cache"), backend="vllm", batch_tokens=64, max_len=1024)
+        make_scorer(config, "weak_base", folder, 2)
 
 
 @pytest.mark.integration

@@ -101,7 +101,7 @@ def test_load_task_refuses_what_is_not_a_task():
     assert load_task({"_component_": TOY, "prompts": ["a b"]}).examples()[0].example_id == "toy-0"
     refusals = [
         ({"prompts": []}, "needs _component_"),
-        ({"_component_": "w2s.nowhere.Task"}, "cannot import 'w2s.nowhere.Task'"),
+        ({"_component_": "w2s.nowhere.Task"}, "unknown task 'w2s.nowhere.Task': use one of length, reward_model"),
         ({"_component_": "w2s.eval.config.EvalConfig"}, "is not a subclass of w2s.task.Task"),
         ({"_component_": TOY, "promts": []}, r"refused its arguments \['promts'\]"),
     ]
@@ -141,3 +141,19 @@ def test_gamma_is_read_from_the_provenance_not_the_folder_name(tmp_path):
     systems[0].model = str(tmp_path / "none" / "final")
     planned, _, skipped = plan(missing)
     assert [p.spec.name for p in planned] == ["base"] and "no model at" in skipped["wspo"]
+
+
+def test_a_sweep_over_another_loss_parameter_is_found_by_provenance_whatever_its_folders(tmp_path):
+    """Runs are found by their provenance, not by `gamma-*` names: a sweep over `scale` of a toy loss, in folders
+    named anyhow, is sorted and named by the parameter that varies."""
+    wspo = tmp_path / "wspo"
+    for folder, scale in (("run-b", 2.0), ("run-a", 0.5)):
+        (wspo / folder / "final").mkdir(parents=True)
+        (wspo / folder / "final" / "config.json").write_text("{}")
+        loss = {"_component_": "my.Loss", "gamma": 0.1, "scale": scale}
+        (wspo / folder / "final" / "w2s_provenance.json").write_text(json.dumps({"train": {"loss": loss}}))
+    runs, skipped = sweep_runs(wspo)
+    assert [(run.spec.name, run.parameter, run.gamma) for run in runs] == [
+        ("wspo scale=0.5", "scale", 0.1),
+        ("wspo scale=2", "scale", 0.1),
+    ] and skipped == {}

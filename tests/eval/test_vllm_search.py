@@ -23,7 +23,7 @@ from w2s.io import read_jsonl
 from w2s.sampling import encode_prompt
 from w2s.search.scorer import WeakScorer
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 WIDTH, SAMPLES, CHUNK, MAX_NEW, SEED = 2, 2, 4, 8, 11

@@ -68,7 +68,8 @@ def test_the_configs_ship_inside_the_wheel(tmp_path):
     SHIPPED_CONFIGS looks once installed."""
     source = tmp_path / "src"
     source.mkdir()
-    names = ("pyproject.toml", "README.md", "w2s", "cache", "train", "eval", "schemas", "world", "configs")
+    names = ("pyproject.toml", "README.md", "w2s", "cache", "train", "eval", "schemas", "world", "search", "science")
+    names += ("configs",)
     for name in names:
         if (REPO / name).is_dir():
             shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))

@@ -2,7 +2,7 @@
 
 `TensorPeak` counts the bytes of tensors alive at once (no timing, no allocator): the chunked path must stay
 within `logprob_step_bytes` and not grow with tokens, and the plain path must cost what the formula says, which
-is what the README's table of the paper configs is computed from.
+is what docs/memory.md's table of the paper configs is computed from.
 """
 
 import pytest
@@ -61,7 +61,7 @@ def test_soft_cap_costs_one_more_block_in_training_only():
 @pytest.mark.parametrize("b", [4, 2])
 @pytest.mark.parametrize("train", [False, True])
 def test_plain_path_costs_what_the_formula_says(b, train):
-    """The 'before' of the README table: a model's own full logits, then the float32 log-softmax and gather."""
+    """The 'before' of docs/memory.md's table: a model's own full logits, then the float32 log-softmax and gather."""
     from benchmarks.random_models import qwen2_shaped
 
     model = qwen2_shaped(QWEN2_VOCAB, HIDDEN, layers=1).to(DTYPES[b])

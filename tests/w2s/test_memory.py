@@ -1,4 +1,4 @@
-"""The memory formulas on paper: model shapes, the vLLM budget (and its refusal), the README table."""
+"""The memory formulas on paper: model shapes, the vLLM budget (and its refusal), the docs' table."""
 
 import sys
 from pathlib import Path

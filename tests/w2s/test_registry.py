@@ -61,12 +61,8 @@ class ToyTask(Task):
     def examples(self):
         return []
 
-    @property
-    def metrics(self):
-        return []
-
-    def score_examples(self, responses, examples):
-        return []
+    def score_example(self, response, example):
+        return {}
 
 
 class ToyLoss:
@@ -167,3 +163,11 @@ def test_the_public_api_is_exported_from_the_top_level():
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert loaded.stdout.strip() == "[]"  # `import w2s` alone loads no model library
+
+
+def test_a_plugin_that_fails_to_import_is_named_with_its_error(tmp_path, monkeypatch):
+    """A dotted path whose module exists but breaks on import says why, not 'unknown'."""
+    (tmp_path / "w2s_broken_plugin.py").write_text("import w2s_missing_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"train.loss._component_: cannot import 'w2s_broken_plugin.Loss'.*xyz"):
+        TrainConfig(loss={"_component_": "w2s_broken_plugin.Loss"})

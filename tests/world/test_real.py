@@ -29,7 +29,7 @@ def test_a_bad_setting_is_refused_in_one_line(tmp_path, capsys):
         RealWorldConfig(max_new_tokens=30, l_max=30)
 
 
-@pytest.mark.integration
+@pytest.mark.slow
 def test_converted_smollm2_gives_the_logits_of_the_gguf_model(real_world):
     tokenizer = AutoTokenizer.from_pretrained(real_world / "weak_base")
     ids = torch.tensor([encode_prompt(tokenizer, "What is the capital of France?")])  # [1, seq]
@@ -48,7 +48,7 @@ def test_converted_smollm2_gives_the_logits_of_the_gguf_model(real_world):
     assert tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"
 
 
-@pytest.mark.integration
+@pytest.mark.slow
 def test_gemma_is_another_family_with_its_own_tokenizer(real_world):
     manifest = json.loads((real_world / "world.json").read_text())
     sums = gguf._packaged_file(gguf._distribution(gguf.GEMMA_PACKAGE), "data/SHA256SUMS").read_text()
@@ -67,7 +67,7 @@ def test_gemma_is_another_family_with_its_own_tokenizer(real_world):
     assert manifest["logit_parity"]["strong_gemma"] <= 1e-5
 
 
-@pytest.mark.integration
+@pytest.mark.slow
 def test_weak_aligned_answers_moved_into_the_length_window(real_world):
     manifest = json.loads((real_world / "world.json").read_text())
     config = RealWorldConfig(**manifest["config"])
@@ -84,7 +84,7 @@ def topic_of(prompt: str) -> str:
     return topic
 
 
-@pytest.mark.integration
+@pytest.mark.slow
 def test_data_rows_have_ids_and_held_out_topics_stay_out_of_training(real_world):
     data = {name: read_jsonl(real_world / "data" / f"{name}.jsonl") for name in ("finetune", "cache", "prompts")}
     for rows in data.values():
@@ -101,7 +101,7 @@ def test_data_rows_have_ids_and_held_out_topics_stay_out_of_training(real_world)
     assert stats["cache_window_tokens"]["max"] <= 30 < stats["cache_long_tokens"]["min"]
 
 
-@pytest.mark.integration
+@pytest.mark.slow
 def test_models_are_fingerprinted_and_a_rebuild_is_a_no_op(real_world):
     manifest = json.loads((real_world / "world.json").read_text())
     for name in ("weak_base", "weak_aligned", "strong_base", "strong_gemma"):
@@ -134,14 +134,14 @@ def perplexity(folder, text: str) -> float:
     return float(torch.exp(model(ids, labels=ids).loss))
 
 
-@pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["weak_base", "weak_aligned", "strong_gemma"])
 def test_every_real_model_reads_plain_english_sensibly(real_world, name):
     """Gemma without its BOS reads this at a perplexity above 100; every real model must be under 40."""
     assert perplexity(real_world / name, HELD_OUT_ENGLISH) < 40
 
 
-@pytest.mark.integration
+@pytest.mark.slow
 def test_gemma_is_fed_its_bos_and_a_base_model_prompt_format(real_world):
     from w2s.sampling import generate
 
@@ -158,7 +158,7 @@ def test_gemma_is_fed_its_bos_and_a_base_model_prompt_format(real_world):
     assert "Paris" in answer and len(set(words)) > len(words) / 2, answer  # sensible, not a repeated token
 
 
-@pytest.mark.integration
+@pytest.mark.slow
 def test_a_tokenizer_that_drops_its_models_bos_is_given_it_back_and_says_so(real_world, tmp_path, capsys):
     from w2s.models import load_tokenizer
 

@@ -13,7 +13,7 @@ from w2s.cli import main
 from w2s.eval.responses import read_records
 from w2s.rewards import length_reward
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.slow
 
 REAL_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "real.yaml"
 

@@ -19,7 +19,7 @@ from w2s.science.real import ScienceRealConfig, run
 from w2s.science.real_data import make_data, response_token_logps, write_data
 from w2s.world.dpo import DpoSettings
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.slow
 
 
 def expected_signal(world: Path, prompt: str, response: str) -> np.ndarray:

@@ -64,7 +64,7 @@ def scores(tmp_path_factory):
 # mean at half the measured low end (0.05, 0.045, 0.07): about 2.5 to 3 standard errors under the measured mean
 # (half-widths 0.10 to 0.13, so one standard error is about 0.06), so a draw on another CPU type (the numbers are
 # bitwise reproducible per CPU type only) clears it, while a change that takes the effect to zero cannot.
-@pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("better", "worse", "floor"),
     [("weak_aligned", "weak_base", 0.05), ("wspo", "strong_base", 0.045), ("search", "strong_base", 0.07)],
