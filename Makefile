@@ -69,7 +69,7 @@ demo: train sweep
 science: $(STAMP)
 	$(PY) -m w2s.science.tiny configs/science.yaml
 
-# the claims on real weights across tokenizers (configs/science_real.yaml, about an hour on 2 cores):
+# the claims on real weights across tokenizers (configs/science_real.yaml; 79 min measured on 2 cores):
 # runs/science-real/report.{json,md}, science-real.png
 science-real: $(REAL_WORLD)
 	$(PY) -m w2s.science.real configs/science_real.yaml

@@ -352,8 +352,9 @@ def real_sections(report: dict) -> list[str]:
         ]
     if "timings_seconds" in report:
         t = report["timings_seconds"]
-        parts += ["Wall time (cumulative seconds at the end of each stage): "
-                  + ", ".join(f"{k} {v:,.0f}" for k, v in t.items()) + ".", ""]  # fmt: skip
+        ordered = sorted(t.items(), key=lambda item: item[1])  # cumulative: by time is the order the stages ran
+        parts += ["Wall time (cumulative seconds at the end of each stage, in the order they ran): "
+                  + ", ".join(f"{k} {v:,.0f}" for k, v in ordered) + ".", ""]  # fmt: skip
     return parts
 
 
