@@ -34,7 +34,8 @@ STAGES = [
     ("train", ["train.gamma=0.1", "train.max_steps=6", "train.micro_batch_size=4", "train.grad_accum=1"]),
     ("eval", ["eval.num_examples=6", "eval.gamma_sweep=false"]),
 ]
-SKIPPED = ("provenance", "w2s_", "marker", ".lock", "ledger", "config.yaml", "tensorboard", "summary.json")
+SKIPPED = ("provenance", "w2s_", ".w2s-", "done.json", "ledger", "config.yaml", "tensorboard", "summary.json")
+"""Files that hold provenance, process ids, times or absolute paths: written by every run differently."""
 TIMINGS = ("seconds", "step_seconds", "read_seconds", "tokens_per_second", "samples_per_second", "wall")
 
 
@@ -86,6 +87,7 @@ def compare(before: dict, after: dict) -> int:
         for row in fingerprint_["report_systems"].values():
             for name in NEW_FIELDS:
                 row.pop(name, None)
+            row["model"] = row["model"].split("/runs/", 1)[-1]  # each fingerprint ran in its own folder
     problems = []
     for key in before:
         if key == "files":

@@ -116,11 +116,12 @@ class TrainConfig:
             get_format(self.cache_format)  # a registered format, not a hand-kept list
         except ConfigError as err:
             raise ConfigError(f"train.cache_format: {err}") from None
+        sweep_key = "train.gammas" if self.gammas else ""  # the key the user wrote, for refusals
         self._fold_shorthands()
         self.loss_component()  # an unknown loss, or parameters it does not take, are refused at load time
         require(len(self.sweep) <= 1, "train.sweep", f"sweeps one loss parameter, got {sorted(self.sweep)}")
         for name, values in self.sweep.items():
-            key = "train.gammas" if self.gammas else f"train.sweep.{name}"
+            key = sweep_key or f"train.sweep.{name}"
             require(isinstance(values, list) and bool(values), key, "must be a non-empty list of values")
             for value in values:
                 self.loss_component({**self.loss, name: value}, key)

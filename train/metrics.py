@@ -66,9 +66,11 @@ def rewind_metrics(out_dir: Path, step: int) -> None:
 
 
 def plot_curves(rows: list[dict], path: Path, title: str) -> None:
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2))
+    """One panel per curve the loss logged (a loss of your own may log only `loss`)."""
+    curves = [key for key in CURVES if all(key in r for r in rows)]
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2), squeeze=False)
     steps = [r["step"] for r in rows]
-    for axis, key in zip(axes, CURVES):
+    for axis, key in zip(axes[0], curves):
         axis.plot(steps, [r[key] for r in rows])
         axis.set(title=key, xlabel="step")
     fig.suptitle(title)
@@ -88,15 +90,17 @@ def summarise(out_dir: Path, loss: dict) -> dict:
         "steps": len(rows),
         "first_loss": rows[0]["loss"],
         "last_loss": rows[-1]["loss"],
-        "last_correlation": rows[-1]["ratio_correlation"],
+        "last_correlation": rows[-1].get("ratio_correlation"),
         "seconds": total,
         "reader_share": read / total if total else 0.0,
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    correlation = summary["last_correlation"]
+    correlation = f", strong/weak ratio correlation {correlation:.3f}" if correlation is not None else ""
     Console().print(
         f"[green]training done[/green] {describe_loss(loss)}: {summary['steps']} steps in {total:.1f} s, loss "
-        f"{summary['first_loss']:.4f} -> {summary['last_loss']:.4f}, strong/weak ratio correlation "
-        f"{summary['last_correlation']:.3f}, reader {100 * summary['reader_share']:.2f}% of step time\n"
+        f"{summary['first_loss']:.4f} -> {summary['last_loss']:.4f}{correlation}, reader "
+        f"{100 * summary['reader_share']:.2f}% of step time\n"
         f"model: {out_dir / 'final'}   curves: {out_dir / 'curves.png'}   metrics: {out_dir / 'metrics.jsonl'}"
     )
     return summary

@@ -107,7 +107,7 @@ def test_a_refused_train_leaves_the_existing_run_untouched(micro_world, cache_wi
     assert main(["train", *words]) == 0
     before = {p: p.read_bytes() for p in (out / "config.yaml", out / "provenance.json", out / checkpoints.DONE)}
     assert main(["train", *words, "train.gamma=0.7"]) == 2
-    assert "holds another run of `w2s train` (train.loss differ)" in capsys.readouterr().err
+    assert "holds another run of `w2s train` (train.loss.gamma differ)" in capsys.readouterr().err
     assert all(path.read_bytes() == data for path, data in before.items())
 
 
