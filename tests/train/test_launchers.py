@@ -21,7 +21,7 @@ import pytest
 from tests.cache.helpers import build
 from w2s.train.metrics import read_metrics
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.slow  # 2-process DeepSpeed under four launchers: about a minute
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -56,7 +56,7 @@ def test_partial_alignment_mixes_filtered_and_unfiltered_examples_at_align_mix(m
     assert len(filtered) / len(data) == pytest.approx(mix)
 
 
-@pytest.mark.integration
+@pytest.mark.slow  # builds the micro world twice more
 def test_same_seed_gives_same_tokenizer_and_weights(micro_world, tmp_path):
     again = build_world(micro_world_config(str(tmp_path / "again")))
     first = json.loads((micro_world / "world.json").read_text())
