@@ -89,17 +89,8 @@ def _cosine_factor(step: int, total: int, warmup: int) -> float:
     return cosine_lr(step, total, 1.0, warmup)
 
 
-NOT_PROVENANCE = (
-    "out_dir",
-    "gamma",
-    "gammas",
-    "sweep",
-    "save_every",
-    "log_every",
-    "keep_checkpoints",
-    "save_final_checkpoint",
-)
-NOT_PROVENANCE += ("verify_cache",)
+NOT_PROVENANCE = ("out_dir", "gamma", "gammas", "sweep", "save_every", "log_every", "keep_checkpoints")
+NOT_PROVENANCE += ("save_final_checkpoint", "verify_cache")
 """Settings that change what a run writes or checks, never its result: a rerun may change them and resume."""
 
 

@@ -61,9 +61,6 @@ class Registry(Generic[T]):
         self._load()
         return tuple(self._entries)
 
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and (name in self.names() or _importable(name))
-
     def get(self, name: str, where: str = "") -> T:
         """The component a config names: a registered name, or the dotted path of an importable object.
 
@@ -83,14 +80,6 @@ class Registry(Generic[T]):
                 return obj
         known = ", ".join(self._entries) or "none"
         raise ConfigError(f"{where}unknown {self.kind} {name!r}: use one of {known}, or the dotted path of a class")
-
-    def name_of(self, obj: Any) -> str:
-        """The registered name of a component (its dotted path when it was not registered)."""
-        self._load()
-        for name, entry in self._entries.items():
-            if entry is obj:
-                return name
-        return f"{obj.__module__}.{obj.__qualname__}"
 
     def build(self, spec: str | Mapping[str, Any], where: str = "", **extra: Any) -> Any:
         """Instantiates a component spec: a name or path (no arguments), or a mapping of `_component_` and its
@@ -118,10 +107,3 @@ def _import_object(path: str) -> Any:
             return None  # no such module
         raise
     return getattr(module, attribute, None)
-
-
-def _importable(path: str) -> bool:
-    try:
-        return "." in path and _import_object(path) is not None
-    except ImportError:
-        return False
