@@ -55,7 +55,7 @@ def wait(procs: list[subprocess.Popen]) -> None:
 def overrides(world: Path, dataset: Path, out: Path, shard_rows: int) -> list[str]:
     return [
         f"cache.out_dir={out}",
-        f"cache.dataset={dataset}",
+        f"cache.data.path={dataset}",
         f"cache.weak_base={world / 'weak_base'}",
         f"cache.weak_aligned={world / 'weak_aligned'}",
         "cache.strong_ref=",

@@ -72,10 +72,11 @@ def subset_file(world: Path, dataset: str, rows: int, tmp: Path) -> Path:
 
 def cache_config(world: Path, dataset: Path, out_dir: Path, max_len: int, **overrides):
     from w2s.cache.config import CacheConfig
+    from w2s.source import DataSource
 
     return CacheConfig(
         out_dir=str(out_dir),
-        dataset=str(dataset),
+        data=DataSource(str(dataset)),
         weak_base=str(world / "weak_base"),
         weak_aligned=str(world / "weak_aligned"),
         max_len=max_len,

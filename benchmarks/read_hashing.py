@@ -61,10 +61,11 @@ def unhashed():
 def build_cache(world: Path, out: Path, rows_per_shard: int) -> Path:
     from w2s.cache.build import build_cache, setup
     from w2s.cache.config import CacheConfig
+    from w2s.source import DataSource
 
     config = CacheConfig(
         out_dir=str(out),
-        dataset=str(world / "data" / "cache.jsonl"),
+        data=DataSource(str(world / "data" / "cache.jsonl")),
         weak_base=str(world / "weak_base"),
         weak_aligned=str(world / "weak_aligned"),
         strong_ref=str(world / "strong_base"),

@@ -96,7 +96,6 @@ def make_provenance(
     """What made this cache: models, tokenizer(s), dataset, settings and code. `strong_tokenizer_sha`: the strong
     tokenizer's fingerprint in a cross-tokenizer cache (recorded, with `cross_tokenizer`, only there)."""
     paths = model_paths(config)
-    fields = {k: getattr(config, k) for k in ("prompt_field", "response_field", "messages_field", "id_field")}
     cross = {"strong_tokenizer_sha256": strong_tokenizer_sha, "cross_tokenizer": True} if strong_tokenizer_sha else {}
     return {
         "models": {role: model_fingerprint(path) for role, path in paths.items()},
@@ -104,10 +103,10 @@ def make_provenance(
         **cross,
         "chat_template": getattr(tokenizer, "chat_template", None) if config.use_chat_template else None,
         "dataset": {
-            "source": config.dataset,
-            "split": config.split,
+            "source": config.data.path,
+            "split": config.data.split,
             "fingerprint": dataset_fingerprint,
-            "fields": fields,
+            "fields": config.data.field_names(),
             "rows": len(rows),
         },
         "backend": resolve_backend(config.backend),
@@ -145,7 +144,7 @@ def check_models_fit(config: CacheConfig, rows: list[Row], dataset, models: dict
         lengths = [len(side(row) if side else row.input_ids) for row in rows]
         if positions and lengths and max(lengths) > positions:
             longest = rows[lengths.index(max(lengths))]
-            file, line = locate(dataset, config.dataset, longest.row_id)
+            file, line = locate(dataset, config.data.path, longest.row_id)
             raise DataError(
                 f"{file}: row {line}: {max(lengths)} tokens, more than the {role} model's {positions} positions "
                 f"({path}); set cache.max_len={positions} with cache.truncation=true, or drop the row"
@@ -181,11 +180,9 @@ def setup(config: CacheConfig, load_models: bool = True) -> CacheJob:
             f"({config.strong_ref or config.strong_tokenizer}) differs from the weak pair's: set truncation=false "
             "(and max_len high enough)"
         )
-    dataset, fingerprint = load_rows(config.dataset, config.split)
-    fields = {k: getattr(config, k) for k in ("prompt_field", "response_field", "messages_field", "id_field")}
-    rows = encode_rows(
-        dataset, config.dataset, tokenizer, fields, config.max_len, config.truncation, config.use_chat_template, strong
-    )
+    dataset, fingerprint = load_rows(config.data.path, config.data.split)
+    fields, settings = config.data.field_names(), (config.max_len, config.truncation, config.use_chat_template)
+    rows = encode_rows(dataset, config.data.path, tokenizer, fields, *settings, strong)
     cross_sha = strong_sha if strong is not None else None
     provenance = make_provenance(config, tokenizer, tokenizer_sha, fingerprint, rows, cross_sha)
     check_models_fit(config, rows, dataset, provenance["models"])

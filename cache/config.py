@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 from w2s.cache.formats import formats_for
 from w2s.config import ConfigError, require, require_installed
 from w2s.schemas.cache import StorageDtype, Store
+from w2s.source import DataSource, as_source, moved_keys
 
 ModelDtype = Literal["float32", "bfloat16", "float16"]
 Engine = Literal["local", "ray"]
+ROWS = "{world}/data/cache.jsonl"
+"""The default rows to score: the tiny world's cache split."""
 DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
 """The torch devices the transformers backend runs on (besides auto)."""
 
@@ -20,20 +23,15 @@ DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
 class CacheConfig:
     """Which data and models to score, how, and where the store goes."""
 
+    moved: ClassVar[dict[str, str]] = moved_keys("data", "dataset")
+    """Keys of the layout before the shared data-source section, refused naming their new place."""
+
     out_dir: str = "{run_root}/cache"
     """Cache folder (any local path; shards, manifest.json, ledger). Training reads it from here too."""
-    dataset: str = "{world}/data/cache.jsonl"
-    """Local jsonl/json/parquet/arrow file (or folder of them), or a hub dataset name when online."""
-    split: str = "train"
-    """Dataset split to read (local files load as 'train')."""
-    prompt_field: str = "prompt"
-    """Field holding the prompt text (ignored when messages_field is set)."""
-    response_field: str = "response"
-    """Field holding the response text (ignored when messages_field is set)."""
-    messages_field: str = ""
-    """Field holding chat messages; the last one (assistant) is the response, the others the prompt."""
-    id_field: str = "example_id"
-    """Field holding a unique example id; rows without the field get 'row-<n>'."""
+
+    data: DataSource = field(default_factory=lambda: DataSource(ROWS))
+    """The rows to score (`w2s.source.DataSource`): path, split and the prompt/response/messages/id fields; a
+    plain string is the path."""
     use_chat_template: bool = True
     """Render prompts through the tokenizer's chat template."""
     weak_base: str = "{world}/weak_base"
@@ -92,6 +90,7 @@ class CacheConfig:
     """engine=ray: restarts of a dead actor, and retries of its shards in flight (worker or node lost)."""
 
     def __post_init__(self) -> None:
+        self.data = as_source(self.data, "cache.data", DataSource(ROWS))  # Python callers may pass a path
         require(
             self.store == "compact" or self.storage_dtype != "bfloat16",
             "cache.storage_dtype",

@@ -47,7 +47,7 @@ def claim_folder(job: CacheJob) -> RunFolder:
         FolderRefused: another folder, an input, a cache of other inputs, or this worker already running.
     """
     identity = {k: v for k, v in job.provenance.items() if k != "code_version"}
-    inputs = {"dataset": job.config.dataset, **model_paths(job.config)}
+    inputs = {"dataset": job.config.data.path, **model_paths(job.config)}
     lock = worker_lock_name(job.config.shard_index, job.config.num_shards)
     folder = claim(job.out_dir, "cache", identity=identity, inputs=inputs, lock=lock)
     if folder.finished and folder.problems:

@@ -40,11 +40,10 @@ def _absolute_if_local(path: str) -> str:
 
 def absolute_paths(config: CacheConfig) -> CacheConfig:
     """`config` with out_dir absolute, and the dataset and model paths absolute where they name something on disk."""
-    keys = ("dataset", "weak_base", "weak_aligned", "strong_tokenizer")
+    keys = ("weak_base", "weak_aligned", "strong_ref", "strong_tokenizer")
     local = {key: _absolute_if_local(getattr(config, key)) for key in keys}
-    return replace(
-        config, out_dir=os.path.abspath(config.out_dir), strong_ref=_absolute_if_local(config.strong_ref), **local
-    )
+    data = replace(config.data, path=_absolute_if_local(config.data.path))
+    return replace(config, out_dir=os.path.abspath(config.out_dir), data=data, **local)
 
 
 def save_tokenizer_copy(tokenizer, out_dir: Path, name: str = TOKENIZER_DIR) -> Path:

@@ -13,13 +13,16 @@ from typing import Any, ClassVar, Literal
 
 from w2s.config import require, require_finite, require_installed, require_seed
 from w2s.search.components import SEARCHES
+from w2s.source import DataSource, as_source, moved_keys
 
 Engine = Literal["hf", "vllm"]
 """What samples the strong model: transformers (KV cache kept across chunks) or vLLM (prefix caching)."""
 
+TEST_PROMPTS = "{world}/data/test.jsonl"
+"""The tiny world's test split: the default prompts of `w2s eval` and `w2s generate`."""
 DEFAULT_TASK = {
     "_component_": "w2s.world.task.SummaryTask",
-    "path": "{world}/data/test.jsonl",
+    "path": TEST_PROMPTS,
     "l_min": 20,
     "l_max": 30,
 }
@@ -244,16 +247,12 @@ class GenerateConfig(GenerationSettings):
     section: ClassVar[str] = "generate"
     out_dir: str = "{run_root}/generate"
     """Output folder: parts/ (written as it goes), responses.jsonl, model_outputs.json (AlpacaEval), run.json."""
-    prompts: str = "{world}/data/test.jsonl"
-    """The prompt set: a local jsonl/json/parquet/arrow file (or folder of them), or a hub dataset name."""
-    split: str = "train"
-    """Dataset split (local files load as 'train'; AlpacaEval's hub set is 'eval')."""
-    prompt_field: str = "prompt"
-    """Field holding the prompt text (ignored when messages_field is set)."""
-    messages_field: str = ""
-    """Field holding chat messages; a last assistant message is the reference, the others the prompt."""
-    id_field: str = "example_id"
-    """Field holding a unique prompt id; rows without it get 'row-<n>'."""
+    moved: ClassVar[dict[str, str]] = moved_keys("prompts")
+    """Keys of the layout before the shared data-source section, refused naming their new place."""
+
+    prompts: DataSource = field(default_factory=lambda: DataSource(TEST_PROMPTS))
+    """The prompt set (`w2s.source.DataSource`): path (a local jsonl/json/parquet/arrow file or folder, or a hub
+    dataset name; AlpacaEval's hub split is 'eval'), split and fields; a plain string is the path."""
     limit: int = 0
     """Only the first N prompts (0: all)."""
     model: str = "{world}/strong_base"
@@ -273,6 +272,7 @@ class GenerateConfig(GenerationSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.prompts = as_source(self.prompts, "generate.prompts", DataSource(TEST_PROMPTS))  # or a path, in Python
         require(self.save_every >= 1, "generate.save_every", f"must be >= 1, got {self.save_every}")
         require(self.limit >= 0, "generate.limit", f"must be >= 0 (0: all), got {self.limit}")
         if self.generator:

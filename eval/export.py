@@ -5,15 +5,16 @@ document: `id`, `prompt` (the document put into `prompt_template`) and `response
 cache reads `response` as the text to score; `w2s generate` and the tasks read `prompt` and keep `response` as
 the reference.
 
-    w2s export --config configs/paper_xsum_qwen2.yaml split=train   # -> {run_root}/data/xsum-train.jsonl
-    w2s export --config configs/paper_xsum_qwen2.yaml split=test
+    w2s export --config configs/paper_xsum_qwen2.yaml export.data.split=train   # -> {run_root}/data/xsum-train.jsonl
+    w2s export --config configs/paper_xsum_qwen2.yaml export.data.split=test
 """
 
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from rich.console import Console
 
@@ -23,30 +24,34 @@ from w2s.errors import DataError
 from w2s.eval.responses import to_jsonl
 from w2s.io import atomic_write_text
 from w2s.runs import FolderRefused, claim
+from w2s.source import DataSource, as_source, moved_keys
+
+XSUM = {"path": "EdinburghNLP/xsum", "split": "test", "prompt_field": "document", "response_field": "summary"}
+"""XSUM's columns: the default source (with id_field `id`)."""
 
 
 @dataclass
 class ExportConfig:
     """Which dataset to export, with which prompt template, to which file."""
 
-    dataset: str = "EdinburghNLP/xsum"
-    """A hub dataset name, or a local jsonl/json/parquet/arrow file or folder with the same columns."""
-    split: str = "test"
-    """Split to export (train, validation or test for XSUM; local files load as 'train')."""
+    moved: ClassVar[dict[str, str]] = moved_keys(
+        "data", "dataset", {"document_field": "prompt_field", "summary_field": "response_field"}
+    )
+    """Keys of the layout before the shared data-source section, refused naming their new place."""
+
+    data: DataSource = field(default_factory=lambda: DataSource(**XSUM, id_field="id"))
+    """The dataset (`w2s.source.DataSource`): a hub name, or a local jsonl/json/parquet/arrow file or folder with
+    the same columns; its split (train, validation or test for XSUM; local files load as 'train'); prompt_field
+    holds the document, response_field the reference summary, id_field the example id."""
     out: str = "{run_root}/data/xsum-{split}.jsonl"
-    """Output jsonl; `{split}` is replaced by the split."""
+    """Output jsonl; `{split}` is replaced by data.split."""
     prompt_template: str = "summarize : {document}"
     """The prompt of each row: `{document}` is replaced by the document (the only placeholder allowed)."""
-    document_field: str = "document"
-    """Column holding the document."""
-    summary_field: str = "summary"
-    """Column holding the reference summary (written as `response`)."""
-    id_field: str = "id"
-    """Column holding the example id."""
     limit: int = 0
     """Only the first N rows (0: all)."""
 
     def __post_init__(self) -> None:
+        self.data = as_source(self.data, "export.data", DataSource(**XSUM, id_field="id"))  # or a path, in Python
         names = {name for _, name, _, _ in string.Formatter().parse(self.prompt_template) if name is not None}
         require(
             names == {"document"},
@@ -58,30 +63,31 @@ class ExportConfig:
 
 def export_row(record: dict, config: ExportConfig, where: str) -> dict:
     """One exported row; DataError naming `where` and the column when a document or summary is not text."""
-    for field in (config.document_field, config.summary_field):
-        if not isinstance(record.get(field), str) or not record[field].strip():
-            raise DataError(f"{where}: field '{field}' must be a non-empty string")
+    source = config.data
+    for name in (source.prompt_field, source.response_field):
+        if not isinstance(record.get(name), str) or not record[name].strip():
+            raise DataError(f"{where}: field '{name}' must be a non-empty string")
     return {
-        "id": str(record.get(config.id_field, where)),
-        "prompt": config.prompt_template.format(document=record[config.document_field].strip()),
-        "response": record[config.summary_field].strip(),
+        "id": str(record.get(source.id_field, where)),
+        "prompt": config.prompt_template.format(document=record[source.prompt_field].strip()),
+        "response": record[source.response_field].strip(),
     }
 
 
 def run(config: ExportConfig) -> Path:
     """Writes the export atomically and returns its path."""
-    dataset, fingerprint = load_rows(config.dataset, config.split)
+    dataset, fingerprint = load_rows(config.data.path, config.data.split)
     count = len(dataset) if config.limit == 0 else min(config.limit, len(dataset))
     rows = []
     for index in range(count):
-        file, row = locate(dataset, config.dataset, index)
+        file, row = locate(dataset, config.data.path, index)
         rows.append(export_row(dict(dataset[index]), config, f"{file}: row {row}"))
-    out = Path(config.out.replace("{split}", config.split))
-    with claim(out.parent, "export", inputs={"dataset": config.dataset}) as folder:  # one folder of exports, ours
+    out = Path(config.out.replace("{split}", config.data.split))
+    with claim(out.parent, "export", inputs={"dataset": config.data.path}) as folder:  # one folder of exports, ours
         published = list(folder.marker.get("published", {}))
         if out.exists() and out.name not in published:
             raise FolderRefused(f"{out}: already there and not written by `w2s export`; choose another export.out")
         atomic_write_text(out, to_jsonl(rows))
         folder.finish(sorted({*published, out.name} & {p.name for p in out.parent.iterdir()}))
-    Console().print(f"[green]exported[/green] {len(rows)} rows of {config.dataset} ({config.split}) to {out}")
+    Console().print(f"[green]exported[/green] {len(rows)} rows of {config.data.path} ({config.data.split}) to {out}")
     return out

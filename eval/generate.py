@@ -29,7 +29,7 @@ from tqdm import tqdm
 from w2s.errors import ConfigError
 from w2s.eval import responses as files
 from w2s.eval.config import GenerateConfig, SystemConfig
-from w2s.eval.prompts import PromptSource, load_prompts
+from w2s.eval.prompts import load_prompts
 from w2s.eval.systems import Job, Models, generate_for, prepare
 from w2s.io import atomic_write_json
 from w2s.models import ModelError, check_model_path, load_tokenizer
@@ -55,17 +55,22 @@ class Generation:
     """The claimed output folder (`w2s.runs`), locked until the run ends; None in the Python API (no files)."""
 
 
+PROMPT_KEYS = ("split", "prompt_field", "messages_field", "id_field")
+"""The prompt set's fields that fix which prompts a run answers (its path is recorded as `prompts`)."""
+
+
 def run_identity(config: GenerateConfig, spec: SystemConfig, prompts_fingerprint: str) -> dict:
     """Everything that fixes the responses: the system, the models' weights, the sampling settings, the prompts."""
     roles = {"strong": spec.model}
     if SEARCHES.get(spec.generator).guided:
         roles.update(weak_base=config.weak_base, weak_aligned=config.weak_aligned)
-    prompt_keys = ("prompts", "split", "prompt_field", "messages_field", "id_field", "save_every")
+    source = config.prompts  # the keys of the flat layout it replaced, so that earlier runs still resume
+    prompts = {"prompts": source.path, **{key: getattr(source, key) for key in PROMPT_KEYS}}
     return {
         "system": {key: value for key, value in asdict(spec).items() if key not in ("optional", "responses")},
         "models": {role: fingerprint(role, path) for role, path in roles.items()},
         "sampling": {key: getattr(config, key) for key in SAMPLING_KEYS},
-        "prompts": {**{key: getattr(config, key) for key in prompt_keys}, "fingerprint": prompts_fingerprint},
+        "prompts": {**prompts, "save_every": config.save_every, "fingerprint": prompts_fingerprint},
         # the tokenizer that turned the strong model's tokens into the recorded text (`w2s eval` re-decodes them)
         "tokenizer": tokenizer_fingerprint(load_tokenizer("strong", decoding_tokenizer(config, spec.model))),
     }
@@ -117,11 +122,10 @@ def setup(config: GenerateConfig, default_generator: str = "sample") -> Generati
     pass their checks."""
     spec = config.system(default_generator)
     spec = replace(spec, name=true_name(config, spec))
-    source = PromptSource(config.prompts, config.split, config.prompt_field, config.messages_field, config.id_field)
-    examples, fingerprint = load_prompts(source, config.limit)
+    examples, fingerprint = load_prompts(config.prompts, config.limit)
     identity = run_identity(config, spec, fingerprint)
     out_dir = Path(config.out_dir).absolute()
-    inputs = {"prompts": config.prompts, "model": spec.model, "weak_base": config.weak_base}
+    inputs = {"prompts": config.prompts.path, "model": spec.model, "weak_base": config.weak_base}
     inputs.update(weak_aligned=config.weak_aligned, tokenizer=config.tokenizer)
     folder = claim(out_dir, "generate", identity=identity, inputs=inputs)
     atomic_write_json(out_dir / files.RUN, {"identity": identity, "code_version": code_version()})

@@ -8,29 +8,10 @@ the whole record for the task's metrics.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from w2s.data import check_encodable, check_messages, example_id_of, load_rows, locate
 from w2s.errors import DataError
+from w2s.source import DataSource
 from w2s.task import Example
-
-
-@dataclass(frozen=True)
-class PromptSource:
-    """Where a prompt set lives and which fields hold what."""
-
-    path: str
-    """Local file or folder, or a hub dataset name."""
-    split: str = "train"
-    """Split of a hub dataset (local files load as 'train')."""
-    prompt_field: str = "prompt"
-    """Field holding the prompt text (ignored when messages_field is set)."""
-    messages_field: str = ""
-    """Field holding chat messages."""
-    id_field: str = "example_id"
-    """Field holding a unique id; rows without it get 'row-<n>'."""
-    reference_field: str = ""
-    """Field holding a reference response, if any (shown in reports, never given to a system)."""
 
 
 def _messages(record: dict, name: str, where: str) -> tuple[list[dict], str | None]:
@@ -47,7 +28,7 @@ def _messages(record: dict, name: str, where: str) -> tuple[list[dict], str | No
     return messages, None
 
 
-def _example(record: dict, source: PromptSource, where: str, row: int) -> Example:
+def _example(record: dict, source: DataSource, where: str, row: int) -> Example:
     """One record as an example; DataError naming `where` and the field for a missing or mistyped one."""
     if source.messages_field:
         prompt, reference = _messages(record, source.messages_field, where)
@@ -63,7 +44,7 @@ def _example(record: dict, source: PromptSource, where: str, row: int) -> Exampl
     return Example(prompt, example_id, reference, dict(record))
 
 
-def load_prompts(source: PromptSource, limit: int = 0) -> tuple[list[Example], str]:
+def load_prompts(source: DataSource, limit: int = 0) -> tuple[list[Example], str]:
     """The prompt set's first `limit` rows (all when 0) as examples, and a fingerprint of the whole set.
 
     Raises:

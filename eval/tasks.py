@@ -3,8 +3,8 @@ reward model (sequence classification) scoring prompt + response.
 
     eval:
       task: {_component_: w2s.eval.tasks.LengthTask, prompts: data/xsum-test.jsonl, l_min: 20, l_max: 30}
-      task: {_component_: w2s.eval.tasks.RewardModelTask, prompts: tatsu-lab/alpaca_eval, split: eval,
-             prompt_field: instruction, reward_model: OpenAssistant/reward-model-deberta-v3-large-v2}
+      task: {_component_: w2s.eval.tasks.RewardModelTask, reward_model: OpenAssistant/reward-model-deberta-v3-large-v2,
+             prompts: {path: tatsu-lab/alpaca_eval, split: eval, prompt_field: instruction}}
 
 Both read their prompts through `w2s.eval.prompts`, the reader `w2s generate` uses, so the same file feeds both.
 """
@@ -16,10 +16,11 @@ from collections.abc import Sequence
 import torch
 
 from w2s.errors import ConfigError
-from w2s.eval.prompts import PromptSource, load_prompts
+from w2s.eval.prompts import load_prompts
 from w2s.eval.responses import instruction_of
 from w2s.models import ModelError, load_sequence_classifier, load_tokenizer
 from w2s.rewards import length_reward
+from w2s.source import as_source, moved_keys
 from w2s.task import TASKS, Example, Metric, Response, Task
 from w2s.tokens import encode_rendered, encode_text, render_messages
 
@@ -30,24 +31,17 @@ class PromptTask(Task):
     """A task whose examples are a prompt set (a file or hub dataset), read as `w2s generate` reads it.
 
     Args:
-        prompts: local jsonl/json/parquet/arrow file or folder, or a hub dataset name.
-        split: split of a hub dataset.
-        prompt_field: field holding the prompt text (ignored when messages_field is set).
-        messages_field: field holding chat messages (a last assistant message is the reference).
-        id_field: field holding a unique id.
-        reference_field: field holding a reference response, if any.
+        prompts: the prompt set, as `generate.prompts` takes it (`w2s.source.DataSource`): a path (a local
+            jsonl/json/parquet/arrow file or folder, or a hub dataset name), or a mapping {path, split,
+            prompt_field, messages_field, id_field, reference_field}.
     """
 
-    def __init__(
-        self,
-        prompts: str,
-        split: str = "train",
-        prompt_field: str = "prompt",
-        messages_field: str = "",
-        id_field: str = "example_id",
-        reference_field: str = "",
-    ) -> None:
-        self.source = PromptSource(prompts, split, prompt_field, messages_field, id_field, reference_field)
+    def __init__(self, prompts: str | dict, **flat: object) -> None:
+        if flat:  # the source's keys beside `prompts`, as configs wrote them before the shared source section
+            moved = moved_keys("prompts")
+            went = [f"eval.task.{key} moved to eval.task.{moved[key]}" for key in flat if key in moved]
+            raise ConfigError("; ".join(went) or f"eval.task: unknown argument(s) {sorted(flat)}")
+        self.source = as_source(prompts, "eval.task.prompts")
         self.prompts_fingerprint: str | None = None
         """The prompt set's fingerprint (`w2s.eval.prompts.load_prompts`), once `examples()` has read it: recorded
         responses are scored only when the run.json beside them records the same one."""
@@ -81,15 +75,15 @@ class LengthTask(PromptTask):
 
     def __init__(
         self,
-        prompts: str,
+        prompts: str | dict,
         l_min: int = 20,
         l_max: int = 30,
         tolerance: int = 10,
         tokenizer: str = "",
         unit: str = "tokens",
-        **source,
+        **flat,
     ) -> None:
-        super().__init__(prompts, **source)
+        super().__init__(prompts, **flat)
         if not 0 <= l_min <= l_max or tolerance < 1:
             raise ConfigError(
                 f"eval.task: needs 0 <= l_min <= l_max and tolerance >= 1, got {l_min}, {l_max}, {tolerance}"
@@ -134,8 +128,10 @@ class RewardModelTask(PromptTask):
 
     metrics = (Metric("reward", "reward", "{:.3f}", "reward", "reward model score"), MEAN_TOKENS)
 
-    def __init__(self, prompts: str, reward_model: str, batch_size: int = 8, max_len: int = 2048, **source) -> None:
-        super().__init__(prompts, **source)
+    def __init__(
+        self, prompts: str | dict, reward_model: str, batch_size: int = 8, max_len: int = 2048, **flat
+    ) -> None:
+        super().__init__(prompts, **flat)
         if batch_size < 1 or max_len < 2:
             raise ConfigError(f"eval.task: needs batch_size >= 1 and max_len >= 2, got {batch_size}, {max_len}")
         self.path, self.batch_size, self.max_len = reward_model, batch_size, max_len

@@ -243,12 +243,14 @@ def build_cache(config: ScienceRealConfig) -> None:
     """cache/: the weak pair's log-ratios on data/cache.jsonl, with Gemma as strong_ref (so, cross-tokenizer)."""
     from w2s.cache.config import CacheConfig
     from w2s.cache.run import run
+    from w2s.source import DataSource
 
     if not finished_run(config.path("cache"), "cache"):
-        run(CacheConfig(out_dir=str(config.path("cache")), dataset=str(config.path("data", "cache.jsonl")),
-                        id_field="id", weak_base=config.model("weak_base"), weak_aligned=config.model("weak_aligned"),
-                        strong_ref=config.model("strong_base"), backend="transformers", format="parquet",
-                        max_len=256, rows_per_shard=32, batch_tokens=2048))  # fmt: skip
+        rows = DataSource(str(config.path("data", "cache.jsonl")), id_field="id")
+        models = {role: config.model(role) for role in ("weak_base", "weak_aligned")}
+        run(CacheConfig(out_dir=str(config.path("cache")), data=rows, **models, strong_ref=config.model("strong_base"),
+                        backend="transformers", format="parquet", max_len=256, rows_per_shard=32,
+                        batch_tokens=2048))  # fmt: skip
 
 
 def train_seed(config: ScienceRealConfig, seed: int) -> None:
@@ -285,8 +287,8 @@ def evaluate(config: ScienceRealConfig, seed: int, split: str, spec: SystemConfi
     """One system on the val or test prompts: its report row, per prompt the length reward (in words), words,
     tokens and reference log-likelihood per byte; reused when already there."""
     out = config.path(f"seed-{seed}", split, spec.name.replace(" ", "_"))
-    task = {"_component_": "w2s.eval.tasks.LengthTask", "prompts": str(config.path("data", f"{split}.jsonl")),
-            "id_field": "id", "l_min": config.l_min, "l_max": config.l_max, "tolerance": config.tolerance,
+    task = {"_component_": "w2s.eval.tasks.LengthTask", "prompts": {"path": str(config.path("data", f"{split}.jsonl")),
+            "id_field": "id"}, "l_min": config.l_min, "l_max": config.l_max, "tolerance": config.tolerance,
             "unit": "words"}  # fmt: skip
     eval_config = EvalConfig(
         out_dir=str(out), task=task, systems=[spec], weak_base=config.model("weak_base"),

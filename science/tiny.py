@@ -35,6 +35,7 @@ from w2s.eval.run import eval_identity
 from w2s.eval.run import run as run_eval
 from w2s.io import atomic_write_json
 from w2s.runs import LOCK, claim, finished_run, identity_key
+from w2s.source import DataSource
 from w2s.task import load_task
 from w2s.train.config import TrainConfig
 from w2s.train.recipe import run as train_wspo
@@ -140,7 +141,7 @@ def prepare(cell: Cell) -> None:
     build_world(dataclasses.replace(config.world, seed=world_seed, out_dir=str(cell.world)))
     cache = CacheConfig(
         out_dir=str(cell.cache),
-        dataset=str(cell.world / "data" / "cache.jsonl"),
+        data=DataSource(str(cell.world / "data" / "cache.jsonl")),
         weak_base=cell.model("weak_base"),
         weak_aligned=cell.model("weak_aligned"),
         strong_ref=cell.model("strong_base"),

@@ -5,7 +5,7 @@ Each section is a plain dataclass whose fields carry a docstring right below the
 `w2s <command> --help` prints, so the help text and the code can never drift apart.
 
 Overrides on the command line use dotted paths (`world.seed=3`, `train.gamma=0.5`); a text field takes the value
-exactly as typed (`cache.dataset=007` is the text 007), any other is parsed as YAML and checked against the field's
+exactly as typed (`cache.data.path=007` is the text 007), any other is parsed as YAML and checked against the field's
 type. A key given twice in a file is refused, as is a boolean where a number belongs. The resolved config is saved
 beside every output (`config.yaml`).
 """
@@ -187,14 +187,21 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {field.name for field in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
+    where = prefix or cls.__name__
+    moved = [key for key in unknown if key in getattr(cls, "moved", {})]
+    if moved:  # a key of an older layout: say where it lives now, not only that it is unknown
+        went = "; ".join(f"{where}.{key} moved to {where}.{cls.moved[key]}" for key in moved)
+        raise ConfigError(f"{went} (docs/configuration.md)")
     if unknown:
-        where = prefix or cls.__name__
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(names)}")
     kwargs = {}
     for field in dataclasses.fields(cls):
         if field.name not in data:
             continue
         value = data[field.name]
+        shorthand = getattr(hints[field.name], "shorthand", "")
+        if shorthand and isinstance(value, str):  # a plain string sets a section's main field (a source's path)
+            value = {shorthand: value}
         if dataclasses.is_dataclass(hints[field.name]) and isinstance(value, dict):
             # A partial mapping updates the field's own default (which may differ from the class defaults).
             value = _merge_section(hints[field.name], _default_dict(field), value)
@@ -274,7 +281,7 @@ def _is_text(hint: Any) -> bool:
     """True for a str field, or a Literal whose choices are all strings: its override value is taken as typed."""
     if typing.get_origin(hint) is typing.Literal:
         return all(isinstance(choice, str) for choice in typing.get_args(hint))
-    return hint is str
+    return hint is str or bool(getattr(hint, "shorthand", ""))  # `generate.prompts=007` is the path 007
 
 
 def _set_dotted(cls: type, data: dict, dotted: str, raw: str) -> None:
@@ -339,16 +346,20 @@ def save_config(config: Any, out_dir: str | Path) -> Path:
     return path
 
 
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
-    """Lists (dotted key, default, help) for every field of a config dataclass, nested sections included."""
+def describe(cls: type, prefix: str = "", defaults: Any = None) -> list[tuple[str, str, str]]:
+    """Lists (dotted key, default, help) for every field of a config dataclass, nested sections included; a nested
+    section shows its own default values (`cache.data.path` is the cache's rows, not the class's empty path)."""
     rows = []
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         key = f"{prefix}{field.name}"
+        if defaults is not None:
+            default = getattr(defaults, field.name)
+        else:
+            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
         if dataclasses.is_dataclass(hints[field.name]):
-            rows += describe(hints[field.name], prefix=f"{key}.")
+            rows += describe(hints[field.name], f"{key}.", default if dataclasses.is_dataclass(default) else None)
             continue
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
         rows.append((key, repr(default), docs.get(field.name, "")))
     return rows

@@ -12,7 +12,7 @@ def cache_config(world: Path, out_dir: Path, **overrides) -> CacheConfig:
     """A cache of the micro world's cache split, small shards so that resume and merge have work to split."""
     settings = dict(
         out_dir=str(out_dir),
-        dataset=str(world / "data" / "cache.jsonl"),
+        data=str(world / "data" / "cache.jsonl"),
         weak_base=str(world / "weak_base"),
         weak_aligned=str(world / "weak_aligned"),
         rows_per_shard=8,

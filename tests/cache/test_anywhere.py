@@ -15,6 +15,7 @@ from w2s.cache.config import CacheConfig
 from w2s.cache.portable import absolute_paths
 from w2s.models import load_tokenizer
 from w2s.provenance import tokenizer_fingerprint
+from w2s.source import DataSource
 
 
 def test_local_paths_become_absolute_and_hub_ids_stay(tmp_path, monkeypatch):
@@ -22,9 +23,11 @@ def test_local_paths_become_absolute_and_hub_ids_stay(tmp_path, monkeypatch):
     (tmp_path / "models" / "weak").mkdir(parents=True)
     (tmp_path / "rows.jsonl").write_text("")
     config = absolute_paths(
-        CacheConfig(out_dir="out/cache", dataset="rows.jsonl", weak_base="models/weak", weak_aligned="org/model-dpo")
+        CacheConfig(
+            out_dir="out/cache", data=DataSource("rows.jsonl"), weak_base="models/weak", weak_aligned="org/model-dpo"
+        )
     )
-    assert config.out_dir == str(tmp_path / "out" / "cache") and config.dataset == str(tmp_path / "rows.jsonl")
+    assert config.out_dir == str(tmp_path / "out" / "cache") and config.data.path == str(tmp_path / "rows.jsonl")
     assert config.weak_base == str(tmp_path / "models" / "weak")
     assert config.weak_aligned == "org/model-dpo" and config.strong_ref == ""  # a hub id, and no model at all
 
@@ -38,9 +41,9 @@ def test_inspect_works_from_another_directory_after_the_models_moved(micro_world
     shutil.copy(micro_world / "data" / "cache.jsonl", work / "rows.jsonl")
     monkeypatch.chdir(work)  # everything below is named relative to `work`
     relative = Path(".")
-    build(relative / "models", relative / "cache", dataset="rows.jsonl")
+    build(relative / "models", relative / "cache", data="rows.jsonl")
     manifest = json.loads((work / "cache" / "manifest.json").read_text())
-    assert manifest["config"]["out_dir"] == str(work / "cache") and manifest["config"]["dataset"] == str(
+    assert manifest["config"]["out_dir"] == str(work / "cache") and manifest["config"]["data"]["path"] == str(
         work / "rows.jsonl"
     )
     assert manifest["provenance"]["models"]["weak_base"]["name_or_path"] == str(work / "models" / "weak_base")
@@ -49,7 +52,7 @@ def test_inspect_works_from_another_directory_after_the_models_moved(micro_world
     assert tokenizer_fingerprint(copy) == manifest["provenance"]["tokenizer_sha256"]
 
     shutil.rmtree(work / "cache" / "tokenizer")  # a cache made before the copy existed gets one on a rerun
-    assert build(relative / "models", relative / "cache", dataset="rows.jsonl")["scored_now"] == 0
+    assert build(relative / "models", relative / "cache", data="rows.jsonl")["scored_now"] == 0
     assert (work / "cache" / "tokenizer" / "tokenizer.json").exists()
 
     shutil.rmtree(work / "models")  # the models are gone: only the cache's own copy of the tokenizer is left

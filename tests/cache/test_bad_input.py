@@ -11,6 +11,7 @@ from tests.cache.helpers import build, cache_config
 from w2s.cache.build import setup
 from w2s.errors import CacheMismatch, DataError
 from w2s.runs import FolderRefused
+from w2s.source import DataSource
 from w2s.world.tokenizer import train_tokenizer
 
 pytestmark = pytest.mark.integration
@@ -52,7 +53,7 @@ def test_bad_rows_are_refused_and_nothing_is_written(micro_world, tmp_path, rows
     data = write_jsonl(tmp_path / "rows.jsonl", rows)
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=message):
-        build(micro_world, out, dataset=str(data))
+        build(micro_world, out, data=str(data))
     assert not out.exists()
 
 
@@ -60,9 +61,9 @@ def test_unreadable_file_is_named(micro_world, tmp_path):
     data = tmp_path / "broken.jsonl"
     data.write_text('{"prompt": "a", "response": \n')
     with pytest.raises(DataError, match=r"broken\.jsonl: line 1: invalid JSON: Expecting value \(column 29\)$"):
-        build(micro_world, tmp_path / "out", dataset=str(data))
+        build(micro_world, tmp_path / "out", data=str(data))
     with pytest.raises(DataError, match=r"missing\.jsonl: no such file or folder"):
-        build(micro_world, tmp_path / "out", dataset=str(tmp_path / "missing.jsonl"))
+        build(micro_world, tmp_path / "out", data=str(tmp_path / "missing.jsonl"))
     assert not (tmp_path / "out").exists()
 
 
@@ -98,7 +99,7 @@ def test_undecodable_files_are_named_by_line(micro_world, tmp_path, name, conten
     data = tmp_path / name
     data.write_bytes(content)
     with pytest.raises(DataError, match=message) as refused:
-        setup(cache_config(micro_world, tmp_path / "out", dataset=str(data)), load_models=False)
+        setup(cache_config(micro_world, tmp_path / "out", data=str(data)), load_models=False)
     assert "\n" not in str(refused.value)
     assert not (tmp_path / "out").exists()
 
@@ -110,12 +111,12 @@ def test_untidy_dataset_folders_are_refused_naming_the_entries(micro_world, tmp_
     (folder / "notes.txt").write_text("where the rows came from")
     (folder / "old").mkdir()
     with pytest.raises(DataError, match=r"data: entries that are not data files: notes\.txt, old/ \("):
-        setup(cache_config(micro_world, tmp_path / "out", dataset=str(folder)), load_models=False)
+        setup(cache_config(micro_world, tmp_path / "out", data=str(folder)), load_models=False)
     (folder / "notes.txt").unlink()
     (folder / "old").rmdir()
     pq.write_table(pa.table({"prompt": [GOOD["prompt"]], "response": [GOOD["response"]]}), folder / "b.parquet")
     with pytest.raises(DataError, match=r"data: mixes data formats: a\.jsonl \(json\), b\.parquet \(parquet\)"):
-        setup(cache_config(micro_world, tmp_path / "out", dataset=str(folder)), load_models=False)
+        setup(cache_config(micro_world, tmp_path / "out", data=str(folder)), load_models=False)
     assert not (tmp_path / "out").exists()
 
 
@@ -125,11 +126,11 @@ def test_a_dataset_folder_ignores_hidden_files_and_names_the_file_of_a_bad_row(m
     write_jsonl(folder / "a.jsonl", [GOOD, {**GOOD, "example_id": "b"}])
     (folder / "b.json").write_text(json.dumps([{**GOOD, "example_id": "c"}], indent=2))  # a .json array
     (folder / ".DS_Store").write_bytes(b"\x00\x01 finder")
-    job = setup(cache_config(micro_world, tmp_path / "out", dataset=str(folder)), load_models=False)
+    job = setup(cache_config(micro_world, tmp_path / "out", data=str(folder)), load_models=False)
     assert [r.example_id for r in job.rows] == ["a", "b", "c"]
     write_jsonl(folder / "b.json", [{**GOOD, "example_id": "c"}, {"example_id": "d", "prompt": "x"}])  # json lines
     with pytest.raises(DataError, match=r"data/b\.json: row 1: field 'response' is missing"):
-        setup(cache_config(micro_world, tmp_path / "out", dataset=str(folder)), load_models=False)
+        setup(cache_config(micro_world, tmp_path / "out", data=str(folder)), load_models=False)
 
 
 def chat_row(*messages):
@@ -166,7 +167,8 @@ def test_chat_messages_the_template_does_not_render_are_refused(micro_world, tmp
     )
     with pytest.raises(DataError, match=r"chat\.jsonl: row 1: field " + message):
         setup(
-            cache_config(micro_world, tmp_path / "out", dataset=str(data), messages_field="messages"), load_models=False
+            cache_config(micro_world, tmp_path / "out", data=DataSource(str(data), messages_field="messages")),
+            load_models=False,
         )
     assert not (tmp_path / "out").exists()
 
@@ -184,7 +186,7 @@ def test_models_with_different_tokenizers_are_named(micro_world, tmp_path):
 
 def test_truncation_is_applied_and_recorded(micro_world, tmp_path):
     data = write_jsonl(tmp_path / "rows.jsonl", [GOOD, {**GOOD, "example_id": "long", "response": "mira " * 300}])
-    manifest = build(micro_world, tmp_path / "out", dataset=str(data), truncation=True, max_len=64)
+    manifest = build(micro_world, tmp_path / "out", data=str(data), truncation=True, max_len=64)
     assert manifest["provenance"]["truncation"] is True
     assert manifest["provenance"]["truncated_rows"] == 1
     assert manifest["totals"]["tokens"] <= 2 * 64
@@ -204,18 +206,19 @@ def test_chat_messages_field_gives_the_same_tokens_as_prompt_and_response(micro_
             }
         ],
     )
-    a = setup(cache_config(micro_world, tmp_path / "a", dataset=str(plain)), load_models=False)
+    a = setup(cache_config(micro_world, tmp_path / "a", data=str(plain)), load_models=False)
     b = setup(
-        cache_config(micro_world, tmp_path / "b", dataset=str(chat), messages_field="messages"), load_models=False
+        cache_config(micro_world, tmp_path / "b", data=DataSource(str(chat), messages_field="messages")),
+        load_models=False,
     )
     assert a.rows == b.rows
 
 
 def test_a_finished_cache_from_other_inputs_is_not_overwritten(micro_world, tmp_path):
     data = write_jsonl(tmp_path / "rows.jsonl", [GOOD])
-    build(micro_world, tmp_path / "out", dataset=str(data))
-    again = build(micro_world, tmp_path / "out", dataset=str(data))
+    build(micro_world, tmp_path / "out", data=str(data))
+    again = build(micro_world, tmp_path / "out", data=str(data))
     assert again["scored_now"] == 0
     write_jsonl(tmp_path / "rows.jsonl", [{**GOOD, "response": "tor found 3 cups in rome ."}])
     with pytest.raises(FolderRefused, match=r"holds another run of `w2s cache` \(dataset.fingerprint differ\)"):
-        build(micro_world, tmp_path / "out", dataset=str(data))
+        build(micro_world, tmp_path / "out", data=str(data))

@@ -101,7 +101,7 @@ def dataset(micro_world, tmp_path_factory):
 
 
 def settings(dataset, **overrides):
-    return dict(dataset=str(dataset), rows_per_shard=ROWS_PER_SHARD, **overrides)
+    return dict(data=str(dataset), rows_per_shard=ROWS_PER_SHARD, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,7 @@ from tests.cache.helpers import cache_config
 from w2s.cache.ray_engine import run_on_ray
 from pathlib import Path
 world, out, dataset = map(Path, sys.argv[1:4])
-run_on_ray(cache_config(world, out, dataset=str(dataset), rows_per_shard=int(sys.argv[4]), engine="ray", ray_actors=1))
+run_on_ray(cache_config(world, out, data=str(dataset), rows_per_shard=int(sys.argv[4]), engine="ray", ray_actors=1))
 """
 
 

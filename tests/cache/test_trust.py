@@ -30,12 +30,12 @@ def row(example_id, response):
 
 def test_a_dataset_edited_in_place_is_read_afresh(micro_world, tmp_path):
     data = write_jsonl(tmp_path / "rows.jsonl", [row("a", "mira sold 7 lamps ."), row("b", "in oslo .")])
-    first = build(micro_world, tmp_path / "first", dataset=str(data), format="parquet")
+    first = build(micro_world, tmp_path / "first", data=str(data), format="parquet")
     before = os.stat(data)
     write_jsonl(data, [row("c", "anna sold 9 bowls ."), row("d", "in rome .")])  # same size, other rows
     os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert os.stat(data).st_size == before.st_size and os.stat(data).st_mtime_ns == before.st_mtime_ns
-    second = build(micro_world, tmp_path / "second", dataset=str(data), format="parquet")
+    second = build(micro_world, tmp_path / "second", data=str(data), format="parquet")
     table = pq.read_table(tmp_path / "second" / "parquet" / "shard-00000.parquet")
     assert sorted(table["example_id"].to_pylist()) == ["c", "d"]
     assert second["provenance"]["dataset"]["fingerprint"] == f"sha256:{hashlib.sha256(data.read_bytes()).hexdigest()}"
@@ -154,7 +154,7 @@ def test_a_bad_model_folder_is_refused_in_one_line_and_nothing_is_written(micro_
         [
             "cache",
             f"out_dir={out}",
-            f"dataset={micro_world / 'data' / 'cache.jsonl'}",
+            f"data.path={micro_world / 'data' / 'cache.jsonl'}",
             f"weak_base={micro_world / 'weak_base'}",
             f"weak_aligned={model}",
             "strong_ref=",

@@ -41,11 +41,11 @@ def test_vllm_cpu_cache_equals_transformers_cache(request, tmp_path):
     build(micro_world, tmp_path / "hf", format="parquet")
 
     config = cache_config(micro_world, tmp_path / "vllm", format="parquet", backend="vllm")
-    keys = ("out_dir", "dataset", "weak_base", "weak_aligned", "strong_ref", "rows_per_shard", "format", "backend")
+    keys = ("out_dir", "weak_base", "weak_aligned", "strong_ref", "rows_per_shard", "format", "backend")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(HF_HUB_OFFLINE="1", TQDM_DISABLE="1", VLLM_CPU_KVCACHE_SPACE=env.get("VLLM_CPU_KVCACHE_SPACE", "1"))
     proc = subprocess.run(
-        [str(command), "cache", *(f"{k}={getattr(config, k)}" for k in keys)],
+        [str(command), "cache", f"data.path={config.data.path}", *(f"{k}={getattr(config, k)}" for k in keys)],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -22,6 +22,7 @@ from w2s.eval.responses import read_records
 from w2s.io import read_jsonl
 from w2s.runs import FolderRefused
 from w2s.search.scorer import WeakScorer
+from w2s.source import DataSource
 
 
 def untimed(path: Path) -> list[dict]:
@@ -32,7 +33,7 @@ def untimed(path: Path) -> list[dict]:
 def config_for(world: Path, out: Path, **overrides) -> GenerateConfig:
     fields = dict(
         out_dir=str(out),
-        prompts=str(world / "data" / "test.jsonl"),
+        prompts=DataSource(str(world / "data" / "test.jsonl")),
         model=str(world / "strong_base"),
         weak_base=str(world / "weak_base"),
         weak_aligned=str(world / "weak_aligned"),

@@ -18,11 +18,12 @@ from w2s.eval.config import EvalConfig, SystemConfig
 from w2s.eval.export import ExportConfig
 from w2s.eval.export import run as export
 from w2s.eval.generate import run as generate
-from w2s.eval.prompts import PromptSource, load_prompts
+from w2s.eval.prompts import load_prompts
 from w2s.eval.run import run as evaluate
 from w2s.eval.tasks import LengthTask, RewardModelTask
 from w2s.io import read_jsonl
 from w2s.rewards import length_reward
+from w2s.source import DataSource
 from w2s.task import Response, load_task
 
 
@@ -37,7 +38,7 @@ def test_prompts_from_text_or_chat_messages_with_ids_and_references(tmp_path):
         {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?"}]},
     ]
     examples, fingerprint = load_prompts(
-        PromptSource(str(write_jsonl(tmp_path / "c.jsonl", chat)), messages_field="messages", id_field="id")
+        DataSource(str(write_jsonl(tmp_path / "c.jsonl", chat)), messages_field="messages", id_field="id")
     )
     assert [e.example_id for e in examples] == ["7", "row-1"] and fingerprint.startswith("sha256:")
     assert examples[0].prompt == [{"role": "user", "content": "Hi?"}] and examples[0].reference == "Hello."
@@ -48,10 +49,10 @@ def test_prompts_from_text_or_chat_messages_with_ids_and_references(tmp_path):
     ]
     for row, message in bad:
         with pytest.raises(DataError, match=message):
-            load_prompts(PromptSource(str(write_jsonl(tmp_path / "b.jsonl", [row]))))
+            load_prompts(DataSource(str(write_jsonl(tmp_path / "b.jsonl", [row]))))
     twice = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "example_id": 1}, {"prompt": "b", "example_id": 1}])
     with pytest.raises(DataError, match=r"d.jsonl: row 1: field 'example_id': duplicate id '1' \(first at row 0\)"):
-        load_prompts(PromptSource(str(twice)))
+        load_prompts(DataSource(str(twice)))
 
 
 def test_length_task_scores_the_paper_reward_in_system_or_fixed_tokens(micro_world, tmp_path):
@@ -129,7 +130,8 @@ def test_xsum_export_applies_the_template_and_refuses_bad_rows(tmp_path):
     pq.write_table(table, tmp_path / "xsum.parquet")
     out = export(
         ExportConfig(
-            dataset=str(tmp_path / "xsum.parquet"), split="train", out=str(tmp_path / "exports" / "x-{split}.jsonl")
+            data=DataSource(str(tmp_path / "xsum.parquet"), "train", "document", "summary", id_field="id"),
+            out=str(tmp_path / "exports" / "x-{split}.jsonl"),
         )
     )
     assert out == tmp_path / "exports" / "x-train.jsonl"
@@ -141,7 +143,12 @@ def test_xsum_export_applies_the_template_and_refuses_bad_rows(tmp_path):
         ExportConfig(prompt_template="{doc} in one line")
     pq.write_table(pa.table({"document": ["x"], "summary": [None], "id": ["1"]}), tmp_path / "bad.parquet")
     with pytest.raises(DataError, match="bad.parquet: row 0: field 'summary' must be a non-empty string"):
-        export(ExportConfig(dataset=str(tmp_path / "bad.parquet"), out=str(tmp_path / "exports" / "b.jsonl")))
+        export(
+            ExportConfig(
+                data=DataSource(str(tmp_path / "bad.parquet"), "test", "document", "summary", id_field="id"),
+                out=str(tmp_path / "exports" / "b.jsonl"),
+            )
+        )
 
 
 def test_eval_scores_the_responses_a_generate_run_wrote(micro_world, tmp_path):
@@ -151,7 +158,7 @@ def test_eval_scores_the_responses_a_generate_run_wrote(micro_world, tmp_path):
     generate(
         GenerateConfig(
             out_dir=str(tmp_path / "g"),
-            prompts=str(world / "data" / "test.jsonl"),
+            prompts=DataSource(str(world / "data" / "test.jsonl")),
             model=str(world / "strong_base"),
             tokenizer=str(world / "tokenizer"),
             max_new_tokens=10,

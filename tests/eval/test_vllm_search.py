@@ -95,7 +95,8 @@ SCRIPT = textwrap.dedent(
     from w2s.eval.config import GenerateConfig, VllmOptions
     from w2s.eval.generate import run as generate
     from w2s.eval.responses import read_records
-    generate(GenerateConfig(out_dir=out + "-search", prompts=str(world / "data" / "test.jsonl"), limit=len(prompts),
+    test_set = DataSource(str(world / "data" / "test.jsonl"))
+    generate(GenerateConfig(out_dir=out + "-search", prompts=test_set, limit=len(prompts),
                             model=str(world / "strong_base"), engine="vllm", vllm=VllmOptions(max_len=256),
                             params=dict(width=width, num_samples=samples, chunk_len=chunk),
                             weak_base=str(world / "weak_base"), weak_aligned=str(world / "weak_aligned"),

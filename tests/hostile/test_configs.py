@@ -64,12 +64,13 @@ def test_an_override_of_a_text_setting_is_the_text_typed_and_other_settings_stil
         Settings,
         None,
         [
-            "cache.dataset=007",
+            "cache.data.path=007",
+            "generate.prompts=42",
             "generate.name=1e3",
             "train.out_dir=null",
             "eval.wspo_dir=true",
-            "cache.split=[train]",
-            "cache.prompt_field= 0x10 ",
+            "cache.data.split=[train]",
+            "cache.data.prompt_field= 0x10 ",
             "train.max_steps=12",
             "train.gamma=5e-1",
             "train.gammas=[0.1, 0.2]",
@@ -77,12 +78,12 @@ def test_an_override_of_a_text_setting_is_the_text_typed_and_other_settings_stil
             "eval.task={_component_: w2s.world.task.SummaryTask, path: p.jsonl, l_min: 3, l_max: 9}",
         ],
     )
-    assert settings.cache.dataset == "007"
+    assert settings.cache.data.path == "007" and settings.generate.prompts.path == "42"
     assert settings.generate.name == "1e3"
     assert settings.train.out_dir == "null"
     assert settings.eval.wspo_dir == "true"
-    assert settings.cache.split == "[train]"
-    assert settings.cache.prompt_field == "0x10"
+    assert settings.cache.data.split == "[train]"
+    assert settings.cache.data.prompt_field == "0x10"
     assert (
         settings.train.max_steps == 12
         and settings.train.loss["gamma"] == 0.5

@@ -18,11 +18,12 @@ from w2s.cache.store import Cache
 from w2s.errors import CacheMismatch, DataError
 from w2s.eval.config import EvalConfig, GenerateConfig, SystemConfig
 from w2s.eval.generate import run as generate
-from w2s.eval.prompts import PromptSource, load_prompts
+from w2s.eval.prompts import load_prompts
 from w2s.eval.run import run as evaluate
 from w2s.eval.tasks import RewardModelTask
 from w2s.models import ModelError
 from w2s.provenance import tokenizer_parts
+from w2s.source import DataSource
 from w2s.task import Response
 from w2s.train.checks import check_cache
 from w2s.train.config import TrainConfig
@@ -144,7 +145,9 @@ def test_recorded_responses_of_another_prompt_set_or_tokenizer_are_refused(micro
     answered = write_prompts(tmp_path / "a.jsonl", examples[:3])
     other = write_prompts(tmp_path / "b.jsonl", examples[3:6])  # the same ids, other prompts
     strong = str(micro_world / "strong_base")
-    generate(GenerateConfig(out_dir=str(tmp_path / "g"), prompts=str(answered), model=strong, max_new_tokens=4))
+    generate(
+        GenerateConfig(out_dir=str(tmp_path / "g"), prompts=DataSource(str(answered)), model=strong, max_new_tokens=4)
+    )
     recorded = json.loads((tmp_path / "g" / "run.json").read_text())["identity"]["prompts"]["fingerprint"]
 
     def config(prompts: Path, model: str, out: str) -> EvalConfig:
@@ -157,7 +160,7 @@ def test_recorded_responses_of_another_prompt_set_or_tokenizer_are_refused(micro
         evaluate(config(other, strong, "other"))
     message = str(refused.value)
     assert "\n" not in message and f"{tmp_path / 'g'}: these responses answer another prompt set" in message
-    task_fingerprint = load_prompts(PromptSource(str(other)))[1]
+    task_fingerprint = load_prompts(DataSource(str(other)))[1]
     assert f"records prompts fingerprint {recorded}, the task's prompts are {task_fingerprint})" in message
     assert recorded != task_fingerprint
     # decoded by another tokenizer than the one that made the token ids: refused (run.json records it)

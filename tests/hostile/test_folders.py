@@ -44,7 +44,7 @@ def world_words(world: Path) -> list[str]:
 def cache_words(world: Path, out: Path) -> list[str]:
     return [
         f"cache.out_dir={out}",
-        f"cache.dataset={world}/data/cache.jsonl",
+        f"cache.data.path={world}/data/cache.jsonl",
         f"cache.weak_base={world}/weak_base",
         f"cache.weak_aligned={world}/weak_aligned",
         f"cache.strong_ref={world}/strong_base",
@@ -111,7 +111,7 @@ def commands(world: Path, cache: Path, xsum: Path) -> dict[str, callable]:
         "generate": lambda out: main(["generate", *generate_words(world, out)]),
         "search": lambda out: main(["search", *generate_words(world, out)]),
         "eval": lambda out: main(["eval", *eval_words(world, out)]),
-        "export": lambda out: main(["export", f"export.dataset={xsum}", f"export.out={out}/xsum.jsonl"]),
+        "export": lambda out: main(["export", f"export.data.path={xsum}", f"export.out={out}/xsum.jsonl"]),
         "science": lambda out: science(["configs/science.yaml", f"out_dir={out}"]),
         "real world": lambda out: real_world(["--out", str(out)]),
     }

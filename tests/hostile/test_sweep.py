@@ -31,7 +31,7 @@ def test_an_id_that_is_not_text_or_an_integer_is_refused(bad, micro_world, tmp_p
     rows = [json.loads(line) for line in (micro_world / "data" / "cache.jsonl").read_text().splitlines()[:3]]
     rows[1]["example_id"] = bad
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    words = [*cache_words(micro_world, tmp_path / "c"), f"cache.dataset={tmp_path / 'rows.jsonl'}"]
+    words = [*cache_words(micro_world, tmp_path / "c"), f"cache.data.path={tmp_path / 'rows.jsonl'}"]
     assert main(["cache", *words]) == 2
     line = one_line(capsys)
     assert "row 1" in line and "example_id" in line and not (tmp_path / "c").exists()
@@ -47,7 +47,7 @@ def test_a_row_longer_than_a_models_positions_is_refused(micro_world, tmp_path, 
     row = json.loads((micro_world / "data" / "cache.jsonl").read_text().splitlines()[0])
     row["response"] = " ".join([row["response"]] * 40)
     (tmp_path / "long.jsonl").write_text(json.dumps(row) + "\n")
-    words = [*cache_words(micro_world, tmp_path / "c"), f"cache.dataset={tmp_path / 'long.jsonl'}", "max_len=5000"]
+    words = [*cache_words(micro_world, tmp_path / "c"), f"cache.data.path={tmp_path / 'long.jsonl'}", "max_len=5000"]
     assert main(["cache", *words]) == 2
     assert "positions" in one_line(capsys)
 

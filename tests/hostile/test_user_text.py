@@ -12,10 +12,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from w2s.data import encode_rows, load_rows
 from w2s.errors import DataError
-from w2s.eval.prompts import PromptSource, load_prompts
+from w2s.eval.prompts import load_prompts
 from w2s.eval.tasks import LengthTask, RewardModelTask
 from w2s.sampling import encode_prompt
 from w2s.search.scorer import WeakScorer
+from w2s.source import DataSource
 from w2s.task import Response
 from w2s.tokens import render_chat_prompt
 
@@ -93,8 +94,8 @@ def test_text_that_cannot_be_encoded_is_refused_naming_the_row_and_field(micro_w
     chat = tmp_path / "chat.jsonl"
     chat.write_text('{"id": "c", "messages": [{"role": "user", "content": "q \\ud800"}]}\n')
     with pytest.raises(DataError, match=rf"{chat}: row 0: field 'messages\[0\]\.content' holds text that cannot"):
-        load_prompts(PromptSource(str(chat), messages_field="messages", id_field="id"))
+        load_prompts(DataSource(str(chat), messages_field="messages", id_field="id"))
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"example_id": "x\\udc80", "prompt": "q"}\n')
     with pytest.raises(DataError, match=rf"{prompts}: row 0: field 'example_id' holds text that cannot"):
-        load_prompts(PromptSource(str(prompts)))
+        load_prompts(DataSource(str(prompts)))

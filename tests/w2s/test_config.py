@@ -94,4 +94,62 @@ def test_a_task_mapping_is_taken_whole_and_every_shipped_task_takes_its_argument
     ):
         task = dict(load_config(Settings, path).eval.task)
         cls = TASKS.get(task.pop("_component_"), f"{path}: eval.task")
-        inspect.signature(cls).bind(**task)  # TypeError names the argument a class does not take
+        bound = inspect.signature(cls).bind(**task)  # TypeError names the argument a class does not take
+        assert not bound.arguments.get("flat"), f"{path}: eval.task takes keys of the old flat source layout"
+
+
+def test_one_data_source_section_for_the_cache_generate_export_and_tasks(tmp_path):
+    """cache.data, generate.prompts, export.data and a task's `prompts` are one DataSource: a mapping of its fields
+    or a plain path; each section keeps its own defaults for the fields a partial mapping leaves out."""
+    from w2s.eval.tasks import LengthTask
+    from w2s.source import DataSource
+
+    text = (
+        "cache:\n  data: {path: rows.parquet, messages_field: chosen}\n"
+        "generate:\n  prompts: p.jsonl\n"
+        "export:\n  data: {split: validation}\n"
+    )
+    (tmp_path / "c.yaml").write_text(text)
+    settings = load_config(Settings, tmp_path / "c.yaml")
+    assert settings.cache.data == DataSource("rows.parquet", messages_field="chosen")
+    assert settings.generate.prompts == DataSource("p.jsonl")
+    xsum = settings.export.data  # export's own defaults (XSUM's columns) under a partial mapping
+    assert (xsum.path, xsum.split, xsum.prompt_field, xsum.response_field, xsum.id_field) == (
+        "EdinburghNLP/xsum",
+        "validation",
+        "document",
+        "summary",
+        "id",
+    )
+    task = LengthTask({"path": "q.jsonl", "id_field": "id", "reference_field": "response"})
+    assert task.source == DataSource("q.jsonl", id_field="id", reference_field="response")
+    assert LengthTask("q.jsonl").source == DataSource("q.jsonl")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("cache.dataset=x.jsonl", "cache.dataset moved to cache.data.path"),
+        ("cache.messages_field=chosen", "cache.messages_field moved to cache.data.messages_field"),
+        ("generate.split=eval", "generate.split moved to generate.prompts.split"),
+        ("export.document_field=doc", "export.document_field moved to export.data.prompt_field"),
+        ("export.dataset=x", "export.dataset moved to export.data.path"),
+        ("cache.data.path=", "cache.data.path: must name a file"),
+        ("generate.prompts.id_field=", "generate.prompts.id_field: must not be empty"),
+        ("cache.data.bogus=1", "cache.data: unknown key"),
+    ],
+)
+def test_keys_of_the_flat_layout_are_refused_naming_where_they_moved(override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config(Settings, None, [override])
+
+
+def test_a_task_given_the_flat_source_keys_is_refused_naming_their_new_place():
+    from w2s.eval.tasks import LengthTask, RewardModelTask
+
+    with pytest.raises(ConfigError, match=r"eval\.task\.split moved to eval\.task\.prompts\.split"):
+        LengthTask("p.jsonl", split="eval")
+    with pytest.raises(ConfigError, match=r"eval\.task\.prompt_field moved to eval\.task\.prompts\.prompt_field"):
+        RewardModelTask("p.jsonl", reward_model="r", prompt_field="instruction")
+    with pytest.raises(ConfigError, match=r"eval\.task\.prompts: must be a path or a mapping"):
+        LengthTask(["p.jsonl"])

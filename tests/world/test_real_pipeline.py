@@ -28,8 +28,8 @@ def search_args(out: Path, model: Path | str) -> list[str]:
     return [
         f"out_dir={out}",
         f"model={model}",
-        "prompts={world}/data/prompts.jsonl",
-        "id_field=id",
+        "prompts.path={world}/data/prompts.jsonl",
+        "prompts.id_field=id",
         "limit=2",
         "max_new_tokens=8",
         "params.width=2",
@@ -54,7 +54,7 @@ def test_cache_train_search_generate_eval_on_real_weights(real_world, tmp_path):
     root = tmp_path / "run"
     rows = (real_world / "data" / "cache.jsonl").read_text().splitlines(keepends=True)[::3]  # 8 rows, every length
     (tmp_path / "cache.jsonl").write_text("".join(rows))
-    w2s("cache", root, real_world, f"dataset={tmp_path / 'cache.jsonl'}")
+    w2s("cache", root, real_world, f"data.path={tmp_path / 'cache.jsonl'}")
     manifest = json.loads((root / "cache" / "manifest.json").read_text())
     assert manifest["totals"]["rows"] == len(rows) and "strong_ref" in manifest["provenance"]["models"]
     w2s("train", root, real_world, "max_steps=2")
@@ -72,8 +72,9 @@ def test_cache_train_search_generate_eval_on_real_weights(real_world, tmp_path):
 
     # generate with the WSPO model, then eval: the length task scores both runs' recorded responses
     generate = root / "generate"
-    w2s("generate", root, real_world, f"out_dir={generate}", "model={wspo}/final", "prompts={world}/data/prompts.jsonl",
-        "id_field=id", "limit=2", "max_new_tokens=16", "threads=2")  # fmt: skip
+    w2s("generate", root, real_world, f"out_dir={generate}", "model={wspo}/final",
+        "prompts.path={world}/data/prompts.jsonl", "prompts.id_field=id", "limit=2", "max_new_tokens=16",
+        "threads=2")  # fmt: skip
     for record in read_records(generate / "responses.jsonl"):
         assert_sane(record)
     alpaca = json.loads((generate / "model_outputs.json").read_text())
@@ -82,7 +83,8 @@ def test_cache_train_search_generate_eval_on_real_weights(real_world, tmp_path):
         f"[{{name: wspo, model: '{root}/wspo/final', responses: '{generate}'}}, "
         f"{{name: gemma+search, model: '{real_world}/strong_gemma', responses: '{root}/search-gemma'}}]"
     )
-    task = f"{{_component_: w2s.eval.tasks.LengthTask, prompts: '{real_world}/data/prompts.jsonl', id_field: id}}"
+    prompts = f"{{path: '{real_world}/data/prompts.jsonl', id_field: id}}"
+    task = f"{{_component_: w2s.eval.tasks.LengthTask, prompts: {prompts}}}"
     w2s("eval", root, real_world, f"eval.systems={systems}", f"eval.task={task}", "num_examples=2", "gamma_sweep=false")
     report = json.loads((root / "eval" / "report.json").read_text())
     for name, folder in (("wspo", generate), ("gemma+search", root / "search-gemma")):

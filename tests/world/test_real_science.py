@@ -17,6 +17,7 @@ from w2s.cache.run import run as build_cache
 from w2s.models import load_causal_lm, load_tokenizer
 from w2s.science.real import ScienceRealConfig, run
 from w2s.science.real_data import make_data, response_token_logps, write_data
+from w2s.source import DataSource
 from w2s.world.dpo import DpoSettings
 
 pytestmark = pytest.mark.slow
@@ -65,8 +66,8 @@ def test_cached_cross_tokenizer_signal_matches_an_independent_recount(real_world
     data = make_data(0, 2, 2, 15, 30)
     rows = data["cache"][:6]  # two topics: a short, an in-window and a long answer each
     write_data(tmp_path / "data", {"cache": rows})
-    build_cache(CacheConfig(out_dir=str(tmp_path / "cache"), dataset=str(tmp_path / "data" / "cache.jsonl"),
-                            id_field="id", weak_base=str(real_world / "weak_base"),
+    source = DataSource(str(tmp_path / "data" / "cache.jsonl"), id_field="id")
+    build_cache(CacheConfig(out_dir=str(tmp_path / "cache"), data=source, weak_base=str(real_world / "weak_base"),
                             weak_aligned=str(real_world / "weak_aligned"), strong_ref=str(real_world / "strong_gemma"),
                             backend="transformers", max_len=256))  # fmt: skip
     table = pq.read_table(sorted((tmp_path / "cache" / "parquet").glob("*.parquet"))).to_pylist()
