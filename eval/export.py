@@ -18,7 +18,6 @@ from pathlib import Path
 from rich.console import Console
 
 from w2s.config import require
-from w2s.data import load_rows, locate
 from w2s.errors import DataError
 from w2s.eval.responses import to_jsonl
 from w2s.io import atomic_write_text
@@ -70,6 +69,9 @@ def export_row(record: dict, config: ExportConfig, where: str) -> dict:
 
 def run(config: ExportConfig) -> Path:
     """Writes the export atomically and returns its path."""
+    from w2s.data import load_rows, locate  # here, not at the top: w2s.data imports datasets and transformers,
+    # and ExportConfig is read by every command's start-up (`w2s --help` included)
+
     dataset, fingerprint = load_rows(config.dataset, config.split)
     count = len(dataset) if config.limit == 0 else min(config.limit, len(dataset))
     rows = []
