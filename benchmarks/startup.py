@@ -52,13 +52,14 @@ def commands(cache: Path) -> dict[str, list[str]]:
     }
 
 
-def wall_seconds(program: Path, words: list[str], cwd: Path) -> float:
-    """One whole run of `program words`, start to exit; a failed run stops the benchmark (its figure would lie)."""
+def wall_seconds(program: Path, words: list[str], cwd: Path) -> float | str:
+    """One whole run of `program words`, start to exit, in seconds; a run that fails gives its exit status and the
+    end of its error output instead (it is reported, and its pair is left out of the figures)."""
     start = time.perf_counter()
     done = subprocess.run([str(program), *words], cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
-        raise SystemExit(f"{program} {' '.join(words)}: exit {done.returncode}: {done.stderr.strip()[-500:]}")
+        return f"exit {done.returncode}: {' '.join(done.stderr.split())[-300:]}"
     return seconds
 
 
@@ -72,52 +73,67 @@ def model_libraries(program: Path, words: list[str], cwd: Path) -> list[str]:
     return ast.literal_eval(line.removeprefix("MODEL_LIBRARIES "))
 
 
+def interleaved(before: Path, after: Path, words: list[str], runs: int, cwd: Path) -> dict[str, list]:
+    """`runs` runs of each install, in turn (the order swapped every run), after one warm-up run of each."""
+    wall_seconds(before, words, cwd), wall_seconds(after, words, cwd)  # warm-up: file caches for both
+    times: dict[str, list] = {"before": [], "after": []}
+    for run in range(runs):
+        order = (("before", before), ("after", after))
+        for label, program in order if run % 2 == 0 else order[::-1]:
+            times[label].append(wall_seconds(program, words, cwd))
+    return times
+
+
 def measure(before: Path, after: Path, cache: Path, runs: int, cwd: Path) -> dict:
-    """Per command: every run's seconds of both installs (interleaved, the order swapped every run), medians,
-    the median pair ratio after/before, and the model libraries each install imports."""
+    """Per command: every run's seconds (or failure) of both installs, the medians and the median ratio
+    after/before over the pairs where both succeeded, and the model libraries each install imports."""
     results = {}
     for name, words in commands(cache).items():
-        wall_seconds(before, words, cwd), wall_seconds(after, words, cwd)  # warm-up: file caches for both
-        times: dict[str, list[float]] = {"before": [], "after": []}
-        for run in range(runs):
-            order = (("before", before), ("after", after))
-            for label, program in order if run % 2 == 0 else order[::-1]:
-                times[label].append(wall_seconds(program, words, cwd))
-        ratios = [a / b for a, b in zip(times["after"], times["before"])]
+        times = interleaved(before, after, words, runs, cwd)
+        both = zip(times["before"], times["after"])
+        pairs = [(b, a) for b, a in both if isinstance(b, float) and isinstance(a, float)]
+        if not pairs:
+            raise SystemExit(f"{name}: no pair of runs succeeded: {times}")
+        ratios = [a / b for b, a in pairs]
         results[name] = {
             "seconds": times,
-            "before_median_s": statistics.median(times["before"]),
-            "after_median_s": statistics.median(times["after"]),
+            "failed_runs": {side: [t for t in times[side] if isinstance(t, str)] for side in times},
+            "before_median_s": statistics.median(b for b, _ in pairs),
+            "after_median_s": statistics.median(a for _, a in pairs),
+            "pairs": len(pairs),
             "ratio_median": statistics.median(ratios),
             "ratio_range": [min(ratios), max(ratios)],
-            "model_libraries": {
-                "before": model_libraries(before, words, cwd),
-                "after": model_libraries(after, words, cwd),
-            },
-        }
-        print(f"{name}: {results[name]['before_median_s']:.2f} s -> {results[name]['after_median_s']:.2f} s "
-              f"(x{results[name]['ratio_median']:.2f})", flush=True)  # fmt: skip
+            "model_libraries": {side: model_libraries(program, words, cwd) for side, program in
+                                (("before", before), ("after", after))},
+        }  # fmt: skip
+        done = results[name]
+        print(f"{name}: {done['before_median_s']:.2f} s -> {done['after_median_s']:.2f} s "
+              f"(x{done['ratio_median']:.2f}); failed: {done['failed_runs']}", flush=True)  # fmt: skip
     return results
 
 
 def table(report: dict) -> str:
     """The markdown table of a report (docs/performance.md's start-up section)."""
     rows = [
-        "| command | before (s) | after (s) | after / before | model libraries imported before | after |",
-        "| --- | ---: | ---: | ---: | --- | --- |",
+        "| command | before (s) | after (s) | after / before | pairs | failed runs (before, after) "
+        "| model libraries imported before | after |",
+        "| --- | ---: | ---: | ---: | ---: | --- | --- | --- |",
     ]
     for name, r in report["commands"].items():
         low, high = r["ratio_range"]
         libraries = [", ".join(r["model_libraries"][side]) or "none" for side in ("before", "after")]
+        failed = ", ".join(str(len(r["failed_runs"][side])) for side in ("before", "after"))
         rows.append(
             f"| `{name}` | {r['before_median_s']:.2f} | {r['after_median_s']:.2f} | "
-            f"{r['ratio_median']:.2f} ({low:.2f}-{high:.2f}) | {libraries[0]} | {libraries[1]} |"
+            f"{r['ratio_median']:.2f} ({low:.2f}-{high:.2f}) | {r['pairs']} | {failed} | {libraries[0]} | "
+            f"{libraries[1]} |"
         )
     load = report.get("load_average")
     load_text = f", load average {load[0]:.1f} at the start, {load[1]:.1f} at the end" if load else ""
     return "\n".join(rows) + (
         f"\n\nMedians of {report['runs']} interleaved whole-process runs each ({report['machine']}{load_text}); the "
-        f"ratio is the median of the run-by-run ratios (their range in brackets). Before: {report['before_label']}; "
+        f"ratio is the median of the run-by-run ratios (their range in brackets), over the pairs where both runs "
+        f"succeeded (a failed run's exit status and error are in the JSON report). Before: {report['before_label']}; "
         f"after: {report['after_label']}. CACHE: {report['cache_label']}."
     )
 
