@@ -6,10 +6,15 @@ ids of every shard file, as `w2s verify` does), says so, and refuses a cache tha
 A cross-tokenizer cache (`w2s.schemas.cache`) stores strong tokens and one weak log-ratio per chunk, at the chunk's
 last token: its per-token figures are then per chunk (named by their last strong token), and the first row's
 alignment is shown, its strong tokens grouped by chunk with each chunk's weak sum.
+
+Tokens are decoded with the `tokenizers` library from the cache's own tokenizer copy when the run record proves
+that copy is the one published with this manifest (`copy_decoder`), so `w2s inspect` imports no model library
+(transformers brings torch: seconds of start-up); otherwise through transformers (`cache_strong_tokenizer`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -22,14 +27,69 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from w2s.cache.portable import cache_strong_tokenizer  # noqa: E402
 from w2s.cache.store import Cache  # noqa: E402
 from w2s.errors import CacheMismatch  # noqa: E402
+from w2s.io import sha256_file  # noqa: E402
+from w2s.runs import MARKER  # noqa: E402
 from w2s.schemas.cache import STRONG_CHUNK_FIELD  # noqa: E402
 
 COLUMNS = ("row_id", "input_ids", "prompt_len", "weak_seq_reward", "weak_log_ratio")
 SHOWN_CHUNKS = 24
 """Chunks of the first row that `chunk_view` shows."""
+
+
+class CopyDecoder:
+    """A tokenizer copy's `tokenizer.json` read by the `tokenizers` library: the two calls inspect makes, giving
+    what transformers' fast tokenizer gives when it does not clean up spaces (`copy_decoder` checks that)."""
+
+    def __init__(self, path: Path):
+        from tokenizers import Tokenizer
+
+        self.backend = Tokenizer.from_file(str(path))
+
+    def decode(self, ids: list[int]) -> str:
+        return self.backend.decode(ids, skip_special_tokens=False)
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str | None]:
+        return [self.backend.id_to_token(token) for token in ids]
+
+
+def copy_decoder(cache: Cache) -> CopyDecoder | None:
+    """A decoder of the stored ids read from the cache's own tokenizer copy, or None (then transformers decodes).
+
+    Used only when the folder's run record (`w2s.runs`) holds the sha256 of this manifest.json and of every file of
+    the copy, and they match: the copy is then the one published with this manifest, whose fingerprint it records.
+    Also None for a remote cache, a copy without tokenizer.json, or one whose decode transformers post-processes
+    (`clean_up_tokenization_spaces` on a non-BPE model)."""
+    if cache.place.remote:
+        return None
+    root = Path(cache.place.join("manifest.json")).parent
+    name = "strong_tokenizer" if cache.provenance.get("cross_tokenizer") else "tokenizer"
+    try:
+        published = json.loads((root / MARKER).read_text()).get("published", {})
+        config = json.loads((root / name / "tokenizer_config.json").read_text())
+        model = json.loads((root / name / "tokenizer.json").read_text())["model"]["type"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    files = [p for p in (root / name).rglob("*") if p.is_file()]
+    recorded = [published.get(p.relative_to(root).as_posix()) for p in [root / "manifest.json", *files]]
+    if None in recorded or recorded != [sha256_file(p) for p in [root / "manifest.json", *files]]:
+        return None
+    if config.get("clean_up_tokenization_spaces") and (
+        model != "BPE" or config.get("clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output")
+    ):
+        return None
+    return CopyDecoder(root / name / "tokenizer.json")
+
+
+def stored_ids_tokenizer(cache: Cache):
+    """What decodes the stored ids: `copy_decoder`'s, else transformers' tokenizer (`cache_strong_tokenizer`)."""
+    decoder = copy_decoder(cache)
+    if decoder is not None:
+        return decoder
+    from w2s.cache.portable import cache_strong_tokenizer  # transformers, and torch with it: only on this path
+
+    return cache_strong_tokenizer(cache)
 
 
 def load_columns(cache: Cache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -152,7 +212,7 @@ def inspect_cache(cache_dir: str | Path, plot_path: str | Path | None = None) ->
     cache = Cache.open(cache_dir)
     Console().print(verified(cache))
     rewards, ratios, tokens = load_columns(cache)
-    tokenizer = cache_strong_tokenizer(cache)  # the stored ids' tokenizer, the cache's own copy: works anywhere
+    tokenizer = stored_ids_tokenizer(cache)  # the stored ids' tokenizer, the cache's own copy: works anywhere
     top, bottom = extreme_tokens(ratios, tokens, tokenizer)
     plot_path = plot_path or default_plot(cache)
     if plot_path is not None:

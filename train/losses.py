@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from w2s.config import require_finite
 from w2s.registry import COMPONENT, Registry
+
+if TYPE_CHECKING:  # torch is imported by the two functions that call it: every config load builds the loss
+    import torch  # (TrainConfig checks train.loss), and `w2s verify` or `--help` should not wait 2-3 s for torch
 
 
 def wspo_loss(
@@ -91,6 +93,8 @@ def wspo_chunk_loss(
         the strong and weak chunk log-ratios; they are `wspo_loss`'s when chunks are tokens); `tokens` counts the
         strong response tokens.
     """
+    import torch
+
     selected = mask.bool()  # [batch, seq]
     index = torch.where(selected, chunk_index, 0)  # [batch, seq]
     last = _check_chunk_layout(index, selected, weak_chunk_sums)  # [batch, seq] bool
@@ -110,6 +114,8 @@ def wspo_chunk_loss(
 def _check_chunk_layout(index: torch.Tensor, selected: torch.Tensor, weak_chunk_sums: torch.Tensor) -> torch.Tensor:
     """Where each chunk's last token is (`[batch, seq]` bool); refuses chunk ids that are not 0, 1, ... in order,
     each over contiguous tokens, and a weak signal on chunks that no strong token has (a misaligned row)."""
+    import torch
+
     max_chunks = weak_chunk_sums.shape[1]
     before = torch.nn.functional.pad(index, (1, 0), value=-1)[:, :-1]  # [batch, seq]: the previous position's id
     before_selected = torch.nn.functional.pad(selected, (1, 0), value=False)[:, :-1]

@@ -37,12 +37,15 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from itertools import accumulate
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tokenizers.pre_tokenizers import ByteLevel
-from transformers import PreTrainedTokenizerBase
 
 from w2s.errors import DataError
+
+if TYPE_CHECKING:  # annotations only: transformers takes about a second to import, and `w2s --help` reaches here
+    from transformers import PreTrainedTokenizerBase
 
 Span = tuple[int, int]
 """[start, end) of a token in the response's UTF-8 bytes."""

@@ -2,16 +2,19 @@
 
 Each stage command reads the YAML config (default `configs/tiny.yaml`), applies dotted overrides (a key with
 no dot belongs to the command's own section: `w2s cache num_shards=4` is `cache.num_shards=4`), saves the
-resolved config beside its output and runs one stage. `w2s <command> --help` lists every key with its docstring.
+resolved config beside its output and runs one stage. `w2s <command> --help` lists the keys of the command's own
+section with their docstrings (`--help-all`: every section's). Only `w2s.cli`, the config sections and the stage that
+runs are imported: no model library for `--help`, `verify` or `inspect`.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from collections.abc import Callable
 
-from w2s.config import describe, load_config, save_config, shipped_or_given
+from w2s.config import describe, field_docs, load_config, save_config, shipped_or_given
 from w2s.errors import ConfigError, run_as_command
 from w2s.settings import Settings
 
@@ -151,12 +154,54 @@ COMMANDS: dict[str, tuple[str, Callable[[Settings, argparse.Namespace], int], st
 }
 
 
-def _help_epilog() -> str:
-    rows = describe(Settings)
+ALL_KEYS = "--help-all"
+
+
+def keys_help(section: str, every_section: bool = False) -> str:
+    """A command's config keys for its --help: `run_root` and the keys of its own section (`section`), each with its
+    docstring and default, then the other sections of the same config file, by name (`every_section`: their keys).
+
+    Reading field docstrings parses each section's source file, so only the sections shown are read."""
+    hints, docs = typing.get_type_hints(Settings), field_docs(Settings)
+    others = [name for name in hints if name not in ("run_root", section)]
+    rows = [("run_root", repr(Settings.run_root), docs["run_root"]), *describe(hints[section], prefix=f"{section}.")]
+    if every_section:
+        rows += [row for name in others for row in describe(hints[name], prefix=f"{name}.")]
     width = max(len(key) for key, _, _ in rows)
-    return "config keys (override with key=value):\n" + "\n".join(
+    text = f"config keys of this command (override with key=value; a bare key is {section}.key):\n" + "\n".join(
         f"  {key:<{width}}  {help_} (default {default})" for key, default, help_ in rows
     )
+    if every_section:
+        return text
+    return f"{text}\n\nother sections of the same config file (`{ALL_KEYS}` lists their keys too):\n" + "\n".join(
+        f"  {name:<{width}}  {docs[name]}" for name in others
+    )
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A command's parser: its --help ends with its config keys (`keys_help`), read only when help is printed."""
+
+    section = ""
+    """The config section the command's bare keys belong to (set by build_parser)."""
+    every_section = False
+    """Set by --help-all: list the keys of every section."""
+
+    def format_help(self) -> str:
+        if self.section:
+            self.epilog = keys_help(self.section, self.every_section)
+        return super().format_help()
+
+
+class HelpAll(argparse.Action):
+    """`--help-all`: the command's help with the keys of every section of the config file."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.every_section = True
+        parser.print_help()
+        parser.exit()
 
 
 def accept_local_rank(parser: argparse.ArgumentParser) -> None:
@@ -165,20 +210,17 @@ def accept_local_rank(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
-def build_parser(with_keys: bool = True) -> argparse.ArgumentParser:
-    """The command line; `with_keys` lists every config key in each command's --help (reading the field
-    docstrings takes about 2 s, so it is done only when help is asked for)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; each command's --help lists its own section's config keys (`keys_help`)."""
     parser = argparse.ArgumentParser(prog="w2s", description="Weak-to-strong alignment with an offline logit cache.")
     accept_local_rank(parser)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, (summary, _, _, _) in COMMANDS.items():
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
+    for name, (summary, _, section, _) in COMMANDS.items():
         command = sub.add_parser(
-            name,
-            help=summary,
-            description=summary,
-            epilog=_help_epilog() if with_keys else None,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            name, help=summary, description=summary, formatter_class=argparse.RawDescriptionHelpFormatter
         )
+        command.section = section
+        command.add_argument(ALL_KEYS, action=HelpAll, help="show this help with the keys of every config section")
         command.add_argument(
             "--config",
             default=DEFAULT_CONFIG,
@@ -221,7 +263,7 @@ def split_words(command: str, words: list[str]) -> tuple[dict[str, str | None], 
 
 def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
-    args = build_parser(with_keys="-h" in words or "--help" in words).parse_args(words)
+    args = build_parser().parse_args(words)
     config_path = shipped_or_given(args.config)  # `configs/<file>` falls back to the copy shipped with w2s
     try:
         named, overrides = split_words(args.command, args.words)

@@ -17,15 +17,18 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
-from transformers import PreTrainedTokenizerBase
 
 from w2s.align import align, token_byte_spans
 from w2s.errors import DataError
 from w2s.tokens import Encoded, EncodingError, encode_example
+
+if TYPE_CHECKING:  # annotations only: importing either takes about a second, and commands that load no model
+    import datasets  # (`w2s --help`, `w2s verify`) import this module through w2s.eval.responses
+    from transformers import PreTrainedTokenizerBase
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow"}
 """Suffixes of local data files, and the format each is read as (a dataset folder holds one format)."""
@@ -215,6 +218,8 @@ def load_rows(source: str, split: str = "train") -> tuple[Records | datasets.Dat
     elif path.suffix in LOCAL_FORMATS or source.startswith(("/", ".", "~")):
         raise DataError(f"{source}: no such file or folder")
     else:
+        import datasets  # only for a hub dataset (see the TYPE_CHECKING import above)
+
         try:
             dataset = datasets.load_dataset(source, split=split)
         except Exception as err:  # datasets raises many types for unreadable input; all mean the same to a user

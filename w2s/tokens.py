@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from transformers import PreTrainedTokenizerBase
+if TYPE_CHECKING:  # annotations only: transformers takes about a second to import, and `w2s --help` reaches here
+    from transformers import PreTrainedTokenizerBase
 
 Span = tuple[int, int]
 """[start, end) of a message's content in a rendered chat, in characters."""
