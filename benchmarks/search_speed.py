@@ -155,18 +155,21 @@ def per_second(row: dict, key: str) -> float:
 
 
 def budget_table(rows: list[dict]) -> str:
-    """Weak positions per prompt and strong tokens per second, full against incremental, budget by budget."""
+    """Per budget: strong tokens sampled, weak positions run (in all and per strong token) and strong tokens per
+    second, full rescore against incremental. Linear growth shows as a constant count per strong token."""
     lines = [
-        "| budget | weak positions / prompt, full | incremental | full / incremental "
-        "| strong tok/s, full | incremental | incremental / full |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| budget | strong tokens / prompt | weak positions / prompt: full | incremental | full / incremental "
+        "| per strong token: full | incremental | strong tok/s: full | incremental | incremental / full |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for budget in sorted({row["budget"] for row in rows}):
         full, inc = ({row["mode"]: row for row in rows if row["budget"] == budget}[m] for m in ("full", "incremental"))
+        strong = full["strong"] / full["prompts"]
         weak = [row["weak"] / row["prompts"] for row in (full, inc)]
         speed = [per_second(row, "strong") for row in (full, inc)]
         lines.append(
-            f"| {budget} | {weak[0]:,.0f} | {weak[1]:,.0f} | {weak[0] / weak[1]:.1f}x "
+            f"| {budget} | {strong:.0f} | {weak[0]:,.0f} | {weak[1]:,.0f} | {weak[0] / weak[1]:.1f}x "
+            f"| {weak[0] / strong:.1f} | {weak[1] / strong:.1f} "
             f"| {speed[0]:.1f} | {speed[1]:.1f} | {speed[1] / speed[0]:.2f}x |"
         )
     return "\n".join(lines)

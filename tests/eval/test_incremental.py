@@ -94,6 +94,10 @@ def test_positions_run_grow_with_the_new_tokens_only(world):
     prompt_len = len(encode_prompt(world.tokenizer, world.prompt))
     assert scorer.tokens_forwarded == (prompt_len - 1) + len(ids[-1]) + len(texts)
     assert scorer.tokens_scored == sum(len(row) for row in ids)  # the demand a full rescore would run
+    last, _ = scorer.store.match(encode_prompt(world.tokenizer, world.prompt) + ids[-1])
+    keys = last.kv[0][0][0]  # the tuned model's first layer: [1, heads, own positions, head_dim]
+    assert keys.shape[2] == len(last.ids) - last.start < len(ids[-1])  # its own positions only: the rest shared
+    assert last.parent.ids == last.ids[: len(last.parent.ids)] and last.parent.kv[0][0][0].data_ptr() != keys.data_ptr()
 
 
 @pytest.mark.integration
