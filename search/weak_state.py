@@ -161,6 +161,8 @@ def forward_new(
         return logprobs_of_targets(out.logits, input_ids).masked_fill(~scored, 0.0), plain_kv(out.past_key_values)
     with final_hidden_states(head.module) as seen:
         out = model(**kwargs)
+    if len(seen) != 1 or seen[0].shape[:2] != input_ids.shape:
+        raise RuntimeError(f"{type(model).__name__}: its output layer was called {len(seen)} times, not once")
     values = head_logprobs(head, seen[0][:, :-1][scored], input_ids[:, 1:][scored])  # [targets]
     logprobs = torch.zeros(scored.shape, dtype=values.dtype, device=values.device).masked_scatter(scored, values)
     return logprobs, plain_kv(out.past_key_values)
