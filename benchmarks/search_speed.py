@@ -186,8 +186,8 @@ def search_table(rows: list[dict]) -> str:
         base = by_name.get(row["search"].replace("(w2s)", "(authors' loop, batch 1)"))
         ratio = f"{per_second(row, 'strong') / per_second(base, 'strong'):.2f}x" if base and base is not row else ""
         lines.append(
-            f"| {row['search']} | {per_second(row, 'strong'):.1f} | {per_second(row, 'weak'):,.0f} "
-            f"| {per_second(row, 'scored'):,.0f} | {ratio} |"
+            f"| {row['search']} | {per_second(row, 'strong'):.1f} | {per_second(row, 'weak'):,.1f} "
+            f"| {per_second(row, 'scored'):,.1f} | {ratio} |"
         )
     return "\n".join(lines)
 
@@ -222,6 +222,7 @@ def main() -> int:
     parser.add_argument("--tiny-budgets", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--real-budgets", type=int, nargs="+", default=[16, 32, 48])
     parser.add_argument("--search-budget", type=int, default=32, help="token budget of the searches in (b)")
+    parser.add_argument("--parts", default="ab", help="a: budgets (full vs incremental), b: searches vs authors' loop")
     parser.add_argument("--table", type=Path, nargs="+", help="only print (or with --docs write) these reports' tables")
     parser.add_argument("--docs", type=Path, help="write the tables between the search-speed-table markers")
     args = parser.parse_args()
@@ -254,11 +255,13 @@ def measure(args) -> dict:
     for label, world, strong, budgets in worlds:
         if world is None:
             continue
-        print(f"(a) {label}: {world}", flush=True)
         pair = pairs[label] = load_pair(world, strong)
+        if "a" not in args.parts:
+            continue
+        print(f"(a) {label}: {world}", flush=True)
         rows = budget_rows(pair, prompts_of(world, args.prompts), budgets, cbs)
         report["budgets"][label] = dict(note=note(budgets), rows=rows)
-    if args.real is not None:
+    if args.real is not None and "b" in args.parts:
         print("(b) searches on the real pair", flush=True)
         bon = dict(n=4)
         mcts = dict(SEARCHES.get("mcts").defaults) if "mcts" in SEARCHES.names() else {}
