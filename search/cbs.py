@@ -53,8 +53,11 @@ class SearchResult:
     beam: list[Hypothesis] = field(default_factory=list)
     """The final hypotheses, best first; `beam[0]` is the result."""
     weak_tokens: int = 0
-    """Weak response tokens the guide scored over the whole search (each by both weak models; a candidate is
-    rescored from its start every round), EOS included: the weak compute, beside `num_sampled`."""
+    """Weak response tokens the guide scored over the whole search, EOS included, counting a candidate's every
+    token again each round it is scored: what a full rescore runs through each weak model (prompts aside)."""
+    weak_forwarded: int = 0
+    """Weak positions the guide actually ran through each weak model over the whole search, prompt included:
+    the weak compute, beside `num_sampled` (far below `weak_tokens` with incremental scoring)."""
 
 
 def expand_beam(
@@ -126,7 +129,7 @@ def chunk_beam_search(
     if min(width, num_samples, chunk_len) < 1:
         raise ValueError(f"width, num_samples and chunk_len must be >= 1, got {width}, {num_samples}, {chunk_len}")
     sampler.begin(encode_prompt(sampler.tokenizer, prompt), seed)
-    weak_before = scorer.tokens_scored if scorer is not None else 0
+    weak_before = (scorer.tokens_scored, scorer.tokens_forwarded) if scorer is not None else (0, 0)
     beam, live, used, num_sampled = [Hypothesis([], "", False, 0.0)], [0], 0, 0  # live: beam indices to extend
     while live and used < max_new_tokens:
         repeats = width * num_samples if used == 0 else num_samples
@@ -138,10 +141,13 @@ def chunk_beam_search(
         score_children(scorer, prompt, children)
         beam, _, live = prune(beam, children, width)
     best = beam[0]
-    weak_tokens = scorer.tokens_scored - weak_before if scorer is not None else 0
-    return SearchResult(
-        best.text, best.token_ids, best.score, num_sampled, best.finished, best.strong_logprob, beam, weak_tokens
+    weak_tokens, weak_forwarded = (
+        (scorer.tokens_scored - weak_before[0], scorer.tokens_forwarded - weak_before[1]) if scorer else (0, 0)
     )
+    return SearchResult(
+        best.text, best.token_ids, best.score, num_sampled, best.finished, best.strong_logprob, beam, weak_tokens,
+        weak_forwarded,
+    )  # fmt: skip
 
 
 def best_of_n(

@@ -3,15 +3,23 @@
 Scoring works on decoded TEXT, which the weak tokenizer re-tokenises, so the strong model may use a different
 tokenizer (or be a black box). The per-token log-probs come from `w2s.logprobs`, the one copy of that
 computation shared with the cache and the trainer.
+
+By default scoring is incremental (`w2s.search.weak_state`): each scored partial response keeps both weak
+models' keys and values, and a longer response is run only over the weak ids after the longest prefix it shares
+with one scored before, so the weak compute grows linearly with the response length, not with its square.
+`incremental=False` rescores every response from its first token (the reference, and what Zhou et al.'s code does).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from w2s.logprobs import pad_right, target_logprobs
 from w2s.sampling import encode_prompt
+from w2s.search.weak_state import NotIncremental, StateStore, WeakState, extend, root_state
 from w2s.tokens import encode_text
 
 
@@ -23,19 +31,30 @@ class WeakScorer:
         untuned: the weak model before alignment.
         tokenizer: the weak tokenizer, with a chat template; may differ from the strong tokenizer.
         batch_size: responses per forward pass.
+        incremental: keep each partial response's weak state and run only new ids (False: rescore from the start).
+        max_states: partial responses whose states are kept per prompt (least recently used dropped first).
     """
 
     def __init__(
-        self, tuned: PreTrainedModel, untuned: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 32
+        self,
+        tuned: PreTrainedModel,
+        untuned: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        batch_size: int = 32,
+        incremental: bool = True,
+        max_states: int = 256,
     ) -> None:
         self.tuned, self.untuned = tuned.eval(), untuned.eval()
-        self.tokenizer, self.batch_size = tokenizer, batch_size
+        self.tokenizer, self.batch_size, self.incremental = tokenizer, batch_size, incremental
+        self.store = StateStore(max_states)
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
         self.tokens_scored = 0
         """Weak response tokens scored so far (EOS included), each by both models: the guide's compute."""
         self.tokens_forwarded = 0
-        """Weak tokens run through each model so far, prompts included (padding excluded)."""
+        """Weak positions run through each model so far, prompts included (padding excluded): the guide's actual
+        compute. Equal to the tokens scored plus the prompts when rescoring from the start; far fewer when
+        incremental."""
 
     @torch.no_grad()
     def score(self, prompt: str | list[dict], responses: list[str], finished: list[bool]) -> list[float]:
@@ -59,6 +78,12 @@ class WeakScorer:
             for text, done in zip(responses, finished)
         ]
         self.tokens_scored += sum(len(ids) - len(prompt_ids) for ids in encoded)
+        if self.incremental:
+            try:
+                return self._score_incremental(prompt_ids, encoded, finished)
+            except NotIncremental as err:
+                warnings.warn(f"weak scoring rescores from the start: this weak model's cache is a {err}", stacklevel=2)
+                self.incremental = False
         self.tokens_forwarded += sum(len(ids) for ids in encoded)
         scores: list[float] = []
         for start in range(0, len(encoded), self.batch_size):
@@ -77,3 +102,28 @@ class WeakScorer:
         )
         ratio = tuned - untuned.to(tuned.device)  # [batch, seq-1]
         return ratio.masked_fill(~targets.to(tuned.device), 0.0).sum(dim=1).tolist()
+
+    def _score_incremental(self, prompt_ids: list[int], encoded: list[list[int]], finished: list[bool]) -> list[float]:
+        """Scores from the stored states: rows grouped by the state they extend and the prefix they share with it."""
+        models = [self.tuned, self.untuned]
+        if self.store.prompt_ids != prompt_ids:
+            self.store.reset(prompt_ids, root_state(models, prompt_ids, self.pad_id))
+            self.tokens_forwarded += len(prompt_ids) - 1
+        scores: list[float] = [0.0] * len(encoded)
+        groups: dict[tuple[int, int], tuple[WeakState, list[int]]] = {}
+        for row, ids in enumerate(encoded):
+            state, shared = self.store.match(ids)
+            if shared == len(ids):  # scored before (or a prefix of a scored sequence): nothing to run
+                scores[row] = state.sums[shared]
+            else:
+                groups.setdefault((id(state), shared), (state, []))[1].append(row)
+        for (_, shared), (state, rows) in groups.items():
+            for first in range(0, len(rows), self.batch_size):
+                batch = rows[first : first + self.batch_size]
+                batch_scores, states = extend(models, state, shared, [encoded[r] for r in batch], self.pad_id)
+                self.tokens_forwarded += sum(len(encoded[r]) - shared + 1 for r in batch)
+                for row, score, new_state in zip(batch, batch_scores, states):
+                    scores[row] = score
+                    if not finished[row]:  # a finished response is never extended: its EOS term stays out
+                        self.store.add(new_state)
+        return scores
