@@ -33,7 +33,7 @@ from w2s.eval.stats import LEVEL, bootstrap, paired_difference, resample_means
 from w2s.io import atomic_write_json, atomic_write_text, read_jsonl
 from w2s.science.report import per_seed, reward_key
 from w2s.science.tiny import Cell, ScienceConfig, config_command, evaluate
-from w2s.search.components import RANKS
+from w2s.search.ranking import RANKS
 from w2s.task import Response, load_task
 from w2s.tokens import encode_text
 from w2s.world.build import build_world
@@ -130,7 +130,8 @@ def within_prompt_correlation(per_seed_rows: list[list[list[dict]]], x: str, y: 
 
 def offline_pick(per_seed_rows: list[list[list[dict]]], rank: str, key: str) -> list[list[float]]:
     """[seeds][prompts] value of `key` of the candidate `rank` puts first, minus the prompt's candidate mean."""
-    from w2s.search.cbs import Hypothesis, rank_keys
+    from w2s.search.cbs import Hypothesis
+    from w2s.search.ranking import rank_keys
 
     out = []
     for seed_rows in per_seed_rows:
@@ -232,7 +233,8 @@ def markdown(report: dict) -> str:
     lines += ["", "Best-of-N offline on the same candidates: what each rank picks, minus the candidates' mean:", ""]
     lines += ["| task | rank | tokens | reward |", "|---|---|---|---|"]
     for task, t in tasks.items():
-        for rank, pick in t["offline"].items():
+        for rank in report["ranks"]:
+            pick = t["offline"][rank]
             lines.append(f"| {task} | {rank} | {fmt(pick['tokens'], 1)} | {fmt(pick['reward'])} |")
     lines += ["", "Chunk-level beam search under each rank (reward, tokens; differences paired by prompt):", ""]
     lines += [
@@ -242,7 +244,8 @@ def markdown(report: dict) -> str:
     for task, t in tasks.items():
         base = t["strong_base"]
         lines.append(f"| {task} | strong base | {fmt(base['reward'])} | {fmt(base['tokens'], 1)} | | | |")
-        for rank, s in t["search"].items():
+        for rank in report["ranks"]:
+            s = t["search"][rank]
             versus_sum = "" if rank == "sum" else fmt(s["reward_vs_sum"])
             lines.append(
                 f"| {task} | search, {rank} | {fmt(s['reward'])} | {fmt(s['tokens'], 1)} | "
@@ -260,7 +263,8 @@ def findings(report: dict) -> list[str]:
             f"- {task}: the summed score's correlation with length is {sign_of(corr)} ({fmt(corr)}); the sum's "
             f"best-of-{report['samples']} pick is {fmt(pick, 1)} tokens from the candidates' mean ({sign_of(pick)})."
         )
-        for rank, s in t["search"].items():
+        for rank in report["ranks"]:
+            s = t["search"][rank]
             out.append(
                 f"- {task}, search by {rank}: reward - strong base {sign_of(s['reward_vs_base'])} "
                 f"({fmt(s['reward_vs_base'])})"

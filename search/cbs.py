@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from w2s.sampling import encode_prompt
-from w2s.search.components import RANKS
+from w2s.search.ranking import RANKS, rank_keys
 from w2s.search.samplers import Sampler
 from w2s.search.scorer import WeakScorer
 from w2s.tokens import encode_text
@@ -72,26 +72,6 @@ def expand_beam(
         text = tokenizer.decode(ids, skip_special_tokens=True)
         children.append(Hypothesis(ids, text, finished, 0.0, beam[parent].strong_logprob + logprob))
     return children
-
-
-def rank_keys(candidates: list[Hypothesis], rank: str = "sum") -> list[float]:
-    """What `prune` sorts by (higher first), one key per candidate of a round (`RANKS`).
-
-    sum: the summed weak log-ratio (the paper's). mean: the sum per weak token (0.0 for an empty hypothesis).
-    centred: the sum minus the candidate's weak length times the round's pooled mean ratio per token (total score
-    over total weak tokens of every candidate), i.e. the sum of (ratio - round mean) over its tokens. Ranking by it
-    equals projecting every candidate to one common length at the round's mean rate, so a finished response is
-    compared with longer unfinished ones length-matched, and within one length it orders like the sum.
-    """
-    if rank == "sum":
-        return [h.score for h in candidates]
-    if rank == "mean":
-        return [h.score / h.weak_len if h.weak_len else 0.0 for h in candidates]
-    if rank == "centred":
-        tokens = sum(h.weak_len for h in candidates)
-        rate = sum(h.score for h in candidates) / tokens if tokens else 0.0
-        return [h.score - rate * h.weak_len for h in candidates]
-    raise ValueError(f"rank must be one of {list(RANKS)}, got {rank!r}")
 
 
 def prune(

@@ -15,13 +15,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 from w2s.registry import Registry
+from w2s.search.ranking import RANKS
 
 SEARCHES: Registry[type] = Registry("search")
 """Search classes by name: sample, cbs, bon, eft, and any registered or named by dotted path."""
-
-RANKS = ("sum", "mean", "centred")
-"""How cbs and bon compare candidates (`w2s.search.cbs.rank_keys`): the summed weak log-ratio (the paper's, the
-default), its mean per weak token, or the sum centred on the round's mean ratio per token (length-matched)."""
 
 
 class Search:

@@ -7,7 +7,8 @@ import pytest
 
 from w2s.errors import ConfigError
 from w2s.eval.config import SystemConfig
-from w2s.search.cbs import Hypothesis, best_of_n, chunk_beam_search, prune, rank_keys
+from w2s.search.cbs import Hypothesis, best_of_n, chunk_beam_search, prune
+from w2s.search.ranking import rank_keys
 from w2s.search.samplers import HFSampler
 from w2s.tokens import encode_text
 
