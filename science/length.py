@@ -196,6 +196,26 @@ def task_section(config: LengthConfig, task: str, cands: dict, test: dict) -> di
     return section
 
 
+def real_pair(folder: Path) -> dict:
+    """From a finished science-real run: per Gemma system, the test responses at the longest length any reached (the
+    token cap),
+    and the search's weak pair's (DPO) and the LoRA fine-tune's summed log-ratio on reference answers by kind."""
+    report, lengths = json.loads((folder / "report.json").read_text()), {}
+    for name in ("strong_base", "search", "bon_matched"):  # Gemma's responses: one tokenizer, one cap
+        rows = [json.loads(path.read_text()) for path in sorted(folder.glob(f"seed-*/test/{name}.row.json"))]
+        lengths[name] = [example["tokens"] for row in rows for example in row["per_example"]]
+    cap = max(max(values) for values in lengths.values())  # the run's max_new_tokens (every base response is there)
+    capped = {
+        name: {"at_cap": sum(n >= cap for n in v), "responses": len(v), "cap": cap} for name, v in lengths.items()
+    }
+    pair = report["weak_pair"]
+    ratios = {
+        name: {k: pair[f"ratio_{name}"][k] for k in ("sum_by_kind", "off_eos_mean")} for name in ("dpo", "lora_sft")
+    }
+    search = next(c for c in report["tasks"]["length"]["claims"] if c["claim"].startswith("search > Gemma base"))
+    return {"folder": str(folder), "capped": capped, "ratios": ratios, "search_vs_base": search["difference"]}
+
+
 def fmt(interval: dict | None, digits: int = 3) -> str:
     """'+0.812 [+0.790, +0.833]'; 'none (no variation)' for a correlation that does not exist."""
     if interval is None:
@@ -251,7 +271,24 @@ def markdown(report: dict) -> str:
                 f"| {task} | search, {rank} | {fmt(s['reward'])} | {fmt(s['tokens'], 1)} | "
                 f"{fmt(s['reward_vs_base'])} | {fmt(s['tokens_vs_base'], 1)} | {versus_sum} |"
             )
-    return "\n".join(lines + ["", *findings(report)]) + "\n"
+    return "\n".join(lines + ["", *findings(report), *real_lines(report.get("real"))]) + "\n"
+
+
+def real_lines(real: dict | None) -> list[str]:
+    """The real pair's paragraph: responses at the cap, and which way the weak pairs' sums lean with length."""
+    if real is None:
+        return []
+    capped = "; ".join(f"{name} {c['at_cap']} of {c['responses']}" for name, c in real["capped"].items())
+    sums = {name: ", ".join(f"{k} {v:+.1f}" for k, v in r["sum_by_kind"].items()) for name, r in real["ratios"].items()}
+    rates = {name: f"{r['off_eos_mean']:+.2f}" for name, r in real["ratios"].items()}
+    return [
+        "",
+        f"Real pair (`{real['folder']}`, Gemma-3-270M steered by SmolLM2-135M): test responses at the "
+        f"{real['capped']['strong_base']['cap']:g}-token cap: {capped}. Search's weak pair (DPO) sums, on the "
+        f"reference answers by kind: {sums['dpo']} (off-EOS mean {rates['dpo']} nats per token); the LoRA fine-tune "
+        f"of the real world (not used by search): {sums['lora_sft']} ({rates['lora_sft']} per token). Search - Gemma "
+        f"base: {fmt(real['search_vs_base'])}.",
+    ]
 
 
 def findings(report: dict) -> list[str]:
@@ -290,6 +327,7 @@ def run(config: LengthConfig) -> dict:
         "search": dict(config.search),
         "ranks": list(config.ranks),
         "tasks": {task: task_section(config, task, cands, test) for task in config.tasks},
+        "real": real_pair(Path(config.real_run)) if config.real_run else None,
     }
     out = Path(config.out_dir)
     atomic_write_json(out / "length_report.json", report)

@@ -73,11 +73,16 @@ def test_config_takes_rank_checks_it_and_leaves_it_out_when_not_given():
 @pytest.mark.integration
 def test_best_of_n_by_mean_picks_the_best_ratio_per_weak_token(world):
     args = (HFSampler(world.strong, world.tokenizer), world.scorer, world.prompt)
-    everyone = chunk_beam_search(*args, width=6, num_samples=1, chunk_len=12, max_new_tokens=12, seed=3)
-    lengths = [len(encode_text(world.tokenizer, h.text)) + int(h.finished) for h in everyone.beam]
-    assert len(set(lengths)) > 1  # the six responses differ in length, so the ranks can disagree
-    means = [h.score / n for h, n in zip(everyone.beam, lengths)]
-    by_mean = best_of_n(*args, n=6, max_new_tokens=12, seed=3, rank="mean")
-    assert by_mean.token_ids == everyone.beam[max(range(6), key=means.__getitem__)].token_ids
-    by_sum = best_of_n(*args, n=6, max_new_tokens=12, seed=3)
+    for seed in range(12):  # a draw where the per-token mean and the sum disagree, so the test can fail
+        everyone = chunk_beam_search(*args, width=6, num_samples=1, chunk_len=12, max_new_tokens=12, seed=seed)
+        lengths = [len(encode_text(world.tokenizer, h.text)) + int(h.finished) for h in everyone.beam]
+        means = [h.score / n for h, n in zip(everyone.beam, lengths)]
+        top = max(range(6), key=means.__getitem__)
+        if top != 0:  # beam[0] is the sum's pick
+            break
+    else:
+        pytest.fail("no seed in 12 where the mean and the sum pick different candidates")
+    by_mean = best_of_n(*args, n=6, max_new_tokens=12, seed=seed, rank="mean")
+    assert by_mean.token_ids == everyone.beam[top].token_ids
+    by_sum = best_of_n(*args, n=6, max_new_tokens=12, seed=seed)
     assert by_sum.token_ids == everyone.beam[0].token_ids and by_sum.weak_tokens == by_mean.weak_tokens
