@@ -32,7 +32,7 @@ from w2s.eval.config import SystemConfig
 from w2s.eval.stats import LEVEL, bootstrap, paired_difference, resample_means
 from w2s.io import atomic_write_json, atomic_write_text, read_jsonl
 from w2s.science.report import per_seed, reward_key
-from w2s.science.tiny import Cell, ScienceConfig, config_command, evaluate
+from w2s.science.tiny import TASKS, Cell, ScienceConfig, config_command, evaluate
 from w2s.search.ranking import RANKS
 from w2s.task import Response, load_task
 from w2s.tokens import encode_text
@@ -41,12 +41,15 @@ from w2s.world.build import build_world
 
 @dataclass
 class LengthConfig(ScienceConfig):
-    """The science config plus the candidates drawn per prompt for the correlation."""
+    """The science config (its world, seeds, tasks, search and num_test) plus the candidates drawn per prompt."""
 
     samples: int = 8
     """Full strong-base responses sampled per test prompt (the best-of-N candidates the correlation is taken on)."""
     ranks: list[str] = field(default_factory=lambda: list(RANKS))
-    """Ranks measured (`w2s.search.components.RANKS`); sum, the paper's, is always one of them."""
+    """Ranks measured (`w2s.search.ranking.RANKS`); sum, the paper's, is always one of them."""
+    real_run: str = ""
+    """A finished `make science-real` folder to summarise beside (its rows keep no candidates, so what it can say
+    is how many responses reached the token cap and how the weak pairs' sums lean with length); empty: none."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -56,10 +59,9 @@ class LengthConfig(ScienceConfig):
 
 def task_of(cell: Cell):
     """The cell's task on its test split."""
-    spec = {"_component_": f"w2s.world.task.{'SummaryTask' if cell.task == 'length' else 'ToneTask'}"}
-    spec.update(path=str(cell.world / "data" / "test.jsonl"), l_min=cell.config.world.l_min)
-    spec["l_max"] = cell.config.world.l_max
-    return load_task(spec)
+    world = cell.config.world
+    path = str(cell.world / "data" / "test.jsonl")
+    return load_task({"_component_": TASKS[cell.task], "path": path, "l_min": world.l_min, "l_max": world.l_max})
 
 
 @torch.no_grad()
