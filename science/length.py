@@ -285,7 +285,7 @@ def real_lines(real: dict | None) -> list[str]:
     rates = {name: f"{r['off_eos_mean']:+.2f}" for name, r in real["ratios"].items()}
     return [
         "",
-        f"Real pair (`{real['folder']}`, Gemma-3-270M steered by SmolLM2-135M): test responses at the "
+        f"Real pair (`{Path(real['folder']).name}`, Gemma-3-270M steered by SmolLM2-135M): test responses at the "
         f"{real['capped']['strong_base']['cap']:g}-token cap: {capped}. Search's weak pair (DPO) sums, on the "
         f"reference answers by kind: {sums['dpo']} (off-EOS mean {rates['dpo']} nats per token); the LoRA fine-tune "
         f"of the real world (not used by search): {sums['lora_sft']} ({rates['lora_sft']} per token). Search - Gemma "
