@@ -86,3 +86,21 @@ def test_best_of_n_by_mean_picks_the_best_ratio_per_weak_token(world):
     assert by_mean.token_ids == everyone.beam[top].token_ids
     by_sum = best_of_n(*args, n=6, max_new_tokens=12, seed=seed)
     assert by_sum.token_ids == everyone.beam[0].token_ids and by_sum.weak_tokens == by_mean.weak_tokens
+
+
+def test_within_prompt_correlation_ignores_prompt_offsets_and_reports_none_without_variation():
+    from w2s.science.length import offline_pick, within_prompt_correlation
+
+    def prompt(offset: float, slope: float) -> list[dict]:
+        return [{"weak_len": n, "score": offset + slope * n, "reward": 1.0, "finished": True} for n in (4, 6, 9)]
+
+    # Prompt offsets far apart (a pooled correlation would be dominated by them): within prompts, score = 2 * length.
+    rows = [[prompt(100.0, 2.0), prompt(-50.0, 2.0)], [prompt(7.0, 2.0), prompt(0.0, 2.0)]]
+    found = within_prompt_correlation(rows, "weak_len", "score", resamples=200)
+    assert found["correlation"]["mean"] == pytest.approx(1.0) and found["slope"]["mean"] == pytest.approx(2.0)
+    assert found["slope"]["low"] == pytest.approx(2.0) and found["slope"]["high"] == pytest.approx(2.0)
+    assert within_prompt_correlation(rows, "weak_len", "reward", resamples=200) == {"correlation": None, "slope": None}
+    # The sum picks the longest (9 tokens, 9 - 19/3 above the mean); the mean, 2 + offset / n, picks by offset's sign.
+    assert offline_pick(rows, "sum", "weak_len") == [[pytest.approx(9 - 19 / 3)] * 2] * 2
+    assert offline_pick([[prompt(-50.0, 2.0)]], "mean", "weak_len") == [[pytest.approx(9 - 19 / 3)]]
+    assert offline_pick([[prompt(100.0, 2.0)]], "mean", "weak_len") == [[pytest.approx(4 - 19 / 3)]]
