@@ -60,14 +60,12 @@ class SystemConfig:
 
     def check(self, key: str) -> None:
         """Refuses a bad generator/params/engine combination (naming `key`); fills left-out params with
-        the search's defaults and makes them int or float."""
+        the search's defaults and makes them int or float; a string option is checked, never filled in."""
         require(bool(self.name), key, "every system needs a name")
         search = SEARCHES.get(self.generator, f"{key}.generator")
-        expected = search.params
-        unknown = sorted(set(self.params) - set(expected))
-        require(not unknown, f"{key}.params", f"{self.generator} takes {sorted(expected)}; unknown {unknown}")
+        check_options(search, self.generator, self.params, key)
         self.params = {**search.defaults, **self.params}
-        for name, kind in expected.items():
+        for name, kind in search.params.items():
             value = self.params[name]
             require(
                 isinstance(value, (int, float)) and not isinstance(value, bool),
@@ -86,6 +84,17 @@ class SystemConfig:
             f"{key}.engine",
             f"{self.generator} needs engine hf: {search.hf_only}",
         )
+
+
+def check_options(search: type, generator: str, params: dict[str, Any], key: str) -> None:
+    """Refuses a param the search does not take and a string option outside its allowed values (naming `key`)."""
+    expected, options = search.params, getattr(search, "options", {})
+    unknown = sorted(set(params) - set(expected) - set(options))
+    takes = sorted({*expected, *options})
+    require(not unknown, f"{key}.params", f"{generator} takes {takes}; unknown {unknown}")
+    for name in sorted(set(options) & set(params)):
+        allowed = options[name]
+        require(params[name] in allowed, f"{key}.params.{name}", f"one of {list(allowed)}, got {params[name]!r}")
 
 
 def require_engine(engine: str, key: str) -> None:

@@ -63,8 +63,11 @@ def markdown_table(systems: dict[str, dict], columns: Sequence[Metric]) -> str:
 
 
 def params_text(params: dict) -> str:
-    """A generator's params as report.md writes them: "W=2, K=4, L=8"."""
-    return ", ".join(f"{SYMBOLS.get(key, key)}={value:g}" for key, value in params.items())
+    """A generator's params as report.md writes them: "W=2, K=4, L=8" (a string option as written: "rank=mean")."""
+    return ", ".join(
+        f"{SYMBOLS.get(key, key)}={value if isinstance(value, str) else format(value, 'g')}"
+        for key, value in params.items()
+    )
 
 
 def settings_line(report: dict, layout: Layout) -> str:

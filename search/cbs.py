@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from w2s.sampling import encode_prompt
+from w2s.search.ranking import RANKS, rank_keys
 from w2s.search.samplers import Sampler
 from w2s.search.scorer import WeakScorer
+from w2s.tokens import encode_text
 
 
 @dataclass
@@ -32,6 +34,8 @@ class Hypothesis:
     score: float
     strong_logprob: float = 0.0
     """Sum of the strong model's log-probs (temperature 1, before top-k/top-p) of its tokens, EOS included."""
+    weak_len: int = 0
+    """Weak tokens its score sums over (EOS included when finished); counted only for a rank other than sum."""
 
 
 @dataclass
@@ -74,18 +78,30 @@ def expand_beam(
 
 
 def prune(
-    beam: list[Hypothesis], children: list[Hypothesis], width: int
+    beam: list[Hypothesis], children: list[Hypothesis], width: int, rank: str = "sum"
 ) -> tuple[list[Hypothesis], list[int], list[int]]:
-    """Keeps the top `width` of the beam's finished hypotheses and the scored children (stable on ties).
+    """Keeps the top `width` of the beam's finished hypotheses and the scored children by `rank_keys` (stable on
+    ties).
 
     Returns:
         The new beam (best first); for each of its unfinished members, in beam order, the child index it came
         from and its index in the new beam.
     """
     candidates = [(h, None) for h in beam if h.finished] + [(child, row) for row, child in enumerate(children)]
-    kept = sorted(candidates, key=lambda pair: -pair[0].score)[:width]  # [width] best first
+    keys = rank_keys([h for h, _ in candidates], rank)
+    order = sorted(range(len(candidates)), key=lambda index: -keys[index])[:width]  # [width] best first
+    kept = [candidates[index] for index in order]
     live = [index for index, (h, row) in enumerate(kept) if row is not None and not h.finished]
     return [h for h, _ in kept], [kept[index][1] for index in live], live
+
+
+def count_weak_tokens(scorer: WeakScorer | None, children: list[Hypothesis], rank: str) -> None:
+    """Sets each child's weak length (its text as the weak tokenizer reads it, + EOS when finished), which the
+    sum does not need: only for another rank, and only with a scorer."""
+    if scorer is None or rank == "sum":
+        return
+    for child in children:
+        child.weak_len = len(encode_text(scorer.tokenizer, child.text)) + int(child.finished)
 
 
 def score_children(scorer: WeakScorer | None, prompt, children: list[Hypothesis]) -> None:
@@ -105,6 +121,7 @@ def chunk_beam_search(
     chunk_len: int = 5,
     max_new_tokens: int = 50,
     seed: int = 0,
+    rank: str = "sum",
 ) -> SearchResult:
     """Chunk-level beam search: sample from the strong model, keep what the weak pair scores highest.
 
@@ -122,12 +139,15 @@ def chunk_beam_search(
         chunk_len: L, tokens per continuation.
         max_new_tokens: token budget of a response.
         seed: seeds the sampler.
+        rank: how candidates are compared (`rank_keys`): sum (the paper's), mean or centred.
 
     Returns:
         The best hypothesis of the final beam, with the beam itself.
     """
     if min(width, num_samples, chunk_len) < 1:
         raise ValueError(f"width, num_samples and chunk_len must be >= 1, got {width}, {num_samples}, {chunk_len}")
+    if rank not in RANKS:
+        raise ValueError(f"rank must be one of {list(RANKS)}, got {rank!r}")
     sampler.begin(encode_prompt(sampler.tokenizer, prompt), seed)
     weak_before = (scorer.tokens_scored, scorer.tokens_forwarded) if scorer is not None else (0, 0)
     beam, live, used, num_sampled = [Hypothesis([], "", False, 0.0)], [0], 0, 0  # live: beam indices to extend
@@ -139,7 +159,8 @@ def chunk_beam_search(
         parents = [index for index in live for _ in range(repeats)]
         children = expand_beam(beam, parents, chunks, logprobs, sampler.tokenizer, sampler.eos_id)
         score_children(scorer, prompt, children)
-        beam, _, live = prune(beam, children, width)
+        count_weak_tokens(scorer, children, rank)
+        beam, _, live = prune(beam, children, width, rank)
     best = beam[0]
     weak_tokens, weak_forwarded = (
         (scorer.tokens_scored - weak_before[0], scorer.tokens_forwarded - weak_before[1]) if scorer else (0, 0)
@@ -151,10 +172,16 @@ def chunk_beam_search(
 
 
 def best_of_n(
-    sampler: Sampler, scorer: WeakScorer, prompt: str | list[dict], n: int = 16, max_new_tokens: int = 50, seed: int = 0
+    sampler: Sampler,
+    scorer: WeakScorer,
+    prompt: str | list[dict],
+    n: int = 16,
+    max_new_tokens: int = 50,
+    seed: int = 0,
+    rank: str = "sum",
 ) -> SearchResult:
-    """Best-of-N: N full responses from the strong model, the one the weak pair scores highest (W=1, K=N)."""
-    return chunk_beam_search(sampler, scorer, prompt, 1, n, max_new_tokens, max_new_tokens, seed)
+    """Best-of-N: N full responses from the strong model, the one the weak pair ranks highest (W=1, K=N)."""
+    return chunk_beam_search(sampler, scorer, prompt, 1, n, max_new_tokens, max_new_tokens, seed, rank)
 
 
 def sample(

@@ -1,7 +1,8 @@
 """The searches a system names (`generator: cbs`), one registry (`SEARCHES`, `w2s.registry`) for eval, generate
 and search.
 
-A search is a class with `params` (name -> int or float), `defaults` (a value for every param), `guided` (needs
+A search is a class with `params` (name -> int or float), `defaults` (a value for every param), `options` (name ->
+its allowed strings, optional: left out means the first), `guided` (needs
 the weak pair), `hf_only` (the reason it cannot run on vLLM, or empty), and `run(job, prompt, seed)`, which
 searches one prompt with a system's job (`w2s.eval.systems.Job`: the strong sampler, the weak guide, the params
 and `max_new_tokens`) and returns a `w2s.search.cbs.SearchResult`. Adding one is one new file with such a class,
@@ -14,6 +15,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from w2s.registry import Registry
+from w2s.search.ranking import RANKS
 
 SEARCHES: Registry[type] = Registry("search")
 """Search classes by name: sample, cbs, bon, eft, and any registered or named by dotted path."""
@@ -24,6 +26,9 @@ class Search:
 
     params: ClassVar[dict[str, type]] = {}
     defaults: ClassVar[dict[str, float]] = {}
+    options: ClassVar[dict[str, tuple[str, ...]]] = {}
+    """String params and their allowed values; one left out of a system's params is not set (the search's
+    default, the first value, applies), so adding an option changes no existing system."""
     guided: ClassVar[bool] = False
     hf_only: ClassVar[str] = ""
 
@@ -51,6 +56,7 @@ class ChunkBeamSearch(Search):
 
     params = {"width": int, "num_samples": int, "chunk_len": int}
     defaults = {"width": 2, "num_samples": 2, "chunk_len": 30}
+    options = {"rank": RANKS}
     guided = True
 
     def run(self, job, prompt, seed: int):
@@ -67,12 +73,14 @@ class BestOfN(Search):
 
     params = {"n": int}
     defaults = {"n": 4}
+    options = {"rank": RANKS}
     guided = True
 
     def run(self, job, prompt, seed: int):
         from w2s.search.cbs import best_of_n
 
-        return best_of_n(job.sampler, job.guide.scorer, prompt, job.params["n"], job.max_new_tokens, seed)
+        rank = job.params.get("rank", RANKS[0])
+        return best_of_n(job.sampler, job.guide.scorer, prompt, job.params["n"], job.max_new_tokens, seed, rank)
 
 
 @SEARCHES.register("eft")

@@ -43,7 +43,7 @@ def test_systems_load_from_a_mapping_and_bad_ones_are_refused_with_their_key():
     refusals = [
         (dict(generator="eft", engine="vllm", params={"beta": 1.0}), r"eval.systems\[s\].engine: eft needs engine hf"),
         (dict(generator="beam"), r"generator: unknown search 'beam': use one of sample, cbs, bon, eft"),
-        (dict(generator="bon", params={"m": 2}), r"params: bon takes \['n'\]; unknown \['m'\]"),
+        (dict(generator="bon", params={"m": 2}), r"params: bon takes \['n', 'rank'\]; unknown \['m'\]"),
         (dict(generator="bon", params={"n": 0}), r"params.n: must be an integer >= 1"),
         (dict(generator="bon", params={"n": 2.5}), r"params.n: must be an integer >= 1"),
         (dict(generator="sample", params={"n": 2}), r"unknown \['n'\]"),
