@@ -59,6 +59,8 @@ class SearchCompareConfig:
     """The science config whose world, search (W, K, L) and mcts knobs the tiny part uses."""
     tiny_test: int = 24
     """Tiny test prompts per seed and task."""
+    tiny_overrides: list[str] = field(default_factory=list)
+    """key=value overrides of the science config (e.g. `world.strong.steps=300` for a smaller world)."""
     real_config: str = "configs/science_real.yaml"
     """The science-real config whose search, mcts knobs, budget and length window the real part uses."""
     real_world: str = "runs/real"
@@ -87,7 +89,7 @@ def tiny_part(config: SearchCompareConfig) -> tuple[object, dict]:
     out = Path(config.out_dir) / "tiny"
     overrides = [f"out_dir={out}", "world_per_seed=false", f"num_test={config.tiny_test}", f"threads={config.threads}",
                  f"seeds={config.seeds}", f"resamples={config.resamples}"]  # fmt: skip
-    science = load_config(ScienceConfig, config.tiny_config, overrides)
+    science = load_config(ScienceConfig, config.tiny_config, list(config.tiny_overrides) + overrides)
     build_world(replace(science.world, out_dir=str(Cell(science, science.seeds[0], "length").world)))
     test = {}
     for seed in science.seeds:
