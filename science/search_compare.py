@@ -162,6 +162,7 @@ def part_report(science, test: dict, task: str) -> dict:
         runs = [test[key][name] for key in cells]
         systems[name] = {
             "reward": interval(science, test, task, name, "reward", layout),
+            "tokens": interval(science, test, task, name, "tokens", layout),
             "strong_tokens": sum(run["sampled_tokens"] for run in runs) / len(runs),
             "weak_tokens": sum(run["weak_tokens"] for run in runs) / len(runs),
             "params": [run.get("search", {}) for run in runs],
@@ -183,11 +184,12 @@ def report_text(report: dict) -> str:
     ]
     for name, part in report["parts"].items():
         lines += [f"#### {name} ({part['prompts_per_seed']} test prompts per seed)", "",
-                  "| system | reward | strong tokens / prompt | weak tokens / prompt | settings |",
-                  "| --- | ---: | ---: | ---: | --- |"]  # fmt: skip
+                  "| system | reward | response tokens | strong tokens / prompt | weak tokens / prompt | settings |",
+                  "| --- | ---: | ---: | ---: | ---: | --- |"]  # fmt: skip
         for system, row in part["systems"].items():
-            lines.append(f"| {system} | {cell(row['reward'])} | {row['strong_tokens']:.1f} | "
-                         f"{row['weak_tokens']:.0f} | {settings_text(row['params'])} |")  # fmt: skip
+            cells = [cell(row["reward"]), cell(row["tokens"], "{:.1f}"), f"{row['strong_tokens']:.1f}",
+                     f"{row['weak_tokens']:.0f}", settings_text(row["params"])]  # fmt: skip
+            lines.append(f"| {system} | " + " | ".join(cells) + " |")
         lines += ["", "| claim | difference a - b [95% interval] | verdict |", "| --- | ---: | :-: |"]
         lines += [f"| {c['claim']} | {cell(c['difference'])} | {c['verdict']} |" for c in part["claims"]]
         lines.append("")

@@ -233,3 +233,21 @@ def test_the_science_driver_runs_mcts_within_the_strong_tokens_cbs_sampled(micro
     assert mcts["search"]["budget"] == int(rows["search"]["sampled_tokens"]) >= 12
     assert 0 < mcts["sampled_tokens"] <= rows["search"]["sampled_tokens"] and mcts["weak_tokens"] > 0
     assert len(mcts["per_example"]) == 4
+
+
+def test_the_search_comparison_reports_each_system_and_its_verdicts(tmp_path):
+    from tests.eval.test_science_report import row
+    from w2s.science.search_compare import SYSTEMS, part_report, report_text
+    from w2s.science.tiny import ScienceConfig
+
+    science = ScienceConfig(out_dir=str(tmp_path), tasks=["tone"], resamples=300)
+    levels = {"strong_base": 0.3, "search": 0.5, "bon_matched": 0.5, "mcts": 0.8}
+    test = {(s, "tone"): {n: row(levels[n], 0.6, seed=5 * s + i) | {"search": {"n": 4}} for i, n in enumerate(SYSTEMS)}
+            for s in (0, 1, 2)}  # fmt: skip
+    part = part_report(science, test, "tone")
+    verdicts = {c["claim"]: c["verdict"] for c in part["claims"]}
+    assert verdicts["mcts > CBS at matched strong tokens (reward)"] == "holds"
+    assert verdicts["CBS > best-of-N at matched strong tokens (reward)"] == "inconclusive"
+    assert list(part["systems"]) == list(SYSTEMS) and part["prompts_per_seed"] == 40
+    text = report_text({"seeds": [0, 1, 2], "parts": {"tiny tone": part}, "seconds": {"tiny": 1.0}})
+    assert "| mcts | 0.8" in text and "| mcts > CBS at matched strong tokens (reward) |" in text
