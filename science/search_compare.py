@@ -166,6 +166,7 @@ def part_report(science, test: dict, task: str) -> dict:
             "strong_tokens": sum(run["sampled_tokens"] for run in runs) / len(runs),
             "weak_tokens": sum(run["weak_tokens"] for run in runs) / len(runs),
             "params": [run.get("search", {}) for run in runs],
+            "eval_seconds": [run.get("seconds") for run in runs],  # per seed, on every prompt of the run it came from
         }
     claims = []
     for text, a, b in [claim for claim in CLAIMS if {claim[1], claim[2]} <= set(systems)]:
@@ -182,19 +183,19 @@ def report_text(report: dict) -> str:
         "bon_matched and mcts are given the strong tokens CBS (search) sampled per prompt; mcts never exceeds them.",
         "",
     ]
-    for name, part in report["parts"].items():
+    order = sorted(report["parts"], key=lambda name: (name.startswith("real"), name))  # report.json sorts keys
+    for name, part in [(name, report["parts"][name]) for name in order]:
         lines += [f"#### {name} ({part['prompts_per_seed']} test prompts per seed)", "",
                   "| system | reward | response tokens | strong tokens / prompt | weak tokens / prompt | settings |",
                   "| --- | ---: | ---: | ---: | ---: | --- |"]  # fmt: skip
-        for system, row in part["systems"].items():
+        for system, row in [(name, part["systems"][name]) for name in SYSTEMS if name in part["systems"]]:
             cells = [cell(row["reward"]), cell(row["tokens"], "{:.1f}"), f"{row['strong_tokens']:.1f}",
                      f"{row['weak_tokens']:.0f}", settings_text(row["params"])]  # fmt: skip
             lines.append(f"| {system} | " + " | ".join(cells) + " |")
         lines += ["", "| claim | difference a - b [95% interval] | verdict |", "| --- | ---: | :-: |"]
         lines += [f"| {c['claim']} | {cell(c['difference'])} | {c['verdict']} |" for c in part["claims"]]
         lines.append("")
-    seconds = ", ".join(f"{k} {v:,.0f} s" for k, v in report["seconds"].items())
-    return "\n".join(lines + [f"Wall time on this machine: {seconds}.", ""])
+    return "\n".join(lines)
 
 
 def run(config: SearchCompareConfig) -> dict:
