@@ -4,7 +4,7 @@
         [--docs docs/search.md]
 
 The tables go between `<!-- search-compare -->` and `<!-- /search-compare -->` in the docs file; without --docs
-they are printed. The report comes from `python -m w2s.science.search_compare configs/search_compare.yaml`.
+they are printed. The report comes from `python -m w2s.science.search_compare`.
 """
 
 from __future__ import annotations

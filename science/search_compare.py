@@ -1,6 +1,7 @@
-"""`python -m w2s.science.search_compare CONFIG [key=value ...]`: tree search (MCTS) against chunk-level beam
+"""`python -m w2s.science.search_compare [CONFIG] [key=value ...]`: tree search (MCTS) against chunk-level beam
 search (CBS) and best-of-N at matched strong tokens, over seeds with 95% intervals, on the tiny world's two tasks
-and on the real pair (a SmolLM2-135M pair steering Gemma-3-270M base), sized for minutes on a shared CPU.
+and on the real pair (a SmolLM2-135M pair steering Gemma-3-270M base), sized for under an hour on a shared CPU
+(the defaults are the run docs/search.md reports).
 
 The full drivers (`make science`, `make science-real`) run the same systems on every test prompt; this runs only
 the search systems, through those drivers' own `evaluate` and `matched_systems`, on fewer prompts:
@@ -59,8 +60,9 @@ class SearchCompareConfig:
     """The science config whose world, search (W, K, L) and mcts knobs the tiny part uses."""
     tiny_test: int = 24
     """Tiny test prompts per seed and task."""
-    tiny_overrides: list[str] = field(default_factory=list)
-    """key=value overrides of the science config (e.g. `world.strong.steps=300` for a smaller world)."""
+    tiny_overrides: list[str] = field(default_factory=lambda: ["world.strong.steps=300", "world.sft_steps=1"])
+    """key=value overrides of the science config: by default a smaller world than `make science`'s (300 strong
+    steps, not 700; no SFT ceiling, which this does not use)."""
     real_config: str = "configs/science_real.yaml"
     """The science-real config whose search, mcts knobs, budget and length window the real part uses."""
     real_world: str = "runs/real"
@@ -68,9 +70,10 @@ class SearchCompareConfig:
     real_run: str = "runs/science-real"
     """A finished science-real run: its data/ and weak_dpo/ (the DPO-aligned weak model) are reused."""
     real_test: int = 4
-    """Real test prompts per seed: the first of the run's (its CBS takes minutes a prompt on a shared CPU)."""
-    threads: int = 2
-    """torch threads."""
+    """Real test prompts per seed: the first of the run's (one MCTS search took about 3.5 minutes on the shared
+    2-core CPU)."""
+    threads: int = 1
+    """torch threads (one: the tiny models spin on a second, and the shared machine has two cores)."""
     resamples: int = 4000
     """Bootstrap resamples per interval."""
 
@@ -216,7 +219,7 @@ def run(config: SearchCompareConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m w2s.science.search_compare CONFIG [key=value ...]`."""
+    """`python -m w2s.science.search_compare [CONFIG] [key=value ...]`."""
     return config_command("w2s search-compare", SearchCompareConfig, run, argv)
 
 
