@@ -10,8 +10,9 @@ registry's GGUFs), the driver
 3. builds the cross-tokenizer cache (weak pair in SmolLM2's tokens, chunk sums in Gemma's), the Gemma SFT ceiling
    (fine-tuned on the cache rows in the window), and per seed one cross-tokenizer WSPO run per gamma;
 4. on validation: Gemma base and each gamma; the gamma is chosen on it (`science_report.select`);
-5. on test: weak base, weak aligned, Gemma base, Gemma + WSPO, the SFT ceiling, CBS search and best-of-N at the
-   strong tokens search sampled, each with the reference log-likelihood per byte (the capability score);
+5. on test: weak base, weak aligned, Gemma base, Gemma + WSPO, the SFT ceiling, CBS search, and best-of-N and
+   tree search (MCTS) at the strong tokens search sampled, each with the reference log-likelihood per byte (the
+   capability score);
 6. report.json (the same format as `make science`'s, layout "real"), report.md and science-real.png.
 Every stage is resumable: a finished stage is reused when its settings and files match.
 """
@@ -41,7 +42,7 @@ from w2s.science.real_data import (
     weak_pair_diagnostics,
     write_data,
 )
-from w2s.science.tiny import config_command, evaluate_system
+from w2s.science.tiny import MCTS_KNOBS, check_mcts, config_command, evaluate_system, matched_systems
 from w2s.train.config import TrainConfig
 from w2s.world.dpo import DpoSettings
 
@@ -111,6 +112,9 @@ class ScienceRealConfig:
     """The Gemma SFT ceiling (full fine-tune)."""
     search: dict[str, int] = field(default_factory=lambda: {"width": 2, "num_samples": 2, "chunk_len": 16})
     """Chunk-level beam search W, K, L over Gemma's chunks, scored by the SmolLM2 pair."""
+    mcts: dict[str, float] = field(default_factory=lambda: dict(MCTS_KNOBS))
+    """Tree search knobs (num_children, chunk_len, c, w, finalists; its budget is the strong tokens CBS sampled per
+    prompt); {} leaves the tree search out."""
     max_new_tokens: int = 64
     """Token budget of every response (each system's own tokens)."""
     capability_margin: float = 0.05
@@ -132,6 +136,7 @@ class ScienceRealConfig:
             require_finite(getattr(self, section).lr, f"{section}.lr", positive=True)
         require(set(self.search) == {"width", "num_samples", "chunk_len"}, "search", "needs width, num_samples, "
                 "chunk_len")  # fmt: skip
+        check_mcts(self.mcts)
         require(bool(self.rejected) and set(self.rejected) <= {"short", "long"}, "rejected", "short and/or long")
         require(self.num_train_topics >= 0, "num_train_topics", "must be >= 0 (0 keeps every training topic)")
         for key in ("num_val_topics", "num_test_topics", "max_new_tokens", "threads", "resamples"):
@@ -313,16 +318,14 @@ def validation(config: ScienceRealConfig, seed: int, capability: Capability) -> 
 
 
 def test_systems(config: ScienceRealConfig, seed: int, gamma: float, capability: Capability) -> dict[str, dict]:
-    """Every system on the test prompts; best-of-N matched to the strong tokens search sampled."""
+    """Every system on the test prompts; best-of-N and MCTS matched to the strong tokens search sampled."""
     gemma = config.model("strong_base")
     specs = [SystemConfig(name, config.model(name)) for name in ("weak_base", "weak_aligned", "strong_base")]
     specs += [SystemConfig("wspo", config.wspo(seed, gamma)), SystemConfig("sft_ceiling", config.model("sft_ceiling"))]
     specs.append(SystemConfig("search", gemma, "cbs", dict(config.search)))
     rows = {spec.name: evaluate(config, seed, "test", spec, capability) for spec in specs}
-    matched = max(1, round(rows["search"]["sampled_tokens"] / rows["strong_base"]["sampled_tokens"]))
-    rows["bon_matched"] = evaluate(config, seed, "test", SystemConfig("bon_matched", gemma, "bon", {"n": matched}),
-                                   capability)  # fmt: skip
-    return rows
+    run_spec = lambda spec: evaluate(config, seed, "test", spec, capability)  # noqa: E731
+    return rows | matched_systems(run_spec, gemma, rows, config.mcts)
 
 
 def weak_pair_section(config: ScienceRealConfig) -> dict:

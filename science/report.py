@@ -23,6 +23,12 @@ from w2s.io import atomic_write_json, atomic_write_text  # noqa: E402
 from w2s.task import TASKS  # noqa: E402
 from w2s.world.task import TINY_TASKS  # noqa: E402
 
+TREE_CLAIMS = (
+    ("mcts > search (CBS) at matched strong tokens (reward)", "mcts", "search", "reward", 0.0),
+    ("mcts > best-of-N at matched strong tokens (reward)", "mcts", "bon_matched", "reward", 0.0),
+)
+"""The tree search against CBS and best-of-N, each at (at most) the strong tokens CBS sampled per prompt."""
+
 CLAIMS = (
     ("weak aligned > weak base (reward): the weak model is aligned", "weak_aligned", "weak_base", "reward", 0.0),
     ("strong + WSPO > weak aligned (reward): the strong student exceeds its weak teacher", "wspo", "weak_aligned",
@@ -39,8 +45,10 @@ CLAIMS = (
     ("search > best-of-N at matched strong tokens (reward)", "search", "bon_matched", "reward", 0.0),
     ("search > best-of-N at N = W*K (reward)", "search", "bon_wk", "reward", 0.0),
     ("WSPO > EFT (reward)", "wspo", "eft", "reward", 0.0),
+    *TREE_CLAIMS,
 )  # fmt: skip
-"""(claim, system a, system b, metric, margin: None = capability_margin): 'a > b - margin' on the metric."""
+"""(claim, system a, system b, metric, margin: None = capability_margin): 'a > b - margin' on the metric. A claim
+whose systems a run left out (mcts, with `mcts: {}`) is not made."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,7 @@ class Layout:
 TINY = Layout(
     name="tiny",
     systems=("weak_base", "weak_aligned", "strong_base", "wspo", "sft_ceiling", "search", "bon_wk", "bon_matched",
-             "eft"),
+             "mcts", "eft"),
     metrics={"reward": "reward", "content": "content", "clause_accuracy": "clause accuracy", "tokens": "tokens"},
     capability="clause_accuracy",
     claims=CLAIMS,
@@ -89,11 +97,12 @@ REAL_CLAIMS = (
     ("search > weak aligned (reward)", "search", "weak_aligned", "reward", 0.0),
     ("search > Gemma base (reward)", "search", "strong_base", "reward", 0.0),
     ("search > best-of-N at matched strong tokens (reward)", "search", "bon_matched", "reward", 0.0),
+    *TREE_CLAIMS,
 )  # fmt: skip
 
 REAL = Layout(
     name="real",
-    systems=("weak_base", "weak_aligned", "strong_base", "wspo", "sft_ceiling", "search", "bon_matched"),
+    systems=("weak_base", "weak_aligned", "strong_base", "wspo", "sft_ceiling", "search", "bon_matched", "mcts"),
     metrics={"reward": "reward", "words": "words", "ref_loglik": "ref log-lik / byte", "tokens": "tokens"},
     capability="ref_loglik",
     claims=REAL_CLAIMS,
@@ -155,8 +164,8 @@ def select(config, task: str, val: dict) -> dict:
 
 def claims(config, task: str, test: dict) -> list[dict]:
     """Each claim's paired difference a - b with its interval and verdict."""
-    layout, out = layout_of(config), []
-    for text, a, b, metric, margin in layout.claims:
+    layout, out, ran = layout_of(config), [], ran_systems(test, task)
+    for text, a, b, metric, margin in [claim for claim in layout.claims if {claim[1], claim[2]} <= ran]:
         margin = config.capability_margin if margin is None else margin
         diff = paired_difference(per_seed(test, task, a, metric, layout), per_seed(test, task, b, metric, layout))
         out.append({"claim": text, "a": a, "b": b, "metric": metric, "margin": margin, "difference": diff.as_dict(),
@@ -164,11 +173,16 @@ def claims(config, task: str, test: dict) -> list[dict]:
     return out
 
 
+def ran_systems(test: dict, task: str) -> set[str]:
+    """The systems every seed of the task ran (a run may leave out optional ones, such as mcts)."""
+    return set.intersection(*(set(rows) for cell, rows in test.items() if cell[1] == task))
+
+
 def system_rows(config, task: str, test: dict) -> dict:
     """Per system: every metric's interval, strong tokens sampled and weak tokens run per prompt, its params."""
-    layout, cells = layout_of(config), sorted(cell for cell in test if cell[1] == task)
+    layout, cells, ran = layout_of(config), sorted(cell for cell in test if cell[1] == task), ran_systems(test, task)
     rows = {}
-    for name in layout.systems:
+    for name in [name for name in layout.systems if name in ran]:
         runs = [test[cell][name] for cell in cells]
         rows[name] = {m: interval(config, test, task, name, m, layout) for m in layout.metrics}
         rows[name]["strong_tokens"] = mean(run["sampled_tokens"] for run in runs)
@@ -220,7 +234,8 @@ def cell(value: dict, fmt: str = "{:.3f}") -> str:
 
 def settings_text(params: list[dict]) -> str:
     """A system's generator settings over the seeds: 'W=2, K=4, L=8', or 'N=9, 8, 9' where seeds differ."""
-    keys = {"width": "W", "num_samples": "K", "chunk_len": "L", "n": "N", "beta": "beta"}
+    keys = {"width": "W", "num_samples": "K", "num_children": "K", "chunk_len": "L", "n": "N", "beta": "beta",
+            "budget": "budget", "c": "c", "w": "w", "finalists": "finalists"}  # fmt: skip
     parts = []
     for key in [key for key in keys if params and key in params[0]]:
         values = [f"{p[key]:g}" for p in params]
@@ -279,7 +294,8 @@ def readme_text(report: dict) -> str:
         f"{report['num_test']} test and {report['num_val']} validation prompts per seed. Every number is a mean over "
         "seeds and prompts with its 95% bootstrap interval (seeds, then prompts within a seed, resampled). Search: "
         f"CBS W={search['width']}, K={search['num_samples']}, L={search['chunk_len']}; bon_wk: best-of-N at N = W*K; "
-        "bon_matched: best-of-N at the strong tokens search sampled; weak tokens: positions each weak model ran.",
+        "bon_matched: best-of-N at the strong tokens search sampled; mcts (where run): tree search with a budget of "
+        "the strong tokens search sampled; weak tokens: positions each weak model ran.",
         "",
     ]
     for name, task in report["tasks"].items():

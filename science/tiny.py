@@ -7,8 +7,9 @@ tone: the W2S search paper's controlled-sentiment experiment), the driver
 3. picks one gamma and one beta per task from the validation runs pooled over seeds (`select`): the highest
    reward among the settings that keep clause accuracy within `capability_margin` of the strong base;
 4. on the **test** split: weak base, weak aligned, strong base, WSPO (chosen gamma), the SFT ceiling, search
-   (CBS), best-of-N at N = W*K (the paper's matching) and at the strong tokens search sampled, and EFT (chosen
-   beta), counting strong tokens sampled and weak tokens run per prompt.
+   (CBS), best-of-N at N = W*K (the paper's matching) and at the strong tokens search sampled, tree search (MCTS,
+   `w2s.search.mcts`) with at most those strong tokens, and EFT (chosen beta), counting strong tokens sampled
+   and weak tokens run per prompt.
 Every stage is resumable: a finished world, cache, WSPO run or evaluation is reused. `w2s.science.report`
 turns the per-prompt scores into report.json (intervals, claims), report.md and science.png.
 """
@@ -47,6 +48,11 @@ TASKS = TINY_TASKS
 """Task name -> its Task class in the world (its weak aligned model and SFT ceiling: `TASK_MODELS`)."""
 
 
+MCTS_KNOBS = {"num_children": 3, "chunk_len": 4, "c": 1.5, "w": 0.2, "finalists": 10}
+"""The tree search's knobs but its budget (the authors' summarisation setting, `w2s.search.mcts.PAPER_DEFAULTS`);
+the budget is matched to CBS per seed (`matched_systems`)."""
+
+
 def _train_defaults() -> TrainConfig:
     return TrainConfig(lr=5e-4, epochs=2, micro_batch_size=8, grad_accum=2, log_every=50, check_rows=4)
 
@@ -78,6 +84,9 @@ class ScienceConfig:
     """EFT weights tried on validation; the one used on test is selected the same way as gamma."""
     search: dict[str, int] = field(default_factory=lambda: {"width": 2, "num_samples": 4, "chunk_len": 8})
     """Chunk-level beam search W, K, L (best-of-N at the paper's matching draws N = W*K)."""
+    mcts: dict[str, float] = field(default_factory=lambda: dict(MCTS_KNOBS))
+    """Tree search knobs (num_children, chunk_len, c, w, finalists; its budget is the strong tokens CBS sampled per
+    prompt); {} leaves the tree search out."""
     num_val: int = 100
     """Validation prompts per seed (selection)."""
     num_test: int = 200
@@ -98,9 +107,18 @@ class ScienceConfig:
         require(
             set(self.search) == {"width", "num_samples", "chunk_len"}, "search", "needs width, num_samples, chunk_len"
         )
+        check_mcts(self.mcts)
         for key in ("num_val", "num_test", "threads", "resamples"):
             require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
         require(self.num_test <= self.world.num_test and self.num_val <= self.world.num_val, "num_test", "<= world's")
+
+
+def check_mcts(knobs: dict) -> None:
+    """Refuses tree search knobs MCTS does not take (its budget is matched to CBS, never set here)."""
+    allowed = set(MCTS_KNOBS)
+    require(set(knobs) <= allowed, "mcts", f"takes {sorted(allowed)} (the budget is CBS's), got {sorted(knobs)}")
+    if knobs:  # checked as any system's params are: numbers of the right kind
+        SystemConfig("mcts", "-", "mcts", {**knobs, "budget": 1}, where="mcts")
 
 
 @dataclass(frozen=True)
@@ -246,9 +264,29 @@ def test_systems(cell: Cell, gamma: float, beta: float) -> dict[str, dict]:
         SystemConfig("eft", strong, "eft", {"beta": beta}),
     ]
     rows = {spec.name: evaluate(cell, "test", spec) for spec in specs}
-    matched = max(1, round(rows["search"]["sampled_tokens"] / rows["strong_base"]["sampled_tokens"]))
-    rows["bon_matched"] = evaluate(cell, "test", SystemConfig("bon_matched", strong, "bon", {"n": matched}))
-    return rows
+    return rows | matched_systems(lambda spec: evaluate(cell, "test", spec), strong, rows, config.mcts)
+
+
+def matched_specs(strong: str, rows: dict, mcts: dict) -> list[SystemConfig]:
+    """Best-of-N and (with `mcts` knobs) the tree search at the strong tokens search (CBS) sampled per prompt: N
+    rounded to the responses those tokens buy, MCTS's budget floored so it never samples more than CBS.
+
+    Args:
+        rows: report rows; needs "search" and "strong_base" (the plain sample's tokens per response).
+    """
+    spent = rows["search"]["sampled_tokens"]
+    matched = max(1, round(spent / rows["strong_base"]["sampled_tokens"]))
+    specs = [SystemConfig("bon_matched", strong, "bon", {"n": matched})]
+    if mcts:
+        knobs = {**MCTS_KNOBS, **mcts}
+        budget = max(int(spent), int(knobs["num_children"] * knobs["chunk_len"]))  # at least the root's expansion
+        specs.append(SystemConfig("mcts", strong, "mcts", {**knobs, "budget": budget}))
+    return specs
+
+
+def matched_systems(evaluate_spec, strong: str, rows: dict, mcts: dict) -> dict[str, dict]:
+    """The rows of `matched_specs`, each run by `evaluate_spec` (a `SystemConfig` -> its report row)."""
+    return {spec.name: evaluate_spec(spec) for spec in matched_specs(strong, rows, mcts)}
 
 
 def run(config: ScienceConfig) -> dict:

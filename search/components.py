@@ -17,7 +17,7 @@ from typing import ClassVar
 from w2s.registry import Registry
 from w2s.search.ranking import RANKS
 
-SEARCHES: Registry[type] = Registry("search")
+SEARCHES: Registry[type] = Registry("search", builtins=("w2s.search.mcts",))
 """Search classes by name: sample, cbs, bon, eft, and any registered or named by dotted path."""
 
 

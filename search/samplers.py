@@ -9,10 +9,16 @@ for arbitrary prefixes (a tree search such as MCTS) are written once against it;
 `HFSampler` keeps the strong model's KV cache between calls: when every prefix asked for is a row it already
 holds (matched by content, as a beam search asks for the survivors of the last round), it only reorders and
 repeats those rows; otherwise it encodes the prefixes afresh, so a caller never has to know what it holds.
+
+A tree search also needs siblings that differ in their first token, drawn without replacement from the prefix's
+next-token distribution, with that distribution's entropy and the warped probabilities of what was drawn: the
+optional `SiblingSampler.sample_siblings`, which `HFSampler` implements and `VllmSampler` does not (vLLM exposes
+neither the distribution nor drawing from it without replacement), so such a search needs engine hf.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol
@@ -20,7 +26,7 @@ from typing import Protocol
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from w2s.sampling import sample_token
+from w2s.sampling import sample_token, warp_scores
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,45 @@ class Sampler(Protocol):
         ...
 
 
+@dataclass
+class Siblings:
+    """Continuations of one prefix whose first tokens all differ (`SiblingSampler.sample_siblings`)."""
+
+    chunks: list[list[int]]
+    """Per sibling, its tokens (at most the length asked for, ending with EOS when EOS was sampled)."""
+    logprobs: list[float]
+    """Per sibling, the sum of the strong model's raw log-probs (temperature 1, before top-k/top-p) of its tokens."""
+    warped_logprobs: list[float]
+    """Per sibling, the sum of the log-probs its tokens had in the distribution they were drawn from (after
+    temperature, top-k and top-p): a tree search's prior is their per-token geometric mean."""
+    entropy_bits: float
+    """Entropy, in bits, of the prefix's warped next-token distribution (the siblings' first step)."""
+
+
+class SiblingSampler(Sampler, Protocol):
+    """A `Sampler` that can also draw siblings with distinct first tokens (what a tree search expands with)."""
+
+    def sample_siblings(self, prefix: list[int], count: int, length: int) -> Siblings:
+        """`count` continuations of `prefix` (fewer when fewer tokens have probability) of at most `length` tokens:
+        first tokens drawn without replacement from the warped next-token distribution, the rest sampled."""
+        ...
+
+
+def warped_logprobs(logprobs: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """[rows, vocab] log-probs of the distribution `sample_token` draws from (-inf outside it); temperature 0 is
+    greedy: all the mass on the argmax."""
+    if sampling.temperature <= 0:
+        greedy = torch.full_like(logprobs, float("-inf"))
+        return greedy.scatter(-1, logprobs.argmax(dim=-1, keepdim=True), 0.0)
+    return torch.log_softmax(warp_scores(logprobs, **asdict(sampling)), dim=-1)
+
+
+def entropy_bits(logprobs: torch.Tensor) -> float:
+    """Shannon entropy, in bits, of one [vocab] distribution given as log-probs (-inf entries contribute 0)."""
+    probs = logprobs.exp()
+    return float(-(probs * logprobs.masked_fill(probs == 0, 0.0)).sum() / math.log(2))
+
+
 class LMStepper:
     """Incremental next-token log-probs of one causal LM over a batch of equal-length rows.
 
@@ -75,8 +120,8 @@ class LMStepper:
         self.seqs = torch.tensor([list(row) for row in rows], dtype=torch.long, device=model.device)  # [rows, seq]
         self.pending = self.seqs[:, -1:]  # [rows, new] tokens the cache has not seen yet
         if use_cache and self.seqs.shape[1] > 1:
-            with torch.no_grad():
-                self.cache = model(input_ids=self.seqs[:, :-1], use_cache=True).past_key_values
+            with torch.no_grad():  # only the cache is wanted: one position's logits, not the prefix's whole vocab
+                self.cache = model(input_ids=self.seqs[:, :-1], use_cache=True, logits_to_keep=1).past_key_values
 
     @torch.no_grad()
     def logprobs(self) -> torch.Tensor:
@@ -101,9 +146,18 @@ class LMStepper:
 
 
 def sample_chunk(
-    stepper: LMStepper, length: int, eos_id: int, generator: torch.Generator, sampling: Sampling
+    stepper: LMStepper,
+    length: int,
+    eos_id: int,
+    generator: torch.Generator,
+    sampling: Sampling,
+    warped: torch.Tensor | None = None,
 ) -> tuple[list[list[int]], list[float]]:
     """Samples up to `length` tokens per row; a row stops at EOS (kept), the rest are padded internally.
+
+    Args:
+        warped: when given, [rows] float32: each drawn token's log-prob in the warped distribution it was drawn
+            from (`warped_logprobs`) is added to its row (a tree search's prior; beam search skips the cost).
 
     Returns:
         Per row, the new tokens up to and including the first EOS, and the sum of their strong log-probs.
@@ -116,6 +170,8 @@ def sample_chunk(
         logprobs = stepper.logprobs()  # [rows, vocab]
         tokens = sample_token(logprobs, generator, **asdict(sampling)).masked_fill(done, eos_id)  # [rows]
         logprob += logprobs.gather(-1, tokens[:, None]).squeeze(-1).masked_fill(done, 0.0)
+        if warped is not None:
+            warped += warped_logprobs(logprobs, sampling).gather(-1, tokens[:, None]).squeeze(-1).masked_fill(done, 0.0)
         stepper.append(tokens)
         drawn.append(tokens)
         done |= tokens == eos_id
@@ -126,7 +182,7 @@ def sample_chunk(
 
 
 class HFSampler:
-    """The `Sampler` of a transformers model, reusing its KV rows across calls (see the module docstring).
+    """The `SiblingSampler` of a transformers model, reusing its KV rows across calls (see the module docstring).
 
     Args:
         model: the frozen strong model.
@@ -186,3 +242,32 @@ class HFSampler:
                     row = position * repeats + repeat
                     chunks[member * repeats + repeat], logprobs[member * repeats + repeat] = drawn[row], sums[row]
         return chunks, logprobs
+
+    def sample_siblings(self, prefix: list[int], count: int, length: int) -> Siblings:
+        """See `SiblingSampler`. Continues the held row of `prefix` when there is one (a tree search often expands
+        a node it has just drawn), else encodes it; the sampler then holds the siblings' rows."""
+        rows = self.held_rows([prefix])
+        if rows is None:
+            self.stepper = LMStepper(self.model, [self.prompt_ids + list(prefix)], self.use_cache)
+        else:
+            self.stepper.select(torch.tensor(rows, dtype=torch.long, device=self.stepper.seqs.device))
+        raw = self.stepper.logprobs()  # [1, vocab]
+        warped = warped_logprobs(raw, self.sampling)  # [1, vocab]
+        count = min(count, int(torch.isfinite(warped).sum()))
+        first = torch.multinomial(warped.exp(), count, replacement=False, generator=self.generator)[0]  # [count]
+        self.stepper.select(torch.zeros(count, dtype=torch.long, device=first.device))
+        self.stepper.append(first)
+        warped_sums = warped[0, first].float()  # [count]
+        rest, rest_sums = [[] for _ in range(count)], [0.0] * count
+        ended = first == self.eos_id  # [count]
+        if length > 1 and not bool(ended.all()):
+            rest, rest_sums = sample_chunk(self.stepper, length - 1, self.eos_id, self.generator, self.sampling,
+                                           warped_sums)  # fmt: skip
+        warped_sums = warped_sums.tolist()  # a sibling ended by its first token gets nothing from `rest`
+        chunks, logprobs, priors = [], [], []
+        for index, token in enumerate(first.tolist()):
+            done = bool(ended[index])
+            chunks.append([token] if done else [token] + rest[index])
+            logprobs.append(float(raw[0, token]) + (0.0 if done else rest_sums[index]))
+            priors.append(float(warped[0, token]) if done else warped_sums[index])
+        return Siblings(chunks, logprobs, priors, entropy_bits(warped[0]))

@@ -17,6 +17,21 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict]) 
     return prompt_ids(tokenizer, prompt)
 
 
+def warp_scores(scores: torch.Tensor, temperature: float = 0.7, top_k: int = 50, top_p: float = 1.0) -> torch.Tensor:
+    """The scores `sample_token` draws from (temperature > 0): scores / temperature, -inf outside top-k and top-p;
+    their softmax is the warped distribution."""
+    scores = scores / temperature  # [rows, vocab]
+    if 0 < top_k < scores.shape[-1]:
+        kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]  # [rows, 1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p < 1.0:
+        ordered, order = torch.sort(scores, dim=-1, descending=True)  # [rows, vocab]
+        probs = torch.softmax(ordered, dim=-1)
+        drop = (probs.cumsum(dim=-1) - probs) >= top_p  # mass before this token already reaches top_p
+        scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return scores
+
+
 def sample_token(
     scores: torch.Tensor, generator: torch.Generator, temperature: float = 0.7, top_k: int = 50, top_p: float = 1.0
 ) -> torch.Tensor:
@@ -34,16 +49,7 @@ def sample_token(
     """
     if temperature <= 0:
         return scores.argmax(dim=-1)
-    scores = scores / temperature  # [rows, vocab]
-    if 0 < top_k < scores.shape[-1]:
-        kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]  # [rows, 1]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if top_p < 1.0:
-        ordered, order = torch.sort(scores, dim=-1, descending=True)  # [rows, vocab]
-        probs = torch.softmax(ordered, dim=-1)
-        drop = (probs.cumsum(dim=-1) - probs) >= top_p  # mass before this token already reaches top_p
-        scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    probs = torch.softmax(scores, dim=-1)  # [rows, vocab]
+    probs = torch.softmax(warp_scores(scores, temperature, top_k, top_p), dim=-1)  # [rows, vocab]
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [rows]
 
 
