@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from w2s.config import require_installed
+from w2s.device import resolve_batch_tokens, resolve_device, resolve_model_dtype
 from w2s.logprobs import response_logprobs
 from w2s.memory import Shape, vllm_budget
 from w2s.models import load_causal_lm, load_model_config
@@ -51,12 +52,6 @@ def token_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     return batches
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 BACKENDS: Registry[type] = Registry("cache backend")
 """Scoring backends by name (`cache.backend`); each class builds itself from the cache settings (`for_cache`)."""
 
@@ -72,13 +67,14 @@ class TransformersScorer:
         self,
         model_path: str,
         dtype: str = "float32",
-        batch_tokens: int = 8192,
+        batch_tokens: int | str = "auto",
         device: str = "auto",
         role: str = "scored",
     ):
         self.device = resolve_device(device)
-        self.model = load_causal_lm(role, model_path, DTYPES[dtype]).to(self.device).eval()
-        self.batch_tokens = batch_tokens
+        self.dtype = resolve_model_dtype(dtype, self.device)
+        self.model = load_causal_lm(role, model_path, DTYPES[self.dtype]).to(self.device).eval()
+        self.batch_tokens = resolve_batch_tokens(batch_tokens, self.device)
 
     @classmethod
     def for_cache(cls, config, role: str, model_path: str, num_models: int) -> TransformersScorer:
