@@ -49,9 +49,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budgets", default="256,512,1024,2048,8192", help="batch_tokens tried by the scorer part")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per method")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads (0: torch's choice); 1 is steadier on a shared machine"
+    )
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, help="write every measured number to this JSON file")
-    parser.add_argument("--tables", type=Path, help="print the markdown tables of a JSON written by --out, and stop")
+    parser.add_argument("--tables", type=Path, nargs="+", help="print the markdown tables of JSONs written by --out")
+    parser.add_argument("--docs", type=Path, help="with --tables: also put them into this page between its markers")
     parser.add_argument("--worker", nargs=4, metavar=("METHOD", "ROWS", "DTYPE", "WORLD"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -253,8 +257,52 @@ def error_part(args, work: Path, kind: str) -> dict:
         "seq_spearman": spearman(seq32, seq16),
         "pair_order_agreement": pair_agreement(seq32, seq16),
     }
+    if kind == "short":  # search scores short responses; measured once
+        result |= search_agreement(args.world)
     print(f"{kind} bf16 error: {json.dumps(result)}", flush=True)
     return result
+
+
+def search_agreement(world: Path, candidates: int = 16, beam: int = 4) -> dict:
+    """How often the weak pair in bfloat16 picks what it picks in float32, as search uses it (`WeakScorer`): for
+    each of the world's 8 held-out prompts (and each of 3 prefix lengths: 8, 16 tokens unfinished, and whole
+    with EOS, as chunk-level beam search scores partial hypotheses), `candidates` responses drawn from the
+    world's answers (seed 0); agreement of the top-1 pick and of the top-`beam` set."""
+    import numpy as np
+    import torch
+
+    from w2s.models import load_tokenizer
+    from w2s.search.scorer import WeakScorer
+
+    tokenizer = load_tokenizer("weak_base", str(world / "weak_base"))
+    sentences, _ = english_pieces(world)
+    prompts = [json.loads(line)["prompt"] for line in (world / "data" / "prompts.jsonl").read_text().splitlines()]
+    rng = random.Random(0)
+    cases = []
+    for prompt in prompts:
+        pool = rng.sample(sentences, candidates)
+        for cut in (8, 16, None):
+            texts = [tokenizer.decode(tokenizer(t)["input_ids"][:cut]) if cut else t for t in pool]
+            cases.append((prompt, texts, [cut is None] * candidates))
+    scores = {}
+    for dtype in DTYPES:
+        models = [load(world, role, dtype) for role in ("weak_aligned", "weak_base")]
+        scorer = WeakScorer(*models, tokenizer)
+        with torch.no_grad():
+            scores[dtype] = [np.array(scorer.score(p, t, f)) for p, t, f in cases]
+    top1 = [int(np.argmax(a) == np.argmax(b)) for a, b in zip(scores["float32"], scores["bfloat16"])]
+    topk = [
+        len(set(np.argsort(-a)[:beam]) & set(np.argsort(-b)[:beam])) / beam
+        for a, b in zip(scores["float32"], scores["bfloat16"])
+    ]
+    diff = np.abs(np.concatenate(scores["float32"]) - np.concatenate(scores["bfloat16"]))
+    return {
+        "search_cases": len(cases),
+        "search_top1_agreement": float(np.mean(top1)),
+        f"search_top{beam}_overlap": float(np.mean(topk)),
+        "search_score_abs_err_mean": float(diff.mean()),
+        "search_score_abs_err_max": float(diff.max()),
+    }
 
 
 def spearman(a, b) -> float:
@@ -363,11 +411,26 @@ def tables(results: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.tables:
-        print(tables(json.loads(args.tables.read_text())))
+        merged: dict = {}
+        for path in args.tables:  # parts measured in separate runs: each table says its own conditions
+            for key, value in json.loads(path.read_text()).items():
+                merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
+        markdown = tables(merged)
+        print(markdown)
+        if args.docs:
+            sys.path.insert(0, str(REPO))
+            from benchmarks.doc_tables import replace_block
+
+            replace_block(args.docs, "cache_real", markdown)
         return
     if args.worker:
         worker(*args.worker)
         return
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the whole-process runs too
     work = args.work or Path(tempfile.mkdtemp(prefix="w2s-cache-real-"))
     work.mkdir(parents=True, exist_ok=True)
     results: dict = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}}

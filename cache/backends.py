@@ -79,7 +79,7 @@ class TransformersScorer:
     @classmethod
     def for_cache(cls, config, role: str, model_path: str, num_models: int) -> TransformersScorer:
         """The scorer of one model of a cache job (`config`: its `CacheConfig`)."""
-        return cls(model_path, config.model_dtype, config.batch_tokens, config.device, role=role)
+        return cls(model_path, config.model_dtype, config.scoring_batch_tokens(), config.device, role=role)
 
     def _score_batch(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[np.ndarray]:
         # one right-padded forward, no grad; padding, forward and gather are shared with the trainer and search
@@ -148,7 +148,7 @@ class VllmScorer:
             config.max_len,
             gpu_memory_utilization=0.85 / num_models,
             role=role,
-            batch_tokens=config.batch_tokens,
+            batch_tokens=config.scoring_batch_tokens(),
         )
 
     def response_logprobs(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[np.ndarray]:

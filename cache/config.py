@@ -72,8 +72,9 @@ class CacheConfig:
     batch_tokens: int | Literal["auto"] = "auto"
     """Token budget of one forward batch (rows are sorted by length within a shard to limit padding); with vLLM,
     of one engine step (max_num_batched_tokens, at least max_len + 1), which bounds the GPU memory reserved for
-    prompt_logprobs. auto: 8192 on a GPU, 1024 on a CPU, where large padded batches are slower (`w2s.device`,
-    docs/performance.md "Defaults per device"); the value used is recorded in the manifest."""
+    prompt_logprobs. auto: 8192 on a GPU; on a CPU, 8192 for a tiny model down to 1024 from SmolLM2-135M up,
+    where large padded batches are slower (`w2s.device`, docs/performance.md "Defaults per device"). The manifest
+    records the value used."""
     num_shards: int = 1
     """Number of workers the build is split between (one per GPU or node)."""
     shard_index: int = 0
@@ -133,13 +134,20 @@ class CacheConfig:
         )
 
     def resolve_auto(self) -> None:
-        """Replaces `auto` in model_dtype and batch_tokens by what it means on this machine (`w2s.device`), once,
-        when the settings are made: the build then records, and a resume compares, the values it used (a ledger
-        written in another dtype is refused, not mixed). The device stays auto: each scorer places itself."""
-        from w2s.device import resolve_batch_tokens, resolve_model_dtype
+        """Replaces `auto` in model_dtype by what it means on this machine (`w2s.device`), once, when the settings
+        are made: the build records it in the provenance, and a resume compares it (a ledger written in another
+        dtype is refused, not mixed). The device stays auto: each scorer places itself."""
+        from w2s.device import resolve_model_dtype
 
         self.model_dtype = resolve_model_dtype(self.model_dtype, self.device)  # type: ignore[assignment]
-        self.batch_tokens = resolve_batch_tokens(self.batch_tokens, self.device)
+
+    def scoring_batch_tokens(self) -> int:
+        """batch_tokens, with auto resolved for this device and the largest of the models scored (their configs
+        are read; paths must be final, placeholders replaced). The scorers and the manifest both use this."""
+        from w2s.device import resolve_batch_tokens
+
+        paths = [path for path in (self.weak_base, self.weak_aligned, self.strong_ref) if path]
+        return resolve_batch_tokens(self.batch_tokens, self.device, paths)
 
     def check_installed(self) -> None:
         """Refuses, before any input is read, an engine this machine lacks: Ray for engine=ray, vLLM for

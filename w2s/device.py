@@ -9,9 +9,10 @@ benchmarks/cache_real.py on SmolLM2-135M):
   - bf16 where the hardware computes it natively: a GPU with bf16 support, or a CPU with AMX (`amx_bf16`) or
     AVX512-BF16 (`avx512_bf16`), where a bf16 matmul ran 7x (AMX) faster than float32 and SmolLM2 scoring 1.6-2x;
     elsewhere bf16 is emulated and slower than float32, so float32.
-  - the scorer's token budget: 8192 tokens on a GPU (large batches fill it); on a CPU, batches of long padded
-    sequences lose (attention and padding grow with the batch while the matmuls are already at the GEMM rate
-    with one sequence), so `CPU_BATCH_TOKENS`.
+  - the scorer's token budget: 8192 tokens on a GPU (large batches fill it); on a CPU, large batches of long
+    padded sequences lose (padding and attention grow with the batch while a 135M model's matmuls are already
+    at the GEMM rate with one sequence), but a tiny model's forward is all fixed cost and gains from batching:
+    so the budget shrinks with the model (`CPU_BATCH_WORK`), from 8192 tokens to 1024.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 """/proc/cpuinfo flags of CPUs that compute bf16 matmuls natively (Intel Sapphire Rapids and later, AMD Zen 4+)."""
 GPU_BATCH_TOKENS = 8192
 """Token budget of one scoring batch on a GPU."""
-CPU_BATCH_TOKENS = 1024
-"""Token budget of one scoring batch on a CPU: measured best or within noise of best on long (100-1,000 token
-prompts) and short rows (benchmarks/cache_real.py); 8192 was 25% slower on long rows."""
+CPU_BATCH_TOKENS = (1024, 8192)
+"""Smallest and largest token budget of one scoring batch on a CPU (powers of two)."""
+CPU_BATCH_WORK = 1.25e11
+"""On a CPU, a batch holds about this many (body parameters x tokens): 1024 tokens of SmolLM2-135M (119M body
+parameters, where 8192 was 25% slower on long rows than 512-2048), 8192 tokens of a model of 15M or fewer (the
+tiny world's, whose forward calls are dominated by fixed costs and gain 5x from batching)."""
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
@@ -82,14 +86,42 @@ def resolve_model_dtype(setting: str, device: str) -> str:
     return pick_model_dtype(setting, device, bf16_native(device))
 
 
-def pick_batch_tokens(setting: int | str, device: str) -> int:
-    """The scorer's token budget: an explicit number as given; auto is `GPU_BATCH_TOKENS` on a GPU (cuda) and
-    `CPU_BATCH_TOKENS` elsewhere (`device` is a resolved device string)."""
+def body_params(model_config) -> int:
+    """Parameters of a transformer's body from its config (embeddings and output layer excluded): per layer,
+    4 x hidden^2 for attention (an upper bound under grouped-query attention) and 3 x hidden x intermediate for a
+    gated MLP. An estimate for the batch rule, not a count."""
+    hidden = int(getattr(model_config, "hidden_size", 0) or 0)
+    layers = int(getattr(model_config, "num_hidden_layers", 0) or 0)
+    intermediate = int(getattr(model_config, "intermediate_size", 0) or 4 * hidden)
+    return layers * (4 * hidden * hidden + 3 * hidden * intermediate)
+
+
+def pick_batch_tokens(setting: int | str, device: str, params: int = 0) -> int:
+    """The scorer's token budget: an explicit number as given; auto is `GPU_BATCH_TOKENS` on a GPU (cuda), and on
+    a CPU `CPU_BATCH_WORK / params` rounded down to a power of two within `CPU_BATCH_TOKENS` (`params`: the
+    largest scored model's body parameters; 0, unknown: the smallest budget)."""
     if setting != "auto":
         return int(setting)
-    return GPU_BATCH_TOKENS if device.startswith("cuda") else CPU_BATCH_TOKENS
+    if device.startswith("cuda"):
+        return GPU_BATCH_TOKENS
+    low, high = CPU_BATCH_TOKENS
+    if params <= 0:
+        return low
+    fits = int(CPU_BATCH_WORK // params)
+    return min(high, max(low, 1 << (fits.bit_length() - 1) if fits else low))
 
 
-def resolve_batch_tokens(setting: int | str, device: str) -> int:
-    """`pick_batch_tokens` on this machine (`device` resolved first)."""
-    return pick_batch_tokens(setting, resolve_device(device) if setting == "auto" else device)
+def resolve_batch_tokens(setting: int | str, device: str, model_paths: list[str] = ()) -> int:
+    """`pick_batch_tokens` on this machine (`device` resolved first), for the largest of the models at
+    `model_paths` (read from their configs; one that cannot be read counts as unknown)."""
+    if setting != "auto":
+        return int(setting)
+    from w2s.models import ModelError, load_model_config
+
+    params = 0
+    for path in model_paths:
+        try:
+            params = max(params, body_params(load_model_config("scored", path)))
+        except ModelError:
+            return pick_batch_tokens(setting, resolve_device(device))
+    return pick_batch_tokens(setting, resolve_device(device), params)

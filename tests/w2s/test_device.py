@@ -12,6 +12,7 @@ from w2s.config import ConfigError
 from w2s.device import (
     CPU_BATCH_TOKENS,
     GPU_BATCH_TOKENS,
+    body_params,
     cpu_flags,
     cpu_has_bf16,
     pick_batch_tokens,
@@ -63,19 +64,33 @@ def test_model_dtype_rule(setting, device, native, expected):
     assert pick_model_dtype(setting, device, native) == expected
 
 
+SMOLLM2_135M = 119_439_360  # body parameters by body_params: 30 layers, hidden 576, intermediate 1536
+
+
 @pytest.mark.parametrize(
-    ("setting", "device", "expected"),
+    ("setting", "device", "params", "expected"),
     [
-        ("auto", "cuda", GPU_BATCH_TOKENS),
-        ("auto", "cuda:3", GPU_BATCH_TOKENS),
-        ("auto", "cpu", CPU_BATCH_TOKENS),
-        ("auto", "mps", CPU_BATCH_TOKENS),
-        (8192, "cpu", 8192),  # an explicit value wins
-        (300, "cuda", 300),
+        ("auto", "cuda", SMOLLM2_135M, GPU_BATCH_TOKENS),
+        ("auto", "cuda:3", 0, GPU_BATCH_TOKENS),
+        ("auto", "cpu", SMOLLM2_135M, 1024),
+        ("auto", "cpu", 7_000_000_000, 1024),  # never below the smallest budget
+        ("auto", "cpu", 30_000_000, 4096),
+        ("auto", "cpu", 200_000, 8192),  # a tiny model: batching pays, up to the largest budget
+        ("auto", "cpu", 0, CPU_BATCH_TOKENS[0]),  # unknown size: the smallest
+        ("auto", "mps", SMOLLM2_135M, 1024),
+        (8192, "cpu", SMOLLM2_135M, 8192),  # an explicit value wins
+        (300, "cuda", 0, 300),
     ],
 )
-def test_batch_tokens_rule(setting, device, expected):
-    assert pick_batch_tokens(setting, device) == expected
+def test_batch_tokens_rule(setting, device, params, expected):
+    assert pick_batch_tokens(setting, device, params) == expected
+
+
+def test_body_params_of_smollm2():
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(hidden_size=576, num_hidden_layers=30, intermediate_size=1536, num_attention_heads=9)
+    assert body_params(config) == SMOLLM2_135M
 
 
 def test_explicit_dtype_is_never_asked_of_the_machine():
@@ -84,12 +99,11 @@ def test_explicit_dtype_is_never_asked_of_the_machine():
 
 def test_cache_config_resolves_auto_once_and_keeps_explicit_values():
     config = CacheConfig(model_dtype="auto", batch_tokens="auto", device="cpu")
-    assert config.batch_tokens == CPU_BATCH_TOKENS
     assert config.model_dtype == ("bfloat16" if cpu_has_bf16(cpu_flags()) else "float32")
     explicit = CacheConfig(model_dtype="float32", batch_tokens=8192, device="cpu")
     assert (explicit.model_dtype, explicit.batch_tokens) == ("float32", 8192)
     again = dataclasses.replace(config)  # a resolved config stays as resolved
-    assert (again.model_dtype, again.batch_tokens) == (config.model_dtype, config.batch_tokens)
+    assert again.model_dtype == config.model_dtype
 
 
 def test_cache_default_dtype_is_float32():
