@@ -341,10 +341,22 @@ def cache_command(work: Path, world: Path, rows: Path, dtype: str, run: int) -> 
     config.write_text("cache:\n  strong_ref: ''\n")
     return [
         str(REPO / ".venv" / "bin" / "w2s"), "cache", "--config", str(config),
-        f"run_root={work / f'run-{run}'}", f"cache.dataset={rows}", "cache.id_field=id",
+        f"run_root={work / f'run-{run}'}", *data_overrides(rows),
         f"cache.weak_base={world / 'weak_base'}", f"cache.weak_aligned={world / 'weak_aligned'}",
         "cache.max_len=2048", "cache.backend=transformers", *([f"cache.model_dtype={dtype}"] if dtype else []),
     ]  # fmt: skip
+
+
+def data_overrides(rows: Path) -> list[str]:
+    """The overrides naming the rows file and its id field, in whichever layout the cache section has (a nested
+    `data` section, or the flat dataset/id_field keys)."""
+    import dataclasses
+
+    from w2s.cache.config import CacheConfig
+
+    if "data" in {f.name for f in dataclasses.fields(CacheConfig)}:
+        return [f"cache.data.path={rows}", "cache.data.id_field=id"]
+    return [f"cache.dataset={rows}", "cache.id_field=id"]
 
 
 def process_part(args, work: Path, kind: str) -> dict:

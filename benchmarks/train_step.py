@@ -108,15 +108,28 @@ def config(args, precision: str, out: Path, seed: int = 0, steps: int = 10**6) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", type=Path, required=True, help="a cache with strong_ref (the policy's)")
-    parser.add_argument("--policy", type=Path, required=True)
+    parser.add_argument("--cache", type=Path, help="a cache with strong_ref (the policy's)")
+    parser.add_argument("--policy", type=Path)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--micro-batch-size", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved processes per precision")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
     parser.add_argument("--curves", type=int, default=0, help="also loss curves of this many seeds")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--tables", type=Path, help="print the markdown of a JSON written by --out, and stop")
+    parser.add_argument("--docs", type=Path, help="with --tables: also put it into this page between its markers")
     args = parser.parse_args()
+    if args.tables:
+        markdown = tables(json.loads(args.tables.read_text()))
+        print(markdown)
+        if args.docs:
+            sys.path.insert(0, str(REPO))
+            from benchmarks.doc_tables import replace_block
+
+            replace_block(args.docs, "train_step", markdown)
+        return
+    if args.cache is None or args.policy is None:
+        parser.error("--cache and --policy are needed to measure")
     results: dict = {"steps": {}, "curves": {}, "load_average": os.getloadavg()[0], "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
@@ -140,7 +153,12 @@ def main() -> None:
 
 def tables(results: dict) -> str:
     """Markdown of a results JSON: step times and ratios, and the loss-curve comparison."""
-    lines = ["| precision | cached WSPO step (s) | bare policy step (s) | cached / bare |", "|---|---|---|---|"]
+    lines = [
+        f"Load average {results['load_average']:.1f} on {results['cpus']} cores; fastest median of the rounds.",
+        "",
+        "| precision | cached WSPO step (s) | bare policy step (s) | cached / bare |",
+        "|---|---|---|---|",
+    ]
     best = {}
     for precision, rounds in results["steps"].items():
         cached = min(r["cached"] for r in rounds)

@@ -7,9 +7,9 @@ import pytest
 
 from tests.cache.helpers import build, cache_config
 from w2s.cache.build import build_cache, setup
-from w2s.cache.ledger import save_ledger
+from w2s.cache.ledger import claim_folder, save_ledger
 from w2s.device import CPU_BATCH_TOKENS, resolve_model_dtype
-from w2s.errors import CacheMismatch
+from w2s.runs import FolderRefused
 
 pytestmark = pytest.mark.integration
 
@@ -24,17 +24,17 @@ def test_auto_values_are_recorded_in_the_manifest(micro_world, tmp_path):
     assert manifest["config"]["batch_tokens"] == CPU_BATCH_TOKENS[1]
 
 
-def test_a_ledger_of_another_dtype_is_refused(micro_world, tmp_path):
+def test_a_build_stopped_in_another_dtype_is_not_resumed(micro_world, tmp_path):
     out = tmp_path / "mixed"
     other = setup(cache_config(micro_world, out, model_dtype="bfloat16"), load_models=False)
-    other.out_dir.mkdir(parents=True, exist_ok=True)
-    save_ledger(other, {})  # a bf16 build (say, auto on an AMX machine) stopped here
-    with pytest.raises(CacheMismatch, match="unfinished cache built from different inputs or settings"):
+    with claim_folder(other):  # a bf16 build (say, auto on an AMX machine) claimed the folder and stopped here
+        save_ledger(other, {})
+    with pytest.raises(FolderRefused, match=r"holds another run of `w2s cache` \(model_dtype differ"):
         build_cache(setup(cache_config(micro_world, out, model_dtype="float32")))
 
 
 def test_a_finished_cache_of_another_dtype_is_refused(micro_world, tmp_path):
     out = tmp_path / "done"
     build(micro_world, out, model_dtype="bfloat16")
-    with pytest.raises(CacheMismatch, match="finished cache from different inputs or settings"):
+    with pytest.raises(FolderRefused, match=r"holds another run of `w2s cache` \(model_dtype differ"):
         build_cache(setup(cache_config(micro_world, out, model_dtype="float32")))
