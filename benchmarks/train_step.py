@@ -116,11 +116,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
     parser.add_argument("--curves", type=int, default=0, help="also loss curves of this many seeds")
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--tables", type=Path, help="print the markdown of a JSON written by --out, and stop")
+    parser.add_argument("--tables", type=Path, nargs="+", help="print the markdown of JSONs written by --out")
     parser.add_argument("--docs", type=Path, help="with --tables: also put it into this page between its markers")
     args = parser.parse_args()
     if args.tables:
-        markdown = tables(json.loads(args.tables.read_text()))
+        merged: dict = {"steps": {}, "curves": {}}
+        for path in args.tables:  # step times and curves may come from separate runs
+            result = json.loads(path.read_text())
+            merged = {
+                **result,
+                "steps": merged["steps"] | result["steps"],
+                "curves": merged["curves"] | result["curves"],
+            }
+        markdown = tables(merged)
         print(markdown)
         if args.docs:
             sys.path.insert(0, str(REPO))
@@ -154,7 +162,8 @@ def main() -> None:
 def tables(results: dict) -> str:
     """Markdown of a results JSON: step times and ratios, and the loss-curve comparison."""
     lines = [
-        f"Load average {results['load_average']:.1f} on {results['cpus']} cores; fastest median of the rounds.",
+        f"Load average {results['load_average']:.1f} at the start, {results['cpus']} cores; fastest median of the "
+        "rounds.",
         "",
         "| precision | cached WSPO step (s) | bare policy step (s) | cached / bare |",
         "|---|---|---|---|",
