@@ -114,3 +114,13 @@ def test_cache_default_dtype_is_float32():
 def test_batch_tokens_below_one_is_refused(bad):
     with pytest.raises(ConfigError, match="cache.batch_tokens"):
         CacheConfig(batch_tokens=bad)
+
+
+def test_batch_tokens_override_takes_auto_or_a_number():
+    from w2s.config import load_config
+    from w2s.settings import Settings
+
+    assert load_config(Settings, "configs/tiny.yaml", ["cache.batch_tokens=auto"]).cache.batch_tokens == "auto"
+    assert load_config(Settings, "configs/tiny.yaml", ["cache.batch_tokens=512"]).cache.batch_tokens == 512
+    with pytest.raises(ConfigError, match="cache.batch_tokens"):
+        load_config(Settings, "configs/tiny.yaml", ["cache.batch_tokens=big"])
