@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from w2s.config import require_installed
+from w2s.device import resolve_batch_tokens, resolve_device, resolve_model_dtype
 from w2s.logprobs import response_logprobs
 from w2s.memory import Shape, vllm_budget
 from w2s.models import load_causal_lm, load_model_config
@@ -51,12 +52,6 @@ def token_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     return batches
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 BACKENDS: Registry[type] = Registry("cache backend")
 """Scoring backends by name (`cache.backend`); each class builds itself from the cache settings (`for_cache`)."""
 
@@ -72,18 +67,19 @@ class TransformersScorer:
         self,
         model_path: str,
         dtype: str = "float32",
-        batch_tokens: int = 8192,
+        batch_tokens: int | str = "auto",
         device: str = "auto",
         role: str = "scored",
     ):
         self.device = resolve_device(device)
-        self.model = load_causal_lm(role, model_path, DTYPES[dtype]).to(self.device).eval()
-        self.batch_tokens = batch_tokens
+        self.dtype = resolve_model_dtype(dtype, self.device)
+        self.model = load_causal_lm(role, model_path, DTYPES[self.dtype]).to(self.device).eval()
+        self.batch_tokens = resolve_batch_tokens(batch_tokens, self.device)
 
     @classmethod
     def for_cache(cls, config, role: str, model_path: str, num_models: int) -> TransformersScorer:
         """The scorer of one model of a cache job (`config`: its `CacheConfig`)."""
-        return cls(model_path, config.model_dtype, config.batch_tokens, config.device, role=role)
+        return cls(model_path, config.model_dtype, config.scoring_batch_tokens(), config.device, role=role)
 
     def _score_batch(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[np.ndarray]:
         # one right-padded forward, no grad; padding, forward and gather are shared with the trainer and search
@@ -152,7 +148,7 @@ class VllmScorer:
             config.max_len,
             gpu_memory_utilization=0.85 / num_models,
             role=role,
-            batch_tokens=config.batch_tokens,
+            batch_tokens=config.scoring_batch_tokens(),
         )
 
     def response_logprobs(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[np.ndarray]:

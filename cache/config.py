@@ -11,7 +11,7 @@ from w2s.config import ConfigError, require, require_installed
 from w2s.schemas.cache import StorageDtype, Store
 from w2s.source import DataSource, as_source, moved_keys
 
-ModelDtype = Literal["float32", "bfloat16", "float16"]
+ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
 Engine = Literal["local", "ray"]
 ROWS = "{world}/data/cache.jsonl"
 """The default rows to score: the tiny world's cache split."""
@@ -51,7 +51,9 @@ class CacheConfig:
     """'transformers', 'vllm', 'auto' (vllm when importable and a GPU is present), or another registered backend
     (`w2s.cache.backends.BACKENDS`) or a scorer class's dotted path."""
     model_dtype: ModelDtype = "float32"
-    """Compute dtype of the models: float32, bfloat16 or float16."""
+    """Compute dtype of the models: float32, bfloat16, float16, or auto (bfloat16 on a GPU with bf16 and on a CPU
+    with AMX or AVX512-BF16, else float32: `w2s.device`). The dtype used is recorded in the provenance; a build is
+    resumed only in the same dtype. float32 stays the default: see docs/performance.md, "bf16"."""
     storage_dtype: StorageDtype = "float32"
     """How per-token values are stored: float32 (default), float16, or bfloat16 (compact store only)."""
     store: Store = "full"
@@ -65,10 +67,12 @@ class CacheConfig:
     """Cut over-long responses to fit max_len (recorded in the manifest) instead of refusing them."""
     rows_per_shard: int = 256
     """Rows per shard; the unit of resume and of work split between workers."""
-    batch_tokens: int = 8192
+    batch_tokens: int | Literal["auto"] = "auto"
     """Token budget of one forward batch (rows are sorted by length within a shard to limit padding); with vLLM,
     of one engine step (max_num_batched_tokens, at least max_len + 1), which bounds the GPU memory reserved for
-    prompt_logprobs."""
+    prompt_logprobs. auto: 8192 on a GPU; on a CPU, 8192 for a tiny model down to 1024 from SmolLM2-135M up,
+    where large padded batches are slower (`w2s.device`, docs/performance.md "Defaults per device"). The manifest
+    records the value used."""
     num_shards: int = 1
     """Number of workers the build is split between (one per GPU or node)."""
     shard_index: int = 0
@@ -97,8 +101,13 @@ class CacheConfig:
             "bfloat16 is stored as uint16 bit patterns, which plain readers show as integers: use it with "
             "cache.store=compact (the full store keeps float columns)",
         )
-        for key in ("rows_per_shard", "batch_tokens", "num_shards", "tensor_parallel_size"):
+        for key in ("rows_per_shard", "num_shards", "tensor_parallel_size"):
             require(getattr(self, key) >= 1, f"cache.{key}", f"must be at least 1, got {getattr(self, key)}")
+        require(
+            self.batch_tokens == "auto" or self.batch_tokens >= 1,
+            "cache.batch_tokens",
+            f"must be auto or at least 1, got {self.batch_tokens}",
+        )
         for key in ("ray_actors", "ray_max_retries"):
             require(getattr(self, key) >= 0, f"cache.{key}", f"must be at least 0, got {getattr(self, key)}")
         require("://" not in self.out_dir, "cache.out_dir", "a build writes a local (or mounted) folder, not a URL")
@@ -116,11 +125,28 @@ class CacheConfig:
             "cache.device",
             f"must be auto, cpu, cuda, cuda:<index> or mps, got {self.device!r}",
         )
+        self.resolve_auto()
         require(
             0 <= self.shard_index < self.num_shards,
             "cache.shard_index",
             f"{self.shard_index} is outside [0, num_shards={self.num_shards})",
         )
+
+    def resolve_auto(self) -> None:
+        """Replaces `auto` in model_dtype by what it means on this machine (`w2s.device`), once, when the settings
+        are made: the build records it in the provenance, and a resume compares it (a ledger written in another
+        dtype is refused, not mixed). The device stays auto: each scorer places itself."""
+        from w2s.device import resolve_model_dtype
+
+        self.model_dtype = resolve_model_dtype(self.model_dtype, self.device)  # type: ignore[assignment]
+
+    def scoring_batch_tokens(self) -> int:
+        """batch_tokens, with auto resolved for this device and the largest of the models scored (their configs
+        are read; paths must be final, placeholders replaced). The scorers and the manifest both use this."""
+        from w2s.device import resolve_batch_tokens
+
+        paths = [path for path in (self.weak_base, self.weak_aligned, self.strong_ref) if path]
+        return resolve_batch_tokens(self.batch_tokens, self.device, paths)
 
     def check_installed(self) -> None:
         """Refuses, before any input is read, an engine this machine lacks: Ray for engine=ray, vLLM for

@@ -62,7 +62,9 @@ def recorded_config(config: CacheConfig) -> dict:
     """The build's settings as the manifest records them (without `RUN_ONLY`, and without `strong_tokenizer` when
     it is not set, so that a same-tokenizer cache's manifest is what it was before that setting existed)."""
     unset = ("strong_tokenizer",) if not config.strong_tokenizer else ()
-    return {key: value for key, value in asdict(config).items() if key not in RUN_ONLY + unset}
+    recorded = {key: value for key, value in asdict(config).items() if key not in RUN_ONLY + unset}
+    recorded["batch_tokens"] = config.scoring_batch_tokens()  # auto: the budget the scorers used
+    return recorded
 
 
 def manifest_body(provenance: dict, shards: list[dict], config: CacheConfig) -> dict:
