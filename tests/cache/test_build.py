@@ -135,6 +135,7 @@ build(Path(sys.argv[1]), Path(sys.argv[2]), rows_per_shard=2, format=sys.argv[3]
 """
 
 
+@pytest.mark.slow  # a process killed and rerun: tens of seconds; in `make test`, not `make test-fast`
 def test_kill_9_then_resume_gives_the_same_store(micro_world, tmp_path):
     reference = tmp_path / "ref"
     build(micro_world, reference, rows_per_shard=2)

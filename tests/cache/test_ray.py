@@ -152,6 +152,7 @@ def test_a_ray_build_is_byte_identical_and_loads_the_models_once_per_actor(
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # a process killed and rerun: tens of seconds; in `make test`, not `make test-fast`
 def test_an_actor_killed_in_the_middle_of_a_shard_is_restarted_and_the_store_is_the_same(
     local_ray, micro_world, dataset, clean
 ):
@@ -182,6 +183,7 @@ run_on_ray(cache_config(world, out, data=str(dataset), rows_per_shard=int(sys.ar
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # a process killed and rerun: tens of seconds; in `make test`, not `make test-fast`
 def test_a_killed_driver_is_resumed_without_redoing_its_finished_shards(local_ray, micro_world, dataset, clean):
     out = fresh(clean)
     address = local_ray.get_runtime_context().gcs_address

@@ -173,6 +173,7 @@ def test_search_steers_a_strong_model_with_another_tokenizer(micro_world, tmp_pa
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # a process killed and rerun: tens of seconds; in `make test`, not `make test-fast`
 def test_a_killed_run_resumes_without_redoing_finished_prompts(micro_world, tmp_path):
     out = tmp_path / "k"
     args = [f"generate.{k}={v}" for k, v in vars_of(micro_world, out, str(micro_world / "strong_base")).items()]

@@ -170,6 +170,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # a process killed and rerun: tens of seconds; in `make test`, not `make test-fast`
 def test_two_trainings_started_together_into_one_folder_leave_one_run(micro_world, cache, tmp_path):
     """Two `w2s train` with different learning rates, started at once: one refuses, the other's run is whole."""
     out = tmp_path / "together"

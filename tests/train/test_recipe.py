@@ -83,6 +83,7 @@ run(train_config(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), max_st
 """
 
 
+@pytest.mark.slow  # a process killed and rerun: tens of seconds; in `make test`, not `make test-fast`
 def test_kill_9_and_rerun_continues_exactly(micro_world, cache_with_ref, tmp_path):
     launcher = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE")  # set in this process by earlier runs
     env = {**{k: v for k, v in os.environ.items() if k not in launcher}, "PYTHONPATH": os.getcwd()}
