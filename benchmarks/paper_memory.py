@@ -13,6 +13,7 @@ from pathlib import Path
 
 from w2s.cache.config import CacheConfig
 from w2s.config import read_yaml
+from w2s.device import pick_batch_tokens
 from w2s.memory import (
     DTYPE_BYTES,
     GIB,
@@ -64,7 +65,8 @@ def paper_settings(path) -> dict:
         zero = {"stage": train.get("zero_stage", 0), "offload_optimizer": {"device": train.get("offload", "none")}}
     return dict(
         max_len=cache["max_len"],
-        batch_tokens=cache.get("batch_tokens", CacheConfig.batch_tokens),
+        # the paper's runs are on GPUs: `auto` (the default) is the GPU budget there (w2s.device)
+        batch_tokens=pick_batch_tokens(cache.get("batch_tokens", CacheConfig.batch_tokens), "cuda"),
         b=DTYPE_BYTES[cache.get("model_dtype", "float32")],
         micro_batch=train["micro_batch_size"],
         lora=bool(train.get("lora", False)),
