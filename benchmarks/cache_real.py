@@ -431,9 +431,9 @@ def main(argv: list[str] | None = None) -> None:
         print(markdown)
         if args.docs:
             sys.path.insert(0, str(REPO))
-            from benchmarks.doc_tables import replace_block
+            from benchmarks.doc_tables import markers, write_between
 
-            replace_block(args.docs, "cache_real", markdown)
+            write_between(args.docs, markers("cache_real", "begin"), markdown)
         return
     if args.worker:
         worker(*args.worker)

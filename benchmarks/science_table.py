@@ -20,18 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from w2s.io import atomic_write_text  # noqa: E402
+from benchmarks.doc_tables import markers, write_between  # noqa: E402
 from w2s.science.report import claims_summary, readme_text  # noqa: E402
-
-MARKERS = ("<!-- science-table -->", "<!-- /science-table -->")
-
-
-def replace_between_markers(text: str, body: str, markers: tuple[str, str] = MARKERS) -> str:
-    """`text` with everything between the two markers replaced by `body`; ValueError when a marker is missing."""
-    start, end = (text.find(marker) for marker in markers)
-    if start < 0 or end < start:
-        raise ValueError(f"the file needs {markers[0]} and, after it, {markers[1]}")
-    return text[: start + len(markers[0])] + "\n" + body.rstrip() + "\n" + text[end:]
 
 
 def main() -> int:
@@ -46,8 +36,7 @@ def main() -> int:
     if args.readme is None:
         print(body)
         return 0
-    markers = (f"<!-- {args.marker} -->", f"<!-- /{args.marker} -->")
-    atomic_write_text(args.readme, replace_between_markers(args.readme.read_text(), body, markers))
+    write_between(args.readme, markers(args.marker), body)
     print(f"science tables written into {args.readme}")
     return 0
 

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from science_table import replace_between_markers  # noqa: E402
+from doc_tables import markers, write_between  # noqa: E402
 
 from w2s.io import atomic_write_text, read_jsonl  # noqa: E402
 from w2s.models import load_causal_lm, load_tokenizer  # noqa: E402
@@ -42,7 +42,7 @@ from w2s.search.components import SEARCHES  # noqa: E402
 from w2s.search.samplers import DEFAULT_SAMPLING, HFSampler, LMStepper, sample_chunk  # noqa: E402
 from w2s.search.scorer import WeakScorer  # noqa: E402
 
-MARKERS = ("<!-- search-speed-table -->", "<!-- /search-speed-table -->")
+MARKERS = markers("search-speed-table")
 
 
 def load_pair(world: Path, strong: str, aligned: str = "weak_aligned") -> SimpleNamespace:
@@ -231,7 +231,7 @@ def main() -> int:
         if args.docs is None:
             print(body)
         else:
-            atomic_write_text(args.docs, replace_between_markers(args.docs.read_text(), body, MARKERS))
+            write_between(args.docs, MARKERS, body)
             print(f"search speed tables written into {args.docs}")
         return 0
     torch.set_num_threads(1)  # small models on a shared machine: one thread is fastest (tests/eval/conftest.py)

@@ -27,11 +27,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.science_table import replace_between_markers  # noqa: E402
-from w2s.io import atomic_write_json, atomic_write_text  # noqa: E402
+from benchmarks.doc_tables import markers, write_between  # noqa: E402
+from w2s.io import atomic_write_json  # noqa: E402
 
 MODEL_LIBRARIES = ("torch", "transformers", "deepspeed", "datasets", "vllm", "ray", "accelerate")
-MARKERS = ("<!-- startup-table -->", "<!-- /startup-table -->")
+MARKERS = markers("startup-table")
 PROBE = f"""
 import sys
 from w2s.cli import main
@@ -175,7 +175,7 @@ def write_table(report: dict, doc: Path | None) -> int:
     """Prints the report's table, and writes it between the markers of `doc` when given."""
     print(table(report))
     if doc is not None:
-        atomic_write_text(doc, replace_between_markers(doc.read_text(), table(report), MARKERS))
+        write_between(doc, MARKERS, table(report))
     return 0
 
 

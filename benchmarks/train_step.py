@@ -132,9 +132,9 @@ def main() -> None:
         print(markdown)
         if args.docs:
             sys.path.insert(0, str(REPO))
-            from benchmarks.doc_tables import replace_block
+            from benchmarks.doc_tables import markers, write_between
 
-            replace_block(args.docs, "train_step", markdown)
+            write_between(args.docs, markers("train_step", "begin"), markdown)
         return
     if args.cache is None or args.policy is None:
         parser.error("--cache and --policy are needed to measure")

@@ -13,7 +13,7 @@ On the tiny world of `make science` (one world, its weak pairs; no WSPO needed),
    of what each rank picks, against a random candidate;
 4. chunk-level beam search at the science settings under each rank, and the strong base, on the test prompts
    (`w2s eval`, reused when finished): reward and tokens of each rank against the strong base and against the sum.
-Writes out_dir/length_report.json and length_report.md (`benchmarks/length_table.py` puts the tables in docs).
+Writes out_dir/length_report.json and length_report.md (`benchmarks/doc_tables.py length` puts the tables in docs).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ the search systems, through those drivers' own `evaluate` and `matched_systems`,
   prompt i drawn with seed s + i; cut to those prompts, their token means are the run's), MCTS runs here.
 Prompt i of a seed s is searched with seed s + i by every system. Writes report.json (per part: each system's
 reward interval and cost, the paired claims and their verdicts) and report.md; the tables in docs/search.md are
-written from report.json by `benchmarks/search_compare_table.py`.
+written from report.json by `benchmarks/doc_tables.py search-compare`.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from w2s.science.report import TINY, claims_summary, readme_text, select, write_
 from w2s.science.tiny import ScienceConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks.science_table import replace_between_markers  # noqa: E402
+from benchmarks.doc_tables import markers, replace_between_markers  # noqa: E402
 
 SEEDS = (0, 1, 2)
 PROMPTS = 40
@@ -74,11 +74,15 @@ def test_report_claims_hold_fail_or_are_inconclusive_as_the_scores_say(tmp_path)
 
 def test_readme_markers_are_replaced_and_required():
     text = "intro\n<!-- science-table -->\nold\n<!-- /science-table -->\nend\n"
-    assert replace_between_markers(text, "new") == "intro\n<!-- science-table -->\nnew\n<!-- /science-table -->\nend\n"
+    science = markers("science-table")
+    assert replace_between_markers(text, "new", science) == (
+        "intro\n<!-- science-table -->\nnew\n<!-- /science-table -->\nend\n"
+    )
     with pytest.raises(ValueError, match="science-table"):
-        replace_between_markers("no markers", "new")
+        replace_between_markers("no markers", "new", science)
     named = ("<!-- s -->", "<!-- /s -->")
     assert replace_between_markers("<!-- s -->x<!-- /s -->", "y", named) == "<!-- s -->\ny\n<!-- /s -->"
+    assert markers("t", "begin") == ("<!-- t:begin -->", "<!-- t:end -->")
 
 
 def test_real_layout_report_has_its_own_systems_metrics_claims_and_only_gamma(tmp_path):
