@@ -348,15 +348,8 @@ def cache_command(work: Path, world: Path, rows: Path, dtype: str, run: int) -> 
 
 
 def data_overrides(rows: Path) -> list[str]:
-    """The overrides naming the rows file and its id field, in whichever layout the cache section has (a nested
-    `data` section, or the flat dataset/id_field keys)."""
-    import dataclasses
-
-    from w2s.cache.config import CacheConfig
-
-    if "data" in {f.name for f in dataclasses.fields(CacheConfig)}:
-        return [f"cache.data.path={rows}", "cache.data.id_field=id"]
-    return [f"cache.dataset={rows}", "cache.id_field=id"]
+    """The overrides naming the rows file and its id field (the cache's data-source section)."""
+    return [f"cache.data.path={rows}", "cache.data.id_field=id"]
 
 
 def process_part(args, work: Path, kind: str) -> dict:
