@@ -264,7 +264,9 @@ def measure(args) -> dict:
     if args.real is not None and "b" in args.parts:
         print("(b) searches on the real pair", flush=True)
         bon = dict(n=4)
-        mcts = dict(SEARCHES.get("mcts").defaults) if "mcts" in SEARCHES.names() else {}
+        # the tree search's budget is strong tokens: at most what CBS can sample (W*K chunks per round)
+        most = cbs["width"] * cbs["num_samples"] * args.search_budget
+        mcts = {**SEARCHES.get("mcts").defaults, "budget": most} if "mcts" in SEARCHES.names() else {}
         rows = search_rows(pairs[real_label], prompts_of(args.real, args.prompts), args.search_budget, cbs, bon, mcts)
         report["searches"] = dict(
             note=f"budget {args.search_budget}, {args.prompts} prompts, CBS W=2 K=2 L=8, BoN N=4, MCTS {mcts or '-'}",

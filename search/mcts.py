@@ -190,14 +190,14 @@ def tree_search(sampler, scorer, prompt, settings: TreeSettings, seed: int = 0):
     final candidates, best first."""
     from w2s.search.cbs import Hypothesis, SearchResult
 
-    weak_before = scorer.tokens_scored
+    weak_before = (scorer.tokens_scored, scorer.tokens_forwarded)
     root, sampled = grow_tree(sampler, scorer, prompt, settings, seed)
     finals = final_candidates(root, scorer, prompt, settings)
     beam = [Hypothesis(n.token_ids, n.text, n.ended_by_eos, n.score, n.strong_logprob) for n in finals]
     best = beam[0]
-    weak_tokens = scorer.tokens_scored - weak_before
+    weak_tokens, weak_forwarded = scorer.tokens_scored - weak_before[0], scorer.tokens_forwarded - weak_before[1]
     return SearchResult(best.text, best.token_ids, best.score, sampled, best.finished, best.strong_logprob, beam,
-                        weak_tokens)  # fmt: skip
+                        weak_tokens, weak_forwarded)  # fmt: skip
 
 
 def check_settings(sampler, settings: TreeSettings) -> None:

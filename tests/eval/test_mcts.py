@@ -152,6 +152,7 @@ def test_the_budget_of_strong_tokens_is_never_exceeded(world, budget):
     result = search(world, budget=budget)
     assert 0 < result.num_sampled <= budget
     assert result.weak_tokens > 0 and len(result.token_ids) <= MAX_NEW
+    assert 0 < result.weak_forwarded  # the weak positions actually run (incremental scoring) are counted too
 
 
 def test_a_seed_fixes_the_search(world):
