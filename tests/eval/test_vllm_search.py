@@ -95,7 +95,7 @@ SCRIPT = textwrap.dedent(
     from w2s.eval.config import GenerateConfig, VllmOptions
     from w2s.eval.generate import run as generate
     from w2s.eval.responses import read_records
-    test_set = DataSource(str(world / "data" / "test.jsonl"))
+    test_set = str(world / "data" / "test.jsonl")  # a path is a prompt set with the default fields
     generate(GenerateConfig(out_dir=out + "-search", prompts=test_set, limit=len(prompts),
                             model=str(world / "strong_base"), engine="vllm", vllm=VllmOptions(max_len=256),
                             params=dict(width=width, num_samples=samples, chunk_len=chunk),

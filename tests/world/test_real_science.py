@@ -103,7 +103,8 @@ def test_science_real_runs_end_to_end_at_reduced_size_and_resumes(real_world, tm
     assert saved["layout"] == "real" and saved == json.loads(json.dumps(report))
     task = saved["tasks"]["length"]
     assert set(task["systems"]) == {"weak_base", "weak_aligned", "strong_base", "wspo", "sft_ceiling", "search",
-                                    "bon_matched"}  # fmt: skip
+                                    "bon_matched", "mcts"}  # fmt: skip
+    assert 0 < task["systems"]["mcts"]["strong_tokens"] <= task["systems"]["search"]["strong_tokens"]
     for system in task["systems"].values():
         assert -10 < system["ref_loglik"]["mean"] < 0 and system["tokens"]["mean"] > 0
     assert task["systems"]["search"]["weak_tokens"] > 0 and task["systems"]["wspo"]["weak_tokens"] == 0
