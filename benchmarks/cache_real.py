@@ -416,16 +416,13 @@ def tables(results: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.tables:
-        merged: dict = {}
-        for path in args.tables:  # parts measured in separate runs: each table says its own conditions
-            for key, value in json.loads(path.read_text()).items():
-                merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
-        markdown = tables(merged)
+        sys.path.insert(0, str(REPO))
+        from benchmarks.doc_tables import markers, merged_reports, write_between
+
+        # parts measured in separate runs: each table states its own conditions
+        markdown = tables(merged_reports(args.tables))
         print(markdown)
         if args.docs:
-            sys.path.insert(0, str(REPO))
-            from benchmarks.doc_tables import markers, write_between
-
             write_between(args.docs, markers("cache_real", "begin"), markdown)
         return
     if args.worker:

@@ -44,6 +44,16 @@ def write_between(page: Path, pair: tuple[str, str], body: str) -> None:
     atomic_write_text(page, replace_between_markers(page.read_text(), body, pair))
 
 
+def merged_reports(paths: list[Path]) -> dict:
+    """One report from the JSONs of runs that measured separate parts: a mapping value is merged key by key
+    (later files win on a shared key), any other value is the last file's."""
+    merged: dict = {}
+    for path in paths:
+        for key, value in json.loads(path.read_text()).items():
+            merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
+    return merged
+
+
 def _length(report: dict) -> str:
     from w2s.science.length import markdown
 

@@ -120,20 +120,13 @@ def main() -> None:
     parser.add_argument("--docs", type=Path, help="with --tables: also put it into this page between its markers")
     args = parser.parse_args()
     if args.tables:
-        merged: dict = {"steps": {}, "curves": {}}
-        for path in args.tables:  # step times and curves may come from separate runs
-            result = json.loads(path.read_text())
-            merged = {
-                **result,
-                "steps": merged["steps"] | result["steps"],
-                "curves": merged["curves"] | result["curves"],
-            }
-        markdown = tables(merged)
+        sys.path.insert(0, str(REPO))
+        from benchmarks.doc_tables import markers, merged_reports, write_between
+
+        # step times and loss curves may come from separate runs
+        markdown = tables({"steps": {}, "curves": {}} | merged_reports(args.tables))
         print(markdown)
         if args.docs:
-            sys.path.insert(0, str(REPO))
-            from benchmarks.doc_tables import markers, write_between
-
             write_between(args.docs, markers("train_step", "begin"), markdown)
         return
     if args.cache is None or args.policy is None:
