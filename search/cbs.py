@@ -64,6 +64,20 @@ class SearchResult:
     the weak compute, beside `num_sampled` (far below `weak_tokens` with incremental scoring)."""
 
 
+def weak_counts(scorer: WeakScorer | None) -> tuple[int, int]:
+    """The guide's counters so far, (weak tokens scored, weak positions run); (0, 0) without a guide."""
+    return (scorer.tokens_scored, scorer.tokens_forwarded) if scorer is not None else (0, 0)
+
+
+def beam_result(beam: list[Hypothesis], num_sampled: int, scorer, before: tuple[int, int]) -> SearchResult:
+    """A search's result: the best of `beam` (best first), with the weak compute since `before` (`weak_counts`)."""
+    best, now = beam[0], weak_counts(scorer)
+    return SearchResult(
+        best.text, best.token_ids, best.score, num_sampled, best.finished, best.strong_logprob, beam,
+        now[0] - before[0], now[1] - before[1],
+    )  # fmt: skip
+
+
 def expand_beam(
     beam: list[Hypothesis], parents: list[int], chunks: list[list[int]], logprobs: list[float], tokenizer, eos_id: int
 ) -> list[Hypothesis]:
@@ -149,7 +163,7 @@ def chunk_beam_search(
     if rank not in RANKS:
         raise ValueError(f"rank must be one of {list(RANKS)}, got {rank!r}")
     sampler.begin(encode_prompt(sampler.tokenizer, prompt), seed)
-    weak_before = (scorer.tokens_scored, scorer.tokens_forwarded) if scorer is not None else (0, 0)
+    weak_before = weak_counts(scorer)
     beam, live, used, num_sampled = [Hypothesis([], "", False, 0.0)], [0], 0, 0  # live: beam indices to extend
     while live and used < max_new_tokens:
         repeats = width * num_samples if used == 0 else num_samples
@@ -161,14 +175,7 @@ def chunk_beam_search(
         score_children(scorer, prompt, children)
         count_weak_tokens(scorer, children, rank)
         beam, _, live = prune(beam, children, width, rank)
-    best = beam[0]
-    weak_tokens, weak_forwarded = (
-        (scorer.tokens_scored - weak_before[0], scorer.tokens_forwarded - weak_before[1]) if scorer else (0, 0)
-    )
-    return SearchResult(
-        best.text, best.token_ids, best.score, num_sampled, best.finished, best.strong_logprob, beam, weak_tokens,
-        weak_forwarded,
-    )  # fmt: skip
+    return beam_result(beam, num_sampled, scorer, weak_before)
 
 
 def best_of_n(

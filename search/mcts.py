@@ -188,16 +188,13 @@ def grow_tree(sampler, scorer, prompt, settings: TreeSettings, seed: int = 0) ->
 def tree_search(sampler, scorer, prompt, settings: TreeSettings, seed: int = 0):
     """MCTS over chunks of one prompt (see the module docstring); returns a `SearchResult` whose `beam` holds the
     final candidates, best first."""
-    from w2s.search.cbs import Hypothesis, SearchResult
+    from w2s.search.cbs import Hypothesis, beam_result, weak_counts
 
-    weak_before = (scorer.tokens_scored, scorer.tokens_forwarded)
+    weak_before = weak_counts(scorer)
     root, sampled = grow_tree(sampler, scorer, prompt, settings, seed)
     finals = final_candidates(root, scorer, prompt, settings)
     beam = [Hypothesis(n.token_ids, n.text, n.ended_by_eos, n.score, n.strong_logprob) for n in finals]
-    best = beam[0]
-    weak_tokens, weak_forwarded = scorer.tokens_scored - weak_before[0], scorer.tokens_forwarded - weak_before[1]
-    return SearchResult(best.text, best.token_ids, best.score, sampled, best.finished, best.strong_logprob, beam,
-                        weak_tokens, weak_forwarded)  # fmt: skip
+    return beam_result(beam, sampled, scorer, weak_before)
 
 
 def check_settings(sampler, settings: TreeSettings) -> None:
