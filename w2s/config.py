@@ -287,7 +287,10 @@ def _is_text(hint: Any) -> bool:
 def _set_dotted(cls: type, data: dict, dotted: str, raw: str) -> None:
     keys = dotted.split(".")
     node = data
-    for key in keys[:-1]:
+    for depth, key in enumerate(keys[:-1], 1):
+        shorthand = getattr(_hint_at(cls, keys[:depth]), "shorthand", "")
+        if shorthand and isinstance(node.get(key), str):  # `prompts=p.jsonl prompts.id_field=id`: the path stays
+            node[key] = {shorthand: node[key]}
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {dotted}: {key} is not a section")

@@ -121,6 +121,12 @@ def test_one_data_source_section_for_the_cache_generate_export_and_tasks(tmp_pat
         "summary",
         "id",
     )
+    # a path given whole (in the file or an earlier override) and one of its fields overridden after it
+    both = load_config(Settings, tmp_path / "c.yaml", ["generate.prompts.id_field=id", "cache.data=r.jsonl"])
+    assert both.generate.prompts == DataSource("p.jsonl", id_field="id")
+    assert load_config(Settings, None, ["cache.data=r.jsonl", "cache.data.split=dev"]).cache.data == DataSource(
+        "r.jsonl", split="dev"
+    )
     task = LengthTask({"path": "q.jsonl", "id_field": "id", "reference_field": "response"})
     assert task.source == DataSource("q.jsonl", id_field="id", reference_field="response")
     assert LengthTask("q.jsonl").source == DataSource("q.jsonl")
