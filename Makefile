@@ -48,9 +48,11 @@ cache: $(WORLD)
 train: cache
 	$(W2S) train --config $(CONFIG)
 
-# the same cache, one WSPO run per gamma, into runs/tiny/wspo/gamma-<g>/ (eval plots reward against gamma)
+# the same cache, one WSPO run per gamma, into runs/tiny/wspo-sweep/gamma-<g>/ (eval plots reward against gamma);
+# a folder of its own: runs/tiny/wspo/ holds `make train`'s run, and a folder has one writer (w2s.runs)
+SWEEP_DIR := {run_root}/wspo-sweep
 sweep: cache
-	$(W2S) train --config $(CONFIG) "train.gammas=[0.1,0.3,1.0]"
+	$(W2S) train --config $(CONFIG) "train.gammas=[0.1,0.3,1.0]" "train.out_dir=$(SWEEP_DIR)"
 
 eval: train
 	$(W2S) eval --config $(CONFIG)
@@ -58,7 +60,7 @@ eval: train
 # both tiny tasks at the gamma `make science` selects on validation (0.1); the science tables (intervals over
 # seeds, every baseline) are in docs/science.md
 demo: train sweep
-	$(W2S) eval --config $(CONFIG)
+	$(W2S) eval --config $(CONFIG) "eval.wspo_dir=$(SWEEP_DIR)"
 	$(W2S) cache --config configs/tiny_tone.yaml
 	$(W2S) train --config configs/tiny_tone.yaml
 	$(W2S) eval --config configs/tiny_tone.yaml
