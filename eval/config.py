@@ -58,6 +58,14 @@ class SystemConfig:
     def __post_init__(self, where: str) -> None:
         self.check(where or f"eval.systems[{self.name}]")
 
+    def check_budget(self, max_new_tokens: int, key: str) -> None:
+        """Refuses (naming `key`) params that cannot search within `max_new_tokens`, such as a tree search budget
+        too small for the root's expansion: a config-time refusal, before a folder is claimed."""
+        search = SEARCHES.get(self.generator, key)
+        params_problem = getattr(search, "params_problem", None)  # a search class of a user's may not have one
+        problem = params_problem(self.params, max_new_tokens) if params_problem else ""
+        require(not problem, key, f"{self.generator}: {problem}")
+
     def check(self, key: str) -> None:
         """Refuses a bad generator/params/engine combination (naming `key`); fills left-out params with
         the search's defaults and makes them int or float; a string option is checked, never filled in."""
@@ -239,6 +247,8 @@ class EvalConfig(GenerationSettings):
         require(not unknown, "eval.run", f"unknown system(s) {unknown}; declared: {names}")
         require(self.num_examples >= 1, "eval.num_examples", f"must be >= 1, got {self.num_examples}")
         require(self.num_shown >= 0, "eval.num_shown", f"must be >= 0, got {self.num_shown}")
+        for system in self.systems:
+            system.check_budget(self.max_new_tokens, f"eval.systems[{system.name}].params")
 
     def selected(self) -> list[SystemConfig]:
         """The systems `run` names (all when it is empty), in declared order; refuses, before anything runs, one
@@ -295,4 +305,6 @@ class GenerateConfig(GenerationSettings):
 
     def _spec(self, generator: str) -> SystemConfig:
         name = self.name or f"{Path(self.model.rstrip('/')).name}+{generator}"
-        return SystemConfig(name, self.model, generator, dict(self.params), self.engine, where="generate")
+        system = SystemConfig(name, self.model, generator, dict(self.params), self.engine, where="generate")
+        system.check_budget(self.max_new_tokens, "generate.params")
+        return system

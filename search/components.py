@@ -32,6 +32,12 @@ class Search:
     guided: ClassVar[bool] = False
     hf_only: ClassVar[str] = ""
 
+    @classmethod
+    def params_problem(cls, params: dict, max_new_tokens: int) -> str:
+        """What makes these (checked, completed) params unable to run at this token budget, "" when nothing does:
+        asked when the config loads, so a refusal comes before any folder is claimed or model loaded."""
+        return ""
+
     def check(self, job) -> None:
         """Refuses, before anything is timed, a job this search cannot run (ValueError, with the reason)."""
 

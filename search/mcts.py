@@ -204,16 +204,25 @@ def check_settings(sampler, settings: TreeSettings) -> None:
             f"mcts draws sibling first tokens without replacement, which {type(sampler).__name__} cannot "
             "(it exposes no next-token distribution): use engine hf"
         )
+    problem = settings_problem(settings)
+    if problem:
+        raise ValueError(f"mcts: {problem}")
+
+
+def settings_problem(settings: TreeSettings) -> str:
+    """What makes these knobs unable to search ("" when nothing does): checked when the config loads, before a
+    folder is claimed or a model loads, and again when the job is built."""
     if min(settings.num_children, settings.chunk_len, settings.finalists, settings.max_new_tokens) < 1:
-        raise ValueError("mcts: num_children, chunk_len, finalists and max_new_tokens must be >= 1")
+        return "num_children, chunk_len, finalists and max_new_tokens must be >= 1"
     if not (math.isfinite(settings.c) and math.isfinite(settings.w) and settings.c >= 0 and settings.w >= 0):
-        raise ValueError(f"mcts: c and w must be finite and >= 0, got c={settings.c}, w={settings.w}")
+        return f"c and w must be finite and >= 0, got c={settings.c}, w={settings.w}"
     first = settings.num_children * min(settings.chunk_len, settings.max_new_tokens)
     if settings.budget < first:
-        raise ValueError(
-            f"mcts: budget {settings.budget} strong tokens cannot pay for the root's expansion "
+        return (
+            f"budget {settings.budget} strong tokens cannot pay for the root's expansion "
             f"(num_children * chunk_len = {first}); raise budget"
         )
+    return ""
 
 
 @SEARCHES.register("mcts")
@@ -226,6 +235,10 @@ class MonteCarloTreeSearch(Search):
     defaults = dict(PAPER_DEFAULTS)
     guided = True
     hf_only = "it draws sibling first tokens without replacement from a next-token distribution vLLM does not expose"
+
+    @classmethod
+    def params_problem(cls, params: dict, max_new_tokens: int) -> str:
+        return settings_problem(TreeSettings(**params, max_new_tokens=max_new_tokens))
 
     def check(self, job) -> None:
         check_settings(job.sampler, TreeSettings(**job.params, max_new_tokens=job.max_new_tokens))

@@ -177,6 +177,28 @@ def test_bad_settings_and_samplers_without_sibling_draws_are_refused(world):
                                               "finalists": 10}  # fmt: skip
 
 
+def test_a_budget_that_cannot_pay_for_the_root_is_refused_when_the_config_loads(tmp_path, capsys):
+    """Refused in one line naming the key, before any folder is claimed or model loaded (the models here do not
+    even exist), by `w2s search`, `w2s generate` and `w2s eval`."""
+    from w2s.cli import main as cli
+
+    out = tmp_path / "out"
+    params = "generate.params={num_children: 3, chunk_len: 4, budget: 8}"
+    for command in ("search", "generate"):
+        argv = [command, f"generate.out_dir={out}", "generate.generator=mcts", params, "generate.model=/nowhere"]
+        assert cli(argv) == 2
+        assert "generate.params: mcts: budget 8 strong tokens cannot pay" in capsys.readouterr().err
+    system = "{name: t, model: /nowhere, generator: mcts, params: {budget: 5, chunk_len: 4}}"
+    assert cli(["eval", f"eval.out_dir={out}", f"eval.systems=[{system}]", "eval.max_new_tokens=2"]) == 2
+    assert "eval.systems[t].params: mcts: budget 5" in capsys.readouterr().err
+    from w2s.eval.config import EvalConfig, SystemConfig
+
+    with pytest.raises(ValueError, match=r"eval.systems\[t\].params: mcts: budget 5 .* expansion \(.* = 6\)"):
+        EvalConfig(systems=[SystemConfig("t", "/nowhere", "mcts", {"budget": 5, "chunk_len": 4})], max_new_tokens=2)
+    EvalConfig(systems=[SystemConfig("t", "/nowhere", "mcts", {"budget": 6, "chunk_len": 4})], max_new_tokens=2)
+    assert not out.exists()
+
+
 @pytest.mark.integration
 def test_generate_with_mcts_resumes_to_what_an_uninterrupted_run_writes(micro_world, tmp_path):
     from tests.eval.test_generate import config_for, untimed
