@@ -35,12 +35,13 @@ from w2s.eval.config import EvalConfig, SystemConfig
 from w2s.eval.run import eval_identity
 from w2s.eval.run import run as run_eval
 from w2s.io import atomic_write_json
-from w2s.runs import LOCK, claim, finished_run, identity_key
+from w2s.runs import LOCK, claim, finished_run, identity_key, read_marker
 from w2s.source import DataSource
 from w2s.task import load_task
 from w2s.train.config import TrainConfig
 from w2s.train.recipe import run as train_wspo
 from w2s.world.build import TASK_MODELS, build_world
+from w2s.world.build import config_hash as world_config_hash
 from w2s.world.config import WorldConfig
 from w2s.world.task import TINY_TASKS
 
@@ -76,6 +77,12 @@ class ScienceConfig:
     world_per_seed: bool = True
     """Build one world per seed (the intervals then cover the world's build too); false builds one world (with
     `world.seed`) and its caches once, and the seeds vary WSPO's data order and initial state and the sampling."""
+    world_dir: str = ""
+    """A finished world of these `world` settings (another science run's `<out_dir>/world`) to use instead of
+    building one here, so that two runs differing in one setting (e.g. `cache_dtype`) share one world; it is only
+    read. Needs world_per_seed false."""
+    cache_dtype: str = "float32"
+    """The weak pair's dtype while the caches are scored (`cache.model_dtype`: float32, bfloat16, auto)."""
     train: TrainConfig = field(default_factory=_train_defaults)
     """WSPO settings (out_dir, cache_dir, policy, gammas and seed are set per seed and task)."""
     gammas: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0])
@@ -111,6 +118,9 @@ class ScienceConfig:
         for key in ("num_val", "num_test", "threads", "resamples"):
             require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
         require(self.num_test <= self.world.num_test and self.num_val <= self.world.num_val, "num_test", "<= world's")
+        require(not (self.world_dir and self.world_per_seed), "world_dir", "needs world_per_seed: false")
+        dtypes = ("float32", "bfloat16", "auto")
+        require(self.cache_dtype in dtypes, "cache_dtype", f"one of {list(dtypes)}, got {self.cache_dtype!r}")
 
 
 def check_mcts(knobs: dict) -> None:
@@ -132,13 +142,16 @@ class Cell:
     @property
     def world(self) -> Path:
         """The world: one per seed (`world_per_seed`), else one for every seed (built with `world.seed`)."""
+        if self.config.world_dir:
+            return Path(self.config.world_dir)
         shared = Path(self.config.out_dir) / "world"
         return Path(self.config.out_dir) / f"seed-{self.seed}" / "world" if self.config.world_per_seed else shared
 
     @property
     def cache(self) -> Path:
-        """The task's cache: one per world."""
-        return self.world.parent / self.task / "cache"
+        """The task's cache: one per world, in this run's folder."""
+        per_seed = Path(self.config.out_dir) / f"seed-{self.seed}"
+        return (per_seed if self.config.world_per_seed else Path(self.config.out_dir)) / self.task / "cache"
 
     @property
     def root(self) -> Path:
@@ -156,7 +169,11 @@ def prepare(cell: Cell) -> None:
     """World (shared by the seed's tasks), the task's cache (weak pair + strong reference) and the gamma sweep."""
     config = cell.config
     world_seed = cell.seed if config.world_per_seed else config.world.seed
-    build_world(dataclasses.replace(config.world, seed=world_seed, out_dir=str(cell.world)))
+    world = dataclasses.replace(config.world, seed=world_seed, out_dir=str(cell.world))
+    if config.world_dir:
+        check_shared_world(world)
+    else:
+        build_world(world)
     cache = CacheConfig(
         out_dir=str(cell.cache),
         data=DataSource(str(cell.world / "data" / "cache.jsonl")),
@@ -165,6 +182,7 @@ def prepare(cell: Cell) -> None:
         strong_ref=cell.model("strong_base"),
         backend="transformers",
         format="parquet",
+        model_dtype=config.cache_dtype,
     )
     if not finished_run(cell.cache, "cache"):
         build_cache(cache)
@@ -178,6 +196,18 @@ def prepare(cell: Cell) -> None:
     )
     if not all(finished_run(Path(cell.wspo(g)).parent, "train") for g in config.gammas):
         train_wspo(train)
+
+
+def check_shared_world(world: WorldConfig) -> None:
+    """Refuses a `world_dir` that is not a finished world of these settings (it is never built or changed here)."""
+    marker = read_marker(Path(world.out_dir)) if Path(world.out_dir).is_dir() else None
+    done = finished_run(world.out_dir, "world")
+    require(done, "world_dir", f"{world.out_dir} holds no finished world (build it first, e.g. with make science)")
+    require(
+        marker is not None and marker.get("identity") == world_config_hash(world),
+        "world_dir",
+        f"{world.out_dir} holds a world of other settings than this config's `world` section",
+    )
 
 
 class WeakTokens:

@@ -8,6 +8,8 @@ loss or the search's guidance moves one of these differences to zero or below, a
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from w2s.eval.config import SystemConfig
@@ -74,3 +76,27 @@ def test_effect_direction_on_the_tone_task(scores, better, worse, floor):
     print(f"{better} - {worse}: {difference.text()}")
     assert difference.low > 0, f"{better} is not above {worse} at the 95% level: {difference.text()}"
     assert difference.mean > floor, f"{better} - {worse} fell under its floor {floor}: {difference.text()}"
+
+
+def test_a_shared_world_is_used_as_it_is_and_refused_when_it_is_not_this_configs(micro_world, tmp_path):
+    """`world_dir` reads another run's world (never builds or changes it) and puts the caches in this run's
+    folder; a folder without a finished world, or a world of other settings, is refused naming world_dir."""
+    from tests.conftest import micro_world_config
+    from w2s.config import ConfigError
+    from w2s.science.tiny import check_shared_world
+
+    world = micro_world_config(str(micro_world))
+    config = ScienceConfig(out_dir=str(tmp_path / "run"), world=world, world_per_seed=False,
+                           world_dir=str(micro_world), cache_dtype="bfloat16", num_val=8, num_test=8)  # fmt: skip
+    cell = Cell(config, 0, "tone")
+    assert cell.world == micro_world and cell.cache == tmp_path / "run" / "tone" / "cache"
+    check_shared_world(world)  # the micro world of these settings: accepted
+    other = dataclasses.replace(world, align_steps=world.align_steps + 1)
+    with pytest.raises(ConfigError, match="world_dir: .* other settings"):
+        check_shared_world(other)
+    with pytest.raises(ConfigError, match="world_dir: .* no finished world"):
+        check_shared_world(dataclasses.replace(world, out_dir=str(tmp_path)))
+    with pytest.raises(ConfigError, match="world_dir: needs world_per_seed: false"):
+        ScienceConfig(world=world, world_dir=str(micro_world), num_val=8, num_test=8)
+    with pytest.raises(ConfigError, match="cache_dtype: one of"):
+        ScienceConfig(world=world, cache_dtype="fp8", num_val=8, num_test=8)
