@@ -5,6 +5,7 @@ that every measured table is a report's output and never typed by hand.
         --docs docs/search.md
     .venv/bin/python benchmarks/doc_tables.py search-compare --report runs/search-compare/report.json \
         --docs docs/search.md
+    .venv/bin/python benchmarks/doc_tables.py dtype-claims --docs docs/performance.md
 
 Without --docs the tables are printed. Other benchmarks (science_table.py, search_speed.py, startup.py,
 cache_real.py, train_step.py) write their own tables through `write_between`.
@@ -66,9 +67,16 @@ def _search_compare(report: dict) -> str:
     return report_text(report)
 
 
+def _dtype_claims(report: dict) -> str:
+    from w2s.science.compare_runs import markdown
+
+    return markdown(report)
+
+
 TABLES = {
     "length": (_length, "length-table", REPO / "runs" / "science-length" / "length_report.json"),
     "search-compare": (_search_compare, "search-compare", REPO / "runs" / "search-compare" / "report.json"),
+    "dtype-claims": (_dtype_claims, "dtype-claims", REPO / "docs" / "results" / "defaults" / "dtype_claims.json"),
 }
 """name -> (the report's markdown, its markers' name, its default report): the experiments' tables."""
 

@@ -115,3 +115,35 @@ def test_real_layout_report_has_its_own_systems_metrics_claims_and_only_gamma(tm
     summary = claims_summary(report)
     assert "WSPO gamma 0.3, chosen on validation" in summary and summary.count("| holds |") >= 2
     assert (tmp_path / "science-real.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_two_runs_are_compared_claim_by_claim_with_wspo_paired_between_them(tmp_path):
+    """A variant run whose WSPO rows are the base's plus 0.1 on every prompt: the paired difference is exactly
+    0.1, the claims of both runs are side by side and a verdict that moved is marked; a missing run is refused."""
+    from w2s.errors import UserError
+    from w2s.science.compare_runs import compare, main, markdown
+
+    levels = dict.fromkeys(TINY.systems, (0.5, 0.6))
+    runs = {}
+    for name, shift in (("base", 0.0), ("variant", 0.1)):
+        out = tmp_path / name
+        test = {(s, "tone"): {system: row(*lv, seed=10 * s + i) for i, (system, lv) in enumerate(levels.items())}
+                for s in SEEDS}  # fmt: skip
+        for s in SEEDS:
+            wspo = test[(s, "tone")]["wspo"]
+            for example in wspo["per_example"]:
+                example["tone_reward"] += shift
+            (out / f"seed-{s}" / "tone" / "test").mkdir(parents=True)
+            (out / f"seed-{s}" / "tone" / "test" / "wspo.row.json").write_text(json.dumps(wspo))
+        write_science_report(config(out), validation(), test, {"tone": select(config(out), "tone", validation())})
+        runs[name] = out
+    report = compare(runs["base"], runs["variant"])
+    reward = report["tasks"]["tone"]["wspo_variant_minus_base"]["reward"]["difference"]
+    assert reward["mean"] == pytest.approx(0.1) and reward["low"] == pytest.approx(0.1)
+    assert report["tasks"]["tone"]["wspo_variant_minus_base"]["clause_accuracy"]["difference"]["mean"] == 0
+    claim = next(c for c in report["tasks"]["tone"]["claims"] if c["claim"].startswith("strong + WSPO > strong base"))
+    assert claim["variant"]["mean"] == pytest.approx(claim["base"]["mean"] + 0.1)
+    assert claim["base_verdict"] != claim["variant_verdict"] and "(changed)" in markdown(report)
+    with pytest.raises(UserError, match="no science report here"):
+        compare(runs["base"], tmp_path / "nowhere")
+    assert main([str(runs["base"]), str(tmp_path / "nowhere"), str(tmp_path / "out.json")]) == 2
