@@ -101,7 +101,7 @@ def claim_report(config: EvalConfig) -> RunFolder:
     if config.gamma_sweep:
         models["wspo_dir"] = config.wspo_dir
     models.update({f"{spec.name} responses": spec.responses for spec in config.systems if spec.responses})
-    identity = json.loads(json.dumps(asdict(config), default=str))
+    identity = eval_identity(config)
     folder = claim(
         config.out_dir, "eval", identity=identity, inputs=models, on_change="replace", artefacts=REPORT_FILES
     )
@@ -110,8 +110,15 @@ def claim_report(config: EvalConfig) -> RunFolder:
 
 
 def eval_identity(config: EvalConfig) -> dict:
-    """What an eval report is made from: its settings (as JSON)."""
-    return json.loads(json.dumps(asdict(config), default=str))
+    """What an eval report is made from: its settings (as JSON), the task's prompt set spelled as before the shared
+    data-source section (`prompts: <path>` beside its fields), so that a finished eval still counts as the same."""
+    settings = json.loads(json.dumps(asdict(config), default=str))
+    task, source = settings["task"], settings["task"].get("prompts")
+    if isinstance(source, dict):  # one-to-one: a task's top-level split/..._field keys are refused as moved
+        flat = {key: value for key, value in task.items() if key != "prompts"}
+        flat.update({key: value for key, value in source.items() if key != "path"})
+        settings["task"] = flat | {"prompts": source.get("path")}
+    return settings
 
 
 def evaluate_all(config: EvalConfig, task: Task | None) -> tuple[dict, Layout]:

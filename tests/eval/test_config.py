@@ -102,3 +102,18 @@ def test_a_task_mapping_without_component_updates_the_default_task():
 def test_out_of_range_settings_are_refused_at_load_time(key, value, message):
     with pytest.raises(ConfigError, match=f"eval.{key}: {message}"):
         from_dict(EvalConfig, {key: value})
+
+
+def test_an_evals_identity_spells_the_prompt_set_as_before_the_data_source_section():
+    """A finished eval made when a task's prompt set was `prompts: <path>` beside `id_field: ...` still counts as
+    the same eval (the science drivers reuse it instead of sampling again); another prompt set does not."""
+    from w2s.eval.config import EvalConfig
+    from w2s.eval.run import eval_identity
+
+    def identity(prompts) -> dict:
+        return eval_identity(EvalConfig(task={"_component_": "length", "prompts": prompts}))["task"]
+
+    assert identity({"path": "p.jsonl", "id_field": "id"}) == {"_component_": "length", "prompts": "p.jsonl",
+                                                               "id_field": "id"}  # fmt: skip
+    assert identity("p.jsonl") == {"_component_": "length", "prompts": "p.jsonl"}
+    assert identity({"path": "p.jsonl", "id_field": "key"}) != identity({"path": "p.jsonl", "id_field": "id"})
