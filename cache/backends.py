@@ -9,6 +9,8 @@ for t in [prompt_len, len).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
@@ -92,6 +94,22 @@ class TransformersScorer:
             for index, logps in zip(batch, scored):
                 results[index] = logps
         return results  # type: ignore[return-value]
+
+
+def run_side_by_side(score: Callable[[str], list[np.ndarray]], roles: list[str], threads: int) -> dict:
+    """`score(role)` for every role at once, one Python thread each with `threads` torch threads (torch's kernels
+    release the GIL); the caller's thread count is restored after. An error in one is raised here."""
+
+    def scored(role: str) -> list[np.ndarray]:
+        torch.set_num_threads(threads)  # this thread's own count: each model runs on its share of the cores
+        return score(role)
+
+    before = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(len(roles), thread_name_prefix="w2s-score") as pool:
+            return dict(zip(roles, pool.map(scored, roles)))
+    finally:
+        torch.set_num_threads(before)
 
 
 @BACKENDS.register("vllm")

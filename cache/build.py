@@ -29,7 +29,7 @@ from rich.console import Console
 from tqdm import tqdm
 
 from w2s.align import chunk_sums
-from w2s.cache.backends import Scorer, make_scorer
+from w2s.cache.backends import Scorer, TransformersScorer, make_scorer, run_side_by_side
 from w2s.cache.config import CacheConfig
 from w2s.cache.formats import formats_for
 from w2s.cache.job import CacheJob, model_paths
@@ -44,6 +44,7 @@ from w2s.cache.ledger import (
 from w2s.cache.manifest import MANIFEST, cache_layout, file_entry, manifest_body, shard_entry
 from w2s.cache.portable import STRONG_TOKENIZER_DIR, TOKENIZER_DIR, absolute_paths, save_tokenizer_copy
 from w2s.data import Row, StrongSide, encode_rows, load_rows, locate
+from w2s.device import side_by_side_threads
 from w2s.errors import CacheMismatch, ConfigError, DataError
 from w2s.io import atomic_write_json
 from w2s.models import load_model_config, load_tokenizer
@@ -211,16 +212,36 @@ def strong_space(values: np.ndarray, side: StrongSide) -> np.ndarray:
     return placed
 
 
+def score_roles(job: CacheJob, weak_rows: list, strong_rows: list) -> dict[str, list[np.ndarray]]:
+    """Each scorer's response log-probs: the weak pair on the weak ids, the strong reference on the strong ids;
+    side by side on a CPU (`CacheConfig.side_by_side`), else in turn."""
+
+    def score(role: str) -> list[np.ndarray]:
+        rows = strong_rows if role == "strong_ref" else weak_rows
+        return job.scorers[role].response_logprobs([row.input_ids for row in rows], [row.prompt_len for row in rows])
+
+    devices = {getattr(scorer, "device", "") for scorer in job.scorers.values()}
+    local = all(isinstance(scorer, TransformersScorer) for scorer in job.scorers.values())
+    device = devices.pop() if len(devices) == 1 and local else ""
+    threads = side_by_side_threads(job.config.side_by_side, device, len(job.scorers), torch_threads())
+    if not threads:
+        return {role: score(role) for role in job.scorers}
+    return run_side_by_side(score, list(job.scorers), threads)
+
+
+def torch_threads() -> int:
+    import torch  # loaded already with the models
+
+    return torch.get_num_threads()
+
+
 def score_shard(job: CacheJob, shard_rows: list[Row]) -> ShardData:
     """Runs every scorer over one shard's rows and assembles the columnar shard (float32 arithmetic). The weak
     pair scores each row's weak ids; the strong reference, and what is stored, are the strong ids (the same ids
     unless the cache is cross-tokenizer: then the weak fields are moved to strong-token space, `strong_space`)."""
     strong = [row.strong or row for row in shard_rows]  # what is stored: a StrongSide, or the row itself
     sequences = [row.input_ids for row in strong]
-    logps = {}
-    for role, scorer in job.scorers.items():
-        side = strong if role == "strong_ref" else shard_rows  # the weak pair scores the weak ids
-        logps[role] = scorer.response_logprobs([row.input_ids for row in side], [row.prompt_len for row in side])
+    logps = score_roles(job, shard_rows, strong)
     base, aligned = logps["weak_base"], logps["weak_aligned"]
     ratios = [a - b for a, b in zip(aligned, base)]  # float32 - float32: stored ratio is exact before any down-cast
     weak_fields = {"logp_weak_base": base, "logp_weak_aligned": aligned, "weak_log_ratio": ratios}

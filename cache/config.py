@@ -73,6 +73,10 @@ class CacheConfig:
     prompt_logprobs. auto: 8192 on a GPU; on a CPU, 8192 for a tiny model down to 1024 from SmolLM2-135M up,
     where large padded batches are slower (`w2s.device`, docs/performance.md "Defaults per device"). The manifest
     records the value used."""
+    side_by_side: bool | Literal["auto"] = "auto"
+    """transformers backend on a CPU: score the models at once, each on its share of the torch threads, instead
+    of in turn with all of them (the same values; faster, since one sequence's small ops do not split well over
+    threads). auto: on a CPU with at least 2 threads; never on a GPU (`w2s.device.side_by_side_threads`)."""
     num_shards: int = 1
     """Number of workers the build is split between (one per GPU or node)."""
     shard_index: int = 0
@@ -108,6 +112,8 @@ class CacheConfig:
             "cache.batch_tokens",
             f"must be auto or at least 1, got {self.batch_tokens}",
         )
+        side = self.side_by_side
+        require(side in (True, False, "auto"), "cache.side_by_side", f"true, false or auto, got {side!r}")
         for key in ("ray_actors", "ray_max_retries"):
             require(getattr(self, key) >= 0, f"cache.{key}", f"must be at least 0, got {getattr(self, key)}")
         require("://" not in self.out_dir, "cache.out_dir", "a build writes a local (or mounted) folder, not a URL")

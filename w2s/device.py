@@ -13,6 +13,9 @@ benchmarks/cache_real.py on SmolLM2-135M):
     padded sequences lose (padding and attention grow with the batch while a 135M model's matmuls are already
     at the GEMM rate with one sequence), but a tiny model's forward is all fixed cost and gains from batching:
     so the budget shrinks with the model (`CPU_BATCH_WORK`), from 8192 tokens to 1024.
+  - the cache's models side by side on a CPU: each model of the pair on its own share of the torch threads, at
+    once, instead of every model taking all threads in turn; the elementwise ops and attention of one sequence
+    do not split well over threads, while two models run on two cores without waiting for each other.
 """
 
 from __future__ import annotations
@@ -125,3 +128,15 @@ def resolve_batch_tokens(setting: int | str, device: str, model_paths: list[str]
         except ModelError:
             return pick_batch_tokens(setting, resolve_device(device))
     return pick_batch_tokens(setting, resolve_device(device), params)
+
+
+def side_by_side_threads(setting: bool | str, device: str, num_models: int, threads: int) -> int:
+    """Torch threads per model when the cache's models score side by side (one Python thread each, at once); 0
+    when they take turns, each with all `threads`. auto: side by side on a CPU with at least 2 threads and at
+    least 2 models, each on threads // models (at least 1); never on a GPU (one device: they would only queue).
+    Pure, so that the rule is tested for any machine."""
+    if setting is False or device != "cpu" or num_models < 2:
+        return 0
+    if setting == "auto" and threads < 2:
+        return 0
+    return max(1, threads // num_models)

@@ -109,3 +109,10 @@ def rewrite_shard(cache_dir: Path, index: int, fmt: str, shard) -> None:
     get_format(fmt).write(shard, path, Layout.from_manifest(manifest))
     manifest["shards"][index]["files"][fmt] = file_entry(path)
     (cache_dir / MANIFEST).write_text(json.dumps(manifest))
+
+
+def stored_columns(cache_dir: Path) -> dict:
+    """Every Parquet shard's columns as Python lists, by shard name: what a build stored, without file metadata."""
+    import pyarrow.parquet as pq
+
+    return {path.name: pq.read_table(path).to_pydict() for path in sorted(cache_dir.rglob("*.parquet"))}
