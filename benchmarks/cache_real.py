@@ -14,6 +14,8 @@ are 100-1,000 tokens (notes made of the world's fine-tune answers, then a questi
   - process: whole processes, load included, interleaved `repeats` times: `w2s cache` (defaults), the naive loop
     and TRL's `precompute_ref_log_probs` loop (TRL is not installed here, so its loop is re-implemented: a
     DataLoader of batch 8, padded, full logits, `selective_log_softmax`), each in float32 and bfloat16.
+  - pair: both weak models at the auto budget, in turn and side by side (`cache.side_by_side`), against the
+    naive loop, interleaved in one process, with the efficiency of the pair against the limit.
   - error: bfloat16 against float32 on the cached weak log-ratio (per token and per sequence).
 
 Prints markdown tables and writes every number to --out (docs tables are generated from it by
@@ -43,7 +45,7 @@ DTYPES = ("float32", "bfloat16")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", type=Path, default=REPO / "runs" / "real", help="the real world (make real-world)")
-    parser.add_argument("--part", default="all", choices=("scorer", "process", "error", "all"))
+    parser.add_argument("--part", default="all", choices=("scorer", "pair", "process", "error", "all"))
     parser.add_argument("--sets", default="long,short", help="row sets, comma separated")
     parser.add_argument("--rows", type=int, default=60, help="rows per set")
     parser.add_argument("--budgets", default="256,512,1024,2048,8192", help="batch_tokens tried by the scorer part")
@@ -218,6 +220,60 @@ def scorer_part(args, work: Path, kind: str) -> dict:
             "efficiency": {m: limit_s / min(t) for m, t in times.items()},
         }
         print(f"{kind} {dtype}: {json.dumps(result[dtype])}", flush=True)
+    return result
+
+
+def time_pair(scorers: dict, sequences, prompt_lens, threads: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds of each way of scoring both models, `repeats` interleaved runs each."""
+    from w2s.cache.backends import run_side_by_side
+    from w2s.device import side_by_side_threads
+
+    def score(role: str) -> list:
+        return scorers[role].response_logprobs(sequences, prompt_lens)
+
+    each = side_by_side_threads("auto", "cpu", len(scorers), threads) or 1
+    methods = {
+        "in turn": lambda: [score(role) for role in scorers],
+        "side by side": lambda: run_side_by_side(score, list(scorers), each),
+        "naive": lambda: [naive_logprobs(scorer.model, sequences, prompt_lens) for scorer in scorers.values()],
+    }
+    times: dict = {name: [] for name in methods}
+    for _ in range(repeats):
+        for name, method in methods.items():
+            start = time.perf_counter()
+            method()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def pair_part(args, work: Path, kind: str) -> dict:
+    """Both weak models, as `w2s cache` scores them (the auto token budget): in turn with every thread, side by
+    side (`cache.side_by_side`), and the naive loop, interleaved in one process; tokens/s count both models'
+    tokens, and the limit is both models' FLOPs at the GEMM rate of this process's thread count."""
+    import torch
+
+    from w2s.cache.backends import TransformersScorer
+    from w2s.models import load_tokenizer
+
+    sequences, prompt_lens = encode(
+        write_rows(work, args.world, kind, args.rows), load_tokenizer("t", str(args.world / "weak_base"))
+    )
+    tokens, threads = 2 * sum(len(s) for s in sequences), torch.get_num_threads()
+    result: dict = {"rows": len(sequences), "tokens": tokens, "prompt_tokens": [min(prompt_lens), max(prompt_lens)],
+                    "threads": threads}  # fmt: skip
+    for dtype in args.dtypes.split(","):
+        scorers = {role: TransformersScorer(str(args.world / role), dtype, role=role) for role in MODELS}
+        times = time_pair(scorers, sequences, prompt_lens, threads, args.repeats)
+        rate = gemm_rate(dtype)
+        limit_s = sum(limit_flops(s.model, sequences, prompt_lens) for s in scorers.values()) / rate
+        result[dtype] = {
+            "gemm_gflops": rate / 1e9,
+            "batch_tokens": scorers[MODELS[0]].batch_tokens,
+            "limit_tok_s": tokens / limit_s,
+            "tok_s": {m: tokens / min(t) for m, t in times.items()},
+            "efficiency": {m: limit_s / min(t) for m, t in times.items()},
+        }
+        print(f"{kind} pair {dtype}: {json.dumps(result[dtype])}", flush=True)
     return result
 
 
@@ -405,6 +461,19 @@ def tables(results: dict) -> str:
                 f"| {dtype} | limit ({entry['gemm_gflops']:.0f} GFLOP/s GEMM) | {entry['limit_tok_s']:.0f} | 100% |"
             )
         lines.append("")
+    for kind, part in results.get("pair", {}).items():
+        lines += [f"**Both weak models as `w2s cache` scores them, {kind} rows** ({part['rows']} rows, "
+                  f"{part['tokens']} tokens of the two models, {part['threads']} torch threads)", "",
+                  "| dtype | method | tokens/s | of the limit | vs naive |", "|---|---|---|---|---|"]  # fmt: skip
+        for dtype in [dtype for dtype in DTYPES if dtype in part]:
+            entry = part[dtype]
+            for method, rate in entry["tok_s"].items():
+                share, speedup = entry["efficiency"][method], rate / entry["tok_s"]["naive"]
+                lines.append(f"| {dtype} | {method} | {rate:.0f} | {share:.0%} | {speedup:.2f}x |")
+            lines.append(
+                f"| {dtype} | limit ({entry['gemm_gflops']:.0f} GFLOP/s GEMM) | {entry['limit_tok_s']:.0f} | 100% | |"
+            )
+        lines.append("")
     for kind, err in results.get("error", {}).items():
         lines += [f"**bfloat16 against float32, weak log-ratio, {kind} rows** ({err['tokens']} response tokens)", "",
                   "| measure | value |", "|---|---|"]  # fmt: skip
@@ -439,6 +508,8 @@ def main(argv: list[str] | None = None) -> None:
     for kind in args.sets.split(","):
         if args.part in ("scorer", "all"):
             results.setdefault("scorer", {})[kind] = scorer_part(args, work, kind)
+        if args.part in ("pair", "all"):
+            results.setdefault("pair", {})[kind] = pair_part(args, work, kind)
         if args.part in ("error", "all"):
             results.setdefault("error", {})[kind] = error_part(args, work, kind)
         if args.part in ("process", "all"):
