@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per method")
     parser.add_argument(
+        "--methods", default="", help="process part: only these methods, comma separated ('naive float32,...')"
+    )
+    parser.add_argument(
         "--threads", type=int, default=0, help="torch threads (0: torch's choice); 1 is steadier on a shared machine"
     )
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
@@ -418,6 +421,8 @@ def process_part(args, work: Path, kind: str) -> dict:
         commands[f"w2s cache {dtype}"] = cache_command(work, args.world, rows, dtype, 0)
         commands[f"naive {dtype}"] = [*me, "naive", str(rows), dtype, str(args.world)]
         commands[f"trl {dtype}"] = [*me, "trl", str(rows), dtype, str(args.world)]
+    if args.methods:
+        commands = {name: command for name, command in commands.items() if name in args.methods.split(",")}
     times: dict[str, list[float]] = {name: [] for name in commands}
     for repeat in range(args.repeats):
         for name, command in commands.items():
