@@ -184,6 +184,27 @@ def test_models_with_different_tokenizers_are_named(micro_world, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_pair_with_the_same_tokenizer_files_loads_one_tokenizer_and_a_changed_file_loads_both(
+    micro_world, tmp_path, monkeypatch
+):
+    """The micro world's weak pair differs only in its weights: one tokenizer is loaded for both. Change a file
+    that loading reads (the chat template) and both are loaded and compared again, and the difference refused."""
+    from w2s.cache import build as cache_build
+
+    loaded = []
+    real_load = cache_build.load_tokenizer
+    monkeypatch.setattr(cache_build, "load_tokenizer", lambda role, path: loaded.append(role) or real_load(role, path))
+    job = setup(cache_config(micro_world, tmp_path / "out"), load_models=False)
+    assert loaded == ["weak_base"] and job.provenance["tokenizer_sha256"]
+    other = tmp_path / "other_aligned"
+    shutil.copytree(micro_world / "weak_aligned", other)
+    (other / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    loaded.clear()
+    with pytest.raises(CacheMismatch, match=r"tokenizer of weak_aligned \(.*other_aligned\) differs"):
+        setup(cache_config(micro_world, tmp_path / "out2", weak_aligned=str(other)), load_models=False)
+    assert loaded == ["weak_base", "weak_aligned"]
+
+
 def test_truncation_is_applied_and_recorded(micro_world, tmp_path):
     data = write_jsonl(tmp_path / "rows.jsonl", [GOOD, {**GOOD, "example_id": "long", "response": "mira " * 300}])
     manifest = build(micro_world, tmp_path / "out", data=str(data), truncation=True, max_len=64)
