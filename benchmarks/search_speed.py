@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/search_speed.py --tiny runs/world --real runs/real --out runs/search_speed.json
     .venv/bin/python benchmarks/search_speed.py --table runs/search_speed*.json --docs docs/search.md
+    .venv/bin/python benchmarks/search_speed.py --table runs/search_speed_real_b.json --summary --docs README.md
 
 (a) Weak compute against the token budget: chunk-level beam search with the weak pair rescoring every candidate
     from its first token (`WeakScorer(incremental=False)`, what the search did before and what Zhou et al.'s code
@@ -43,6 +44,8 @@ from w2s.search.samplers import DEFAULT_SAMPLING, HFSampler, LMStepper, sample_c
 from w2s.search.scorer import WeakScorer  # noqa: E402
 
 MARKERS = markers("search-speed-table")
+SUMMARY_MARKERS = markers("search-speed-summary")
+"""The README's summary: only the searches against the authors' loop."""
 
 
 def load_pair(world: Path, strong: str, aligned: str = "weak_aligned") -> SimpleNamespace:
@@ -204,6 +207,12 @@ def tables(report: dict) -> str:
     return "\n".join(parts)
 
 
+def summary(report: dict) -> str:
+    """The searches' table alone, with its settings (what the README shows)."""
+    searches = report["searches"]
+    return "\n".join([f"Real pair, {searches['note']}; {report['machine']}:", "", search_table(searches["rows"])])
+
+
 def merged(reports: list[dict]) -> dict:
     """One report from several runs (e.g. the tiny world and the real pair measured separately)."""
     report = dict(reports[0], budgets={})
@@ -225,10 +234,15 @@ def main() -> int:
     parser.add_argument("--parts", default="ab", help="a: budgets (full vs incremental), b: searches vs authors' loop")
     parser.add_argument("--table", type=Path, nargs="+", help="only print (or with --docs write) these reports' tables")
     parser.add_argument("--docs", type=Path, help="write the tables between the search-speed-table markers")
+    parser.add_argument("--summary", action="store_true", help="with --table: only the searches' table (README)")
     args = parser.parse_args()
     if args.table is not None:
-        body = tables(merged([json.loads(path.read_text()) for path in args.table]))
-        if args.docs is None:
+        report = merged([json.loads(path.read_text()) for path in args.table])
+        body = summary(report) if args.summary else tables(report)
+        if args.summary and args.docs is not None:
+            write_between(args.docs, SUMMARY_MARKERS, body)
+            print(f"search speed summary written into {args.docs}")
+        elif args.docs is None:
             print(body)
         else:
             write_between(args.docs, MARKERS, body)
