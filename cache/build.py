@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from rich.console import Console
 from tqdm import tqdm
 
@@ -243,16 +244,10 @@ def score_roles(job: CacheJob, weak_rows: list, strong_rows: list) -> dict[str, 
     devices = {getattr(scorer, "device", "") for scorer in job.scorers.values()}
     local = all(isinstance(scorer, TransformersScorer) for scorer in job.scorers.values())
     device = devices.pop() if len(devices) == 1 and local else ""
-    threads = side_by_side_threads(job.config.side_by_side, device, len(job.scorers), torch_threads())
+    threads = side_by_side_threads(job.config.side_by_side, device, len(job.scorers), torch.get_num_threads())
     if not threads:
         return {role: score(role) for role in job.scorers}
     return run_side_by_side(score, list(job.scorers), threads)
-
-
-def torch_threads() -> int:
-    import torch  # loaded already with the models
-
-    return torch.get_num_threads()
 
 
 def score_shard(job: CacheJob, shard_rows: list[Row]) -> ShardData:

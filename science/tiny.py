@@ -200,11 +200,10 @@ def prepare(cell: Cell) -> None:
 
 def check_shared_world(world: WorldConfig) -> None:
     """Refuses a `world_dir` that is not a finished world of these settings (it is never built or changed here)."""
-    marker = read_marker(Path(world.out_dir)) if Path(world.out_dir).is_dir() else None
     done = finished_run(world.out_dir, "world")
     require(done, "world_dir", f"{world.out_dir} holds no finished world (build it first, e.g. with make science)")
     require(
-        marker is not None and marker.get("identity") == world_config_hash(world),
+        read_marker(Path(world.out_dir))["identity"] == world_config_hash(world),
         "world_dir",
         f"{world.out_dir} holds a world of other settings than this config's `world` section",
     )
