@@ -94,14 +94,32 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+REPORT_KEYS = {"base", "variant", "seeds", "tasks"}
+"""The keys of a report this command writes: an existing OUT with other contents is not ours to replace."""
+
+
+def refuse_foreign_file(out: Path) -> None:
+    """Refuses, before anything is read, an OUT that exists and is not an earlier report of this command."""
+    if not out.exists():
+        return
+    try:
+        ours = out.is_file() and set(json.loads(out.read_text())) == REPORT_KEYS
+    except (ValueError, TypeError, UnicodeDecodeError):
+        ours = False
+    if not ours:
+        raise UserError(f"{out}: exists and is not a report of this command; name a new file (it is left as it is)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
 
     def command() -> int:
         if len(args) != 3:
             raise UserError("usage: python -m w2s.science.compare_runs BASE_RUN VARIANT_RUN OUT.json")
+        out = Path(args[2])
+        refuse_foreign_file(out)
         report = compare(Path(args[0]), Path(args[1]))
-        atomic_write_json(Path(args[2]), report)
+        atomic_write_json(out, report)
         print(markdown(report))
         return 0
 

@@ -147,3 +147,9 @@ def test_two_runs_are_compared_claim_by_claim_with_wspo_paired_between_them(tmp_
     with pytest.raises(UserError, match="no science report here"):
         compare(runs["base"], tmp_path / "nowhere")
     assert main([str(runs["base"]), str(tmp_path / "nowhere"), str(tmp_path / "out.json")]) == 2
+    mine = tmp_path / "notes.json"  # a user's file named as OUT is refused and left as it is
+    mine.write_text('{"my": "notes"}')
+    assert main([str(runs["base"]), str(runs["variant"]), str(mine)]) == 2 and mine.read_text() == '{"my": "notes"}'
+    out = tmp_path / "report.json"  # the command's own report is written, and written again on a rerun
+    assert main([str(runs["base"]), str(runs["variant"]), str(out)]) == 0
+    assert main([str(runs["base"]), str(runs["variant"]), str(out)]) == 0 and json.loads(out.read_text())["tasks"]
