@@ -50,7 +50,7 @@ from w2s.device import side_by_side_threads
 from w2s.errors import CacheMismatch, ConfigError, DataError
 from w2s.io import atomic_write_json, sha256_file
 from w2s.models import load_model_config, load_tokenizer
-from w2s.provenance import WEIGHT_SUFFIXES, code_version, model_fingerprint, tokenizer_fingerprint
+from w2s.provenance import WEIGHT_SUFFIXES, code_version, model_fingerprints, tokenizer_fingerprint
 from w2s.schemas.cache import STRONG_CHUNK_FIELD, ShardData, shard_name
 from w2s.vllm_engine import resolve_backend
 
@@ -120,7 +120,7 @@ def make_provenance(
     paths = model_paths(config)
     cross = {"strong_tokenizer_sha256": strong_tokenizer_sha, "cross_tokenizer": True} if strong_tokenizer_sha else {}
     return {
-        "models": {role: model_fingerprint(path) for role, path in paths.items()},
+        "models": model_fingerprints(paths),
         "tokenizer_sha256": tokenizer_sha,
         **cross,
         "chat_template": getattr(tokenizer, "chat_template", None) if config.use_chat_template else None,

@@ -4,6 +4,7 @@ model's score head against its checkpoint, and recorded responses against the ta
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -22,7 +23,7 @@ from w2s.eval.prompts import load_prompts
 from w2s.eval.run import run as evaluate
 from w2s.eval.tasks import RewardModelTask
 from w2s.models import ModelError
-from w2s.provenance import tokenizer_parts
+from w2s.provenance import RUNTIME_STATE, backend_parts, model_fingerprint, model_fingerprints, tokenizer_parts
 from w2s.source import DataSource
 from w2s.task import Response
 from w2s.train.checks import check_cache
@@ -54,6 +55,27 @@ def policy_with(world: Path, folder: Path, change) -> Path:
 def differing(a, b) -> list[str]:
     first, second = tokenizer_parts(a), tokenizer_parts(b)
     return [part for part in first if first[part] != second[part]]
+
+
+def test_fingerprints_made_at_once_or_remembered_are_the_plain_ones(micro_world):
+    """The weak pair's weights hashed on threads give each model's own fingerprint, and a tokenizer's definition
+    hash remembered per JSON text is the one computed afresh, and moves when the tokenizer does."""
+    paths = {"weak_base": str(micro_world / "weak_base"), "weak_aligned": str(micro_world / "weak_aligned")}
+    at_once = model_fingerprints(paths)
+    assert at_once == {role: model_fingerprint(path) for role, path in paths.items()}
+    assert at_once["weak_base"]["weights_sha256"] != at_once["weak_aligned"]["weights_sha256"]
+
+    tokenizer = AutoTokenizer.from_pretrained(micro_world / "tokenizer")
+    definition = json.loads(tokenizer.backend_tokenizer.to_str())
+    for key in (*RUNTIME_STATE, "added_tokens", "post_processor"):
+        definition.pop(key, None)
+    plain = hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()
+    backend_parts.cache_clear()
+    first = tokenizer_parts(tokenizer)
+    assert first["vocabulary"] == plain and tokenizer_parts(tokenizer) == first
+    assert backend_parts.cache_info().hits >= 1  # the second came from memory
+    tokenizer.add_tokens(["<not-before>"], special_tokens=True)
+    assert tokenizer_parts(tokenizer)["special tokens"] != first["special tokens"]
 
 
 @pytest.mark.integration

@@ -41,6 +41,28 @@ def test_importing_the_command_line_imports_no_model_library():
     assert done.stdout.strip() == "[]"
 
 
+COLLECTOR_PROBE = """
+import gc, sys
+from w2s.cli import program
+sys.argv = ["w2s", *sys.argv[1:]]
+code = program()
+print("COLLECTOR", gc.isenabled(), gc.get_freeze_count(), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("words", [("inspect", "no-such-cache"), ("cache", "no_such_key=1")])
+def test_the_program_turns_the_collector_back_on_with_start_up_frozen(words, tmp_path):
+    """The console script keeps the collector off through start-up only: after a refused command line and after
+    a command that ran (here refusing a missing cache), it is on again, with start-up's objects frozen."""
+    done = subprocess.run(
+        [sys.executable, "-c", COLLECTOR_PROBE, *words], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert done.returncode == 2 and "w2s" in done.stderr
+    enabled, frozen = next(line for line in done.stderr.splitlines() if line.startswith("COLLECTOR ")).split()[1:]
+    assert enabled == "True" and int(frozen) > 10_000
+
+
 @pytest.mark.parametrize("words", [("--help",), ("cache", "--help"), ("train", "--help-all")])
 def test_help_imports_no_model_library(words, tmp_path):
     assert model_libraries_of(*words, cwd=tmp_path) == []
