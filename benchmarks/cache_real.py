@@ -17,6 +17,9 @@ are 100-1,000 tokens (notes made of the world's fine-tune answers, then a questi
   - pair: both weak models at the auto budget, in turn and side by side (`cache.side_by_side`), against the
     naive loop, interleaved in one process, with the efficiency of the pair against the limit.
   - error: bfloat16 against float32 on the cached weak log-ratio (per token and per sequence).
+  - ceiling: no timing. The causal attention's FLOPs (QK^T and PV over the lower triangle), which the limit does
+    not count, against the limit's: the share of the limit a scorer could reach if attention ran at the GEMM
+    rate and every other op were free.
 
 Prints markdown tables and writes every number to --out (docs tables are generated from it by
 scripts/perf_tables.py-like code in `tables()` here: `--tables F.json`).
@@ -45,7 +48,7 @@ DTYPES = ("float32", "bfloat16")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", type=Path, default=REPO / "runs" / "real", help="the real world (make real-world)")
-    parser.add_argument("--part", default="all", choices=("scorer", "pair", "process", "error", "all"))
+    parser.add_argument("--part", default="all", choices=("scorer", "pair", "process", "error", "ceiling", "all"))
     parser.add_argument("--sets", default="long,short", help="row sets, comma separated")
     parser.add_argument("--rows", type=int, default=60, help="rows per set")
     parser.add_argument("--budgets", default="256,512,1024,2048,8192", help="batch_tokens tried by the scorer part")
@@ -280,6 +283,26 @@ def pair_part(args, work: Path, kind: str) -> dict:
     return result
 
 
+def attention_flops(config, sequences) -> float:
+    """FLOPs of causal attention (QK^T and PV over the lower triangle, every head and layer) over `sequences`."""
+    width = config.num_attention_heads * getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
+    pairs = sum(len(seq) * (len(seq) + 1) // 2 for seq in sequences)
+    return 2.0 * 2.0 * pairs * width * config.num_hidden_layers
+
+
+def ceiling_part(args, work: Path, kind: str) -> dict:
+    """The limit's FLOPs and causal attention's for one model over the row set, and the ceiling they imply."""
+    from w2s.models import load_tokenizer
+
+    sequences, prompt_lens = encode(
+        write_rows(work, args.world, kind, args.rows), load_tokenizer("t", str(args.world / "weak_base"))
+    )
+    model = load(args.world, "weak_base", "float32")
+    limit, attention = limit_flops(model, sequences, prompt_lens), attention_flops(model.config, sequences)
+    return {"rows": len(sequences), "limit_gflop": limit / 1e9, "attention_gflop": attention / 1e9,
+            "ceiling": limit / (limit + attention)}  # fmt: skip
+
+
 # ------------------------------------------------------------------------------- part 2: the bf16 error
 
 
@@ -431,7 +454,8 @@ def process_part(args, work: Path, kind: str) -> dict:
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=work)
             times[name].append(time.perf_counter() - start)
             print(f"{kind} {name}: {times[name][-1]:.1f} s", flush=True)
-    return {"seconds": times, "median_s": {name: statistics.median(t) for name, t in times.items()}}
+    median = {name: statistics.median(t) for name, t in times.items()}
+    return {"rows": args.rows, "seconds": times, "median_s": median}
 
 
 # --------------------------------------------------------------------------------------------- the tables
@@ -479,6 +503,14 @@ def tables(results: dict) -> str:
                 f"| {dtype} | limit ({entry['gemm_gflops']:.0f} GFLOP/s GEMM) | {entry['limit_tok_s']:.0f} | 100% | |"
             )
         lines.append("")
+    if results.get("ceiling"):
+        lines += ["**What the limit leaves out: causal attention** (one model; ceiling = limit / (limit + attention), "
+                  "the share of the limit reachable with attention at the GEMM rate and every other op free)", "",
+                  "| rows | limit GFLOP | attention GFLOP | ceiling |", "|---|---|---|---|"]  # fmt: skip
+        for kind, part in results["ceiling"].items():
+            flops = f"{part['limit_gflop']:.0f} | {part['attention_gflop']:.0f}"
+            lines.append(f"| {kind} | {flops} | {part['ceiling']:.1%} |")
+        lines.append("")
     for kind, err in results.get("error", {}).items():
         lines += [f"**bfloat16 against float32, weak log-ratio, {kind} rows** ({err['tokens']} response tokens)", "",
                   "| measure | value |", "|---|---|"]  # fmt: skip
@@ -517,8 +549,10 @@ def main(argv: list[str] | None = None) -> None:
             results.setdefault("pair", {})[kind] = pair_part(args, work, kind)
         if args.part in ("error", "all"):
             results.setdefault("error", {})[kind] = error_part(args, work, kind)
-        if args.part in ("process", "all"):
-            results.setdefault("process", {})[kind] = process_part(args, work, kind)
+        if args.part in ("process", "all"):  # keyed by the row count too: runs of 8 and 60 rows are both kept
+            results.setdefault("process", {})[f"{args.rows} {kind}"] = process_part(args, work, kind)
+        if args.part in ("ceiling", "all"):
+            results.setdefault("ceiling", {})[f"{args.rows} {kind}"] = ceiling_part(args, work, kind)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
     print(tables(results))
