@@ -18,7 +18,7 @@ import torch
 
 from w2s.config import require_installed
 from w2s.device import resolve_batch_tokens, resolve_device, resolve_model_dtype
-from w2s.logprobs import response_logprobs
+from w2s.logprobs import response_logprobs, token_batches
 from w2s.memory import Shape, vllm_budget
 from w2s.models import load_causal_lm, load_model_config
 from w2s.registry import Registry
@@ -33,25 +33,6 @@ class Scorer(Protocol):
     def response_logprobs(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[np.ndarray]:
         """Log-probs of the response tokens of each sequence, float32, one array per sequence."""
         ...
-
-
-def token_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
-    """Groups indices into batches of similar length whose padded size stays within `batch_tokens`.
-
-    Longest first, so the first batch shows at once whether the budget fits in memory.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for index in order:
-        width = max(lengths[current[0]], lengths[index]) if current else lengths[index]
-        if current and width * (len(current) + 1) > batch_tokens:
-            batches.append(current)
-            current = []
-        current.append(index)
-    if current:
-        batches.append(current)
-    return batches
 
 
 BACKENDS: Registry[type] = Registry("cache backend")

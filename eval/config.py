@@ -186,6 +186,10 @@ class GenerationSettings:
     """Seeds plain generation; search, best-of-N and EFT use seed + i for prompt i."""
     batch_size: int = 64
     """Prompts per batch of plain generation (engine hf)."""
+    weak_batch_tokens: int | Literal["auto"] = "auto"
+    """Token budget of one forward pass of the weak pair as it scores responses (cbs, bon): responses x the
+    longest one's new tokens. auto: 8192 on every device (one prompt's candidates are of nearly equal length, so
+    large batches add no padding: docs/performance.md, "Defaults per device")."""
     threads: int = 1
     """torch CPU threads while generating; tiny models run fastest on one on a shared machine."""
     vllm: VllmOptions = field(default_factory=VllmOptions)
@@ -196,6 +200,11 @@ class GenerationSettings:
             self.vllm = VllmOptions(**self.vllm)
         for key in ("max_new_tokens", "batch_size", "threads"):
             require(getattr(self, key) >= 1, f"{self.section}.{key}", f"must be >= 1, got {getattr(self, key)}")
+        require(
+            self.weak_batch_tokens == "auto" or self.weak_batch_tokens >= 1,
+            f"{self.section}.weak_batch_tokens",
+            f"must be auto or at least 1, got {self.weak_batch_tokens}",
+        )
         require_finite(self.temperature, f"{self.section}.temperature")
         require(
             self.temperature >= 0, f"{self.section}.temperature", f"must be >= 0 (0 is greedy), got {self.temperature}"

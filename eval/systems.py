@@ -106,10 +106,11 @@ class Guide:
     tuned: torch.nn.Module
     untuned: torch.nn.Module
     tokenizer: object
+    batch_tokens: int | str = "auto"
     scorer: WeakScorer = field(init=False)
 
     def __post_init__(self) -> None:
-        self.scorer = WeakScorer(self.tuned, self.untuned, self.tokenizer)
+        self.scorer = WeakScorer(self.tuned, self.untuned, self.tokenizer, batch_tokens=self.batch_tokens)
 
 
 class Models:
@@ -138,7 +139,7 @@ class Models:
         """The weak pair: weak_aligned over weak_base, scoring with the aligned model's tokenizer."""
         if self.weak is None:
             tuned, tokenizer = self.get(self.config.weak_aligned)
-            self.weak = Guide(tuned, self.get(self.config.weak_base)[0], tokenizer)
+            self.weak = Guide(tuned, self.get(self.config.weak_base)[0], tokenizer, self.config.weak_batch_tokens)
         return self.weak
 
     def sampler(self, spec: SystemConfig) -> Sampler:

@@ -15,9 +15,11 @@ from collections.abc import Sequence
 
 import torch
 
+from w2s.device import loaded_batch_tokens
 from w2s.errors import ConfigError
 from w2s.eval.prompts import load_prompts
 from w2s.eval.responses import instruction_of
+from w2s.logprobs import token_batches
 from w2s.models import ModelError, load_sequence_classifier, load_tokenizer
 from w2s.rewards import length_reward
 from w2s.source import as_source, moved_keys
@@ -121,7 +123,10 @@ class RewardModelTask(PromptTask):
 
     Args:
         reward_model: a folder or hub id.
-        batch_size: responses per forward pass (1 when the reward model's tokenizer has no padding token).
+        batch_size: at most this many responses per forward pass (1 when the reward model's tokenizer has no
+            padding token).
+        batch_tokens: and at most this many padded tokens per forward pass; auto: the cache scorer's rule for the
+            reward model's device and size (`w2s.device`).
         max_len: tokens kept of each prompt + response (cut from the left, so the response is kept).
         (the other arguments: see `PromptTask`)
     """
@@ -129,12 +134,20 @@ class RewardModelTask(PromptTask):
     metrics = (Metric("reward", "reward", "{:.3f}", "reward", "reward model score"), MEAN_TOKENS)
 
     def __init__(
-        self, prompts: str | dict, reward_model: str, batch_size: int = 8, max_len: int = 2048, **flat
+        self,
+        prompts: str | dict,
+        reward_model: str,
+        batch_size: int = 8,
+        max_len: int = 2048,
+        batch_tokens: int | str = "auto",
+        **flat,
     ) -> None:
         super().__init__(prompts, **flat)
         if batch_size < 1 or max_len < 2:
             raise ConfigError(f"eval.task: needs batch_size >= 1 and max_len >= 2, got {batch_size}, {max_len}")
-        self.path, self.batch_size, self.max_len = reward_model, batch_size, max_len
+        if batch_tokens != "auto" and (type(batch_tokens) is not int or batch_tokens < 1):
+            raise ConfigError(f"eval.task: batch_tokens must be auto or an integer >= 1, got {batch_tokens!r}")
+        self.path, self.batch_size, self.max_len, self.batch_tokens = reward_model, batch_size, max_len, batch_tokens
         self.model, self.tokenizer = None, None  # loaded at the first score, after every system has generated
 
     def load(self) -> None:
@@ -149,6 +162,7 @@ class RewardModelTask(PromptTask):
             )
         if self.tokenizer.pad_token_id is None:
             self.batch_size = 1  # no padding token: one sequence at a time, so nothing is ever padded
+        self.batch_tokens = loaded_batch_tokens(self.batch_tokens, [self.model])
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
 
     def encode(self, prompt: str | list[dict], response: str) -> list[int]:
@@ -166,15 +180,18 @@ class RewardModelTask(PromptTask):
     def rewards(self, responses: Sequence[Response], examples: Sequence[Example]) -> list[float]:
         self.load()
         rows = [self.encode(example.prompt, response.text) for response, example in zip(responses, examples)]
-        scores: list[float] = []
-        for start in range(0, len(rows), self.batch_size):
-            chunk = rows[start : start + self.batch_size]  # one row when there is no padding token: nothing to pad
-            batch = self.tokenizer.pad({"input_ids": chunk}, padding=len(chunk) > 1, return_tensors="pt")
-            scores += self.model(**batch.to(self.model.device)).logits[:, 0].float().tolist()  # [batch]
+        scores: list[float] = [0.0] * len(rows)
+        for group in token_batches([len(row) for row in rows], self.batch_tokens):
+            for first in range(0, len(group), self.batch_size):
+                part = group[first : first + self.batch_size]  # one row when there is no padding token: no pad
+                chunk = [rows[i] for i in part]
+                batch = self.tokenizer.pad({"input_ids": chunk}, padding=len(chunk) > 1, return_tensors="pt")
+                for i, score in zip(part, self.model(**batch.to(self.model.device)).logits[:, 0].float().tolist()):
+                    scores[i] = score
         return scores
 
     def score_examples(self, responses: Sequence[Response], examples: Sequence[Example]) -> list[dict[str, float]]:
-        """Every response's reward, in batches of `batch_size`."""
+        """Every response's reward, in batches of at most `batch_size` rows and `batch_tokens` padded tokens."""
         rewards = self.rewards(responses, examples)
         return [{"reward": r, "mean_tokens": float(len(response.token_ids))} for r, response in zip(rewards, responses)]
 

@@ -17,10 +17,17 @@ import warnings
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from w2s.logprobs import pad_right, target_logprobs
+from w2s.logprobs import pad_right, target_logprobs, token_batches
 from w2s.sampling import encode_prompt
 from w2s.search.weak_state import NotIncremental, StateStore, WeakState, extend, root_state
 from w2s.tokens import encode_text
+
+AUTO_BATCH_TOKENS = 8192
+"""The weak scorer's token budget per forward pass, on every device. Unlike the cache's rows, the rows of one call
+are one prompt's candidates, of (nearly) equal length, so a large batch adds no padding: on a CPU, 16 responses
+of 64 to 512 tokens on SmolLM2-135M ran within 0.97-1.08x of one batch of all of them at budgets of 1024 to 8192
+(`benchmarks/weak_batches.py`, docs/performance.md), and the cache's CPU value (1024) was no faster (0.92-1.02x
+over two runs). The budget bounds memory as N x the response length grows."""
 
 
 class WeakScorer:
@@ -30,7 +37,9 @@ class WeakScorer:
         tuned: the aligned weak model.
         untuned: the weak model before alignment.
         tokenizer: the weak tokenizer, with a chat template; may differ from the strong tokenizer.
-        batch_size: responses per forward pass.
+        batch_size: at most this many responses per forward pass.
+        batch_tokens: and at most this many padded tokens (rows x the longest row's new tokens) per forward
+            pass; auto: `AUTO_BATCH_TOKENS` on every device.
         incremental: keep each partial response's weak state and run only new ids (False: rescore from the start).
         max_states: partial responses whose states are kept per prompt (least recently used dropped first).
     """
@@ -41,11 +50,13 @@ class WeakScorer:
         untuned: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         batch_size: int = 32,
+        batch_tokens: int | str = "auto",
         incremental: bool = True,
         max_states: int = 256,
     ) -> None:
         self.tuned, self.untuned = tuned.eval(), untuned.eval()
         self.tokenizer, self.batch_size, self.incremental = tokenizer, batch_size, incremental
+        self.batch_tokens = AUTO_BATCH_TOKENS if batch_tokens == "auto" else int(batch_tokens)
         self.store = StateStore(max_states)
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
@@ -85,10 +96,19 @@ class WeakScorer:
                 warnings.warn(f"weak scoring rescores from the start: this weak model's cache is a {err}", stacklevel=2)
                 self.incremental = False
         self.tokens_forwarded += sum(len(ids) for ids in encoded)
-        scores: list[float] = []
-        for start in range(0, len(encoded), self.batch_size):
-            scores += self._score_batch(encoded[start : start + self.batch_size], len(prompt_ids))
+        scores: list[float] = [0.0] * len(encoded)
+        for batch in self._batches([len(ids) for ids in encoded]):
+            for row, score in zip(batch, self._score_batch([encoded[r] for r in batch], len(prompt_ids))):
+                scores[row] = score
         return scores
+
+    def _batches(self, lengths: list[int]) -> list[list[int]]:
+        """Indices into `lengths` in batches of at most `batch_size` rows and `batch_tokens` padded tokens."""
+        return [
+            batch[first : first + self.batch_size]
+            for batch in token_batches(lengths, self.batch_tokens)
+            for first in range(0, len(batch), self.batch_size)
+        ]
 
     def _score_batch(self, encoded: list[list[int]], prompt_len: int) -> list[float]:
         """Right-padded batch of prompt + response ids -> summed log-ratio over the response tokens."""
@@ -118,8 +138,8 @@ class WeakScorer:
             else:
                 groups.setdefault((id(state), shared), (state, []))[1].append(row)
         for (_, shared), (state, rows) in groups.items():
-            for first in range(0, len(rows), self.batch_size):
-                batch = rows[first : first + self.batch_size]
+            for part in self._batches([len(encoded[r]) - shared for r in rows]):
+                batch = [rows[i] for i in part]
                 batch_scores, states = extend(models, state, shared, [encoded[r] for r in batch], self.pad_id)
                 self.tokens_forwarded += sum(len(encoded[r]) - shared + 1 for r in batch)
                 for row, score, new_state in zip(batch, batch_scores, states):

@@ -80,7 +80,8 @@ class TrainConfig:
     `configs/<name>` not found there is read from the copy shipped with w2s). Empty (the default): the settings are
     built from this section. Batch size, accumulation, clipping, lr and precision are always filled from here."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    """'auto' (bf16 where the hardware has it, else fp32), 'bf16' or 'fp32'."""
+    """'auto' (bf16 on a GPU with bf16, else fp32: on a CPU, bf16 training's loss left float32's noise, see
+    docs/performance.md "bf16"), 'bf16' or 'fp32'."""
     lora: bool = False
     """Train LoRA adapters (peft) instead of all weights; the final model is saved merged."""
     lora_rank: int = 8

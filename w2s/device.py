@@ -130,6 +130,15 @@ def resolve_batch_tokens(setting: int | str, device: str, model_paths: list[str]
     return pick_batch_tokens(setting, resolve_device(device), params)
 
 
+def loaded_batch_tokens(setting: int | str, models) -> int:
+    """`pick_batch_tokens` for models already loaded (search's weak pair, eval's reward model): the device their
+    weights are on and the largest body among them."""
+    if setting != "auto":
+        return int(setting)
+    device = next(models[0].parameters()).device.type
+    return pick_batch_tokens(setting, device, max(body_params(model.config) for model in models))
+
+
 def side_by_side_threads(setting: bool | str, device: str, num_models: int, threads: int) -> int:
     """Torch threads per model when the cache's models score side by side (one Python thread each, at once); 0
     when they take turns, each with all `threads`. auto: side by side on a CPU with at least 2 threads and at

@@ -101,6 +101,25 @@ def logprobs_of_targets(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.
     return logps.gather(-1, input_ids[:, 1:, None].to(logps.device))[..., 0]  # [batch, seq-1]
 
 
+def token_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
+    """Groups indices into batches of similar length whose padded size stays within `batch_tokens`.
+
+    Longest first, so the first batch shows at once whether the budget fits in memory.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        width = max(lengths[current[0]], lengths[index]) if current else lengths[index]
+        if current and width * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
 @torch.no_grad()
 def response_logprobs(
     model: torch.nn.Module, sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int], pad_id: int = 0
@@ -108,7 +127,7 @@ def response_logprobs(
     """Log-probs of the response tokens (from `prompt_lens[i]` on) of each sequence, one float32 array each.
 
     One right-padded forward over the whole list; only response positions reach the output layer. Callers batch
-    it (see `w2s.cache.backends.token_batches`).
+    it (`token_batches`).
     """
     device = next(model.parameters()).device
     input_ids, attention_mask = pad_right(sequences, pad_id)

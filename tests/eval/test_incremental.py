@@ -16,7 +16,7 @@ from tests.eval.checked_scorer import TOLERANCE, CheckedScorer
 from w2s.sampling import encode_prompt
 from w2s.search.cbs import best_of_n, chunk_beam_search
 from w2s.search.samplers import HFSampler
-from w2s.search.scorer import WeakScorer
+from w2s.search.scorer import AUTO_BATCH_TOKENS, WeakScorer
 from w2s.search.weak_state import StateStore, WeakState, common_prefix
 from w2s.tokens import encode_text
 from w2s.world.build import TASK_MODELS, new_model
@@ -133,3 +133,38 @@ def test_a_model_without_a_plain_cache_falls_back_to_rescoring(world):
     want = WeakScorer(tuned, untuned, tokenizer, incremental=False).score(world.prompt, [text], [True])
     assert not scorer.incremental and got == pytest.approx(want, abs=TOLERANCE)
     assert torch.isfinite(torch.tensor(got)).all()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("incremental", [True, False])
+def test_a_token_budget_splits_the_forward_passes_and_keeps_every_score_in_place(world, incremental):
+    """batch_tokens bounds rows x the longest row's new tokens of each forward; the scores come back in the
+    responses' order, equal to one batch of everything."""
+    texts = [world.examples[i]["response"][: 8 + 9 * i] for i in range(6)]
+    finished = [i % 2 == 0 for i in range(6)]
+    one = WeakScorer(world.tuned, world.untuned, world.tokenizer, batch_tokens=10**9, incremental=incremental)
+    want = one.score(world.prompt, texts, finished)
+    shapes = []  # [rows, positions] of every forward of the tuned model
+    hook = world.tuned.register_forward_pre_hook(
+        lambda _, args, kwargs: shapes.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
+    try:
+        split = WeakScorer(world.tuned, world.untuned, world.tokenizer, batch_tokens=40, incremental=incremental)
+        got = split.score(world.prompt, texts, finished)
+    finally:
+        hook.remove()
+    assert got == pytest.approx(want, abs=TOLERANCE)
+    scoring = shapes[1:] if incremental else shapes  # the incremental scorer runs the prompt alone first
+    assert len(scoring) > 1 and all(rows == 1 or rows * positions <= 40 for rows, positions in scoring)
+    assert len(set(want)) == 6
+
+
+def test_the_batches_hold_every_row_once_within_the_token_and_row_caps(world):
+    scorer = WeakScorer(world.tuned, world.untuned, world.tokenizer, batch_size=3, batch_tokens=20)
+    lengths = [5, 1, 9, 4, 4, 4, 2, 21, 3]
+    batches = scorer._batches(lengths)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= 3 and (len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 20)
+    assert [7] in batches  # a row over the budget runs alone
+    assert WeakScorer(world.tuned, world.untuned, world.tokenizer).batch_tokens == AUTO_BATCH_TOKENS == 8192

@@ -13,6 +13,7 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
 from w2s.cli import main
+from w2s.device import body_params, pick_batch_tokens
 from w2s.errors import ConfigError, DataError, UserError
 from w2s.eval.config import EvalConfig, SystemConfig
 from w2s.eval.export import ExportConfig
@@ -118,6 +119,12 @@ def test_reward_model_task_scores_prompt_and_response_the_same_in_any_batch(micr
     assert scores[1] == pytest.approx(model(**ids).logits[0, 0].item(), abs=1e-5)
     assert len(set(scores)) == 3
     assert batched.score(responses, examples) == {"reward": pytest.approx(sum(scores) / 3), "mean_tokens": 2.0}
+    by_tokens = RewardModelTask(str(prompts), str(rm), batch_tokens=1)  # a budget of 1: each row alone
+    assert by_tokens.rewards(responses, examples) == pytest.approx(scores, abs=1e-5)  # in the rows' order
+    assert batched.batch_tokens == pick_batch_tokens("auto", "cpu", body_params(model.config)) == 8192
+    for bad in (0, "many", True):
+        with pytest.raises(UserError, match="eval.task: batch_tokens must be auto or an integer >= 1"):
+            RewardModelTask(str(prompts), str(rm), batch_tokens=bad)
     two = RewardModelTask(str(prompts), str(reward_model(tmp_path / "rm2", micro_world / "tokenizer", labels=2)))
     with pytest.raises(UserError, match="has 2 outputs; RewardModelTask needs a single-score head"):
         two.rewards(responses, examples)
@@ -211,5 +218,8 @@ def test_generate_and_export_commands_refuse_mistakes_in_one_line(tmp_path, caps
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"the strong model {model}: {message}" in err
     assert not (tmp_path / "o").exists()
+    assert main(["search", f"prompts={prompts}", "weak_batch_tokens=0", f"out_dir={tmp_path / 'o'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "generate.weak_batch_tokens: must be auto or at least 1, got 0" in err
     assert main(["export", "prompt_template=nothing"]) == 2
     assert "export.prompt_template" in capsys.readouterr().err
