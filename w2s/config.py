@@ -127,6 +127,24 @@ def _own_field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+"""How a refusal names a plain type (a union's message lists every option: `expected an integer or 'auto'`)."""
+
+
+def _described(hint: Any) -> str:
+    """A type hint in the words of a refusal, for a user who wrote YAML, not Python."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return " or ".join(repr(choice) for choice in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_described(option) for option in typing.get_args(hint))
+    if origin in (list, tuple):
+        return "a list"
+    if origin is dict or dataclasses.is_dataclass(hint):
+        return "a mapping"
+    return TYPE_WORDS.get(hint, getattr(hint, "__name__", str(hint)))
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Checks `value` against the type hint `hint`, converting ints to floats and dicts to dataclasses."""
     origin = typing.get_origin(hint)
@@ -146,7 +164,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 return _coerce(value, option, key)
             except ConfigError:
                 continue
-        raise ConfigError(f"{key}: {value!r} is not a {hint}")
+        raise ConfigError(f"{key}: expected {_described(hint)}, got {value!r}")
     if dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
             return value
@@ -339,6 +357,9 @@ def load_config(cls: type, path: str | Path | None, overrides: list[str] = ()) -
     try:
         return from_dict(cls, data)
     except ConfigError as err:
+        given = [override.split("=", 1)[0].strip() for override in overrides]
+        if any(str(err).startswith((f"{key}:", f"{key}.", f"{key}[")) for key in given):
+            raise ConfigError(f"{err} (set on the command line)") from err  # not the file's value: do not blame it
         raise ConfigError(f"{path or 'config'}: {err}") from err
 
 

@@ -131,7 +131,7 @@ def resolve_batch_tokens(setting: int | str, device: str, model_paths: list[str]
 
 
 def loaded_batch_tokens(setting: int | str, models) -> int:
-    """`pick_batch_tokens` for models already loaded (search's weak pair, eval's reward model): the device their
+    """`pick_batch_tokens` for a model already loaded (eval's reward model; a list of them): the device their
     weights are on and the largest body among them."""
     if setting != "auto":
         return int(setting)

@@ -31,6 +31,20 @@ def test_wrong_type_is_refused_with_its_key():
         load_config(Settings, None, ["world.seed=abc"])
 
 
+def test_a_bad_value_is_blamed_on_where_it_was_set_in_a_users_words(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("cache:\n  batch_tokens: lots\n")
+    with pytest.raises(ConfigError) as in_file:
+        load_config(Settings, path)
+    assert str(in_file.value) == f"{path}: cache.batch_tokens: expected an integer or 'auto', got 'lots'"
+    with pytest.raises(ConfigError) as on_line:  # the file's own value is fine: the override is to blame
+        load_config(Settings, path, ["cache.batch_tokens=0"])
+    assert str(on_line.value) == "cache.batch_tokens: must be auto or at least 1, got 0 (set on the command line)"
+    with pytest.raises(ConfigError) as other_key:  # an override elsewhere does not take the file's blame
+        load_config(Settings, path, ["world.seed=3"])
+    assert str(other_key.value).startswith(f"{path}: cache.batch_tokens: ")
+
+
 def test_malformed_override_is_refused():
     with pytest.raises(ConfigError, match="key=value"):
         load_config(Settings, None, ["world.seed"])
