@@ -49,7 +49,7 @@ from w2s.data import Row, StrongSide, encode_rows, load_rows, locate
 from w2s.device import side_by_side_threads
 from w2s.errors import CacheMismatch, ConfigError, DataError
 from w2s.io import atomic_write_json, sha256_file
-from w2s.models import load_model_config, load_tokenizer
+from w2s.models import ModelError, load_model_config, load_tokenizer
 from w2s.provenance import WEIGHT_SUFFIXES, code_version, model_fingerprints, tokenizer_fingerprint
 from w2s.schemas.cache import STRONG_CHUNK_FIELD, ShardData, shard_name
 from w2s.vllm_engine import resolve_backend
@@ -250,6 +250,21 @@ def score_roles(job: CacheJob, weak_rows: list, strong_rows: list) -> dict[str, 
     return run_side_by_side(score, list(job.scorers), threads)
 
 
+def check_finite(job: CacheJob, shard_rows: list[Row], logps: dict[str, list[np.ndarray]]) -> None:
+    """Refuses a shard in which a model gave a non-finite log-prob (NaN weights, a float16 overflow, a token the
+    model gives probability 0): such a value would be published, verified and trained on as if it were a target."""
+    for role, per_row in logps.items():
+        for row, values in zip(shard_rows, per_row):
+            bad = np.flatnonzero(~np.isfinite(values))
+            if bad.size:
+                raise ModelError(
+                    f"the {role} model at {model_paths(job.config)[role]} gave a non-finite log-prob "
+                    f"({values[bad[0]]}) at response token {bad[0]} of row {row.row_id} (example_id "
+                    f"{row.example_id!r}) and at {bad.size - 1} more of its tokens; nothing of this shard was written: "
+                    "check the model's weights (a model scored in float16 or bfloat16: try cache.model_dtype=float32)"
+                )
+
+
 def score_shard(job: CacheJob, shard_rows: list[Row]) -> ShardData:
     """Runs every scorer over one shard's rows and assembles the columnar shard (float32 arithmetic). The weak
     pair scores each row's weak ids; the strong reference, and what is stored, are the strong ids (the same ids
@@ -257,6 +272,7 @@ def score_shard(job: CacheJob, shard_rows: list[Row]) -> ShardData:
     strong = [row.strong or row for row in shard_rows]  # what is stored: a StrongSide, or the row itself
     sequences = [row.input_ids for row in strong]
     logps = score_roles(job, shard_rows, strong)
+    check_finite(job, shard_rows, logps)
     base, aligned = logps["weak_base"], logps["weak_aligned"]
     ratios = [a - b for a, b in zip(aligned, base)]  # float32 - float32: stored ratio is exact before any down-cast
     weak_fields = {"logp_weak_base": base, "logp_weak_aligned": aligned, "weak_log_ratio": ratios}
@@ -385,9 +401,13 @@ def print_summary(job: CacheJob, body: dict, engine: str = "") -> None:
         f"{fmt.name} {sum(s['files'][fmt.name]['bytes'] for s in body['shards']) / tokens:.1f}"
         for fmt in formats_for(job.config.format)
     )
+    config = job.config
+    written = "cache written" if config.num_shards == 1 else f"part {config.shard_index} of {config.num_shards} written"
     console.print(
-        f"[green]cache written[/green] to {job.out_dir}: {body['totals']['rows']} rows, "
+        f"[green]{written}[/green] to {job.out_dir}: {body['totals']['rows']} rows, "
         f"{body['totals']['response_tokens']} response tokens in {len(body['shards'])} shards "
         f"({body['scored_now']} scored now) by {job.provenance['backend']}{engine} in {body['seconds']:.1f} s; "
         f"{job.layout.store} store, {job.layout.dtype}: {sizes} bytes per response token on disk"
     )
+    if config.num_shards > 1:  # a part is not a cache: nothing reads it until the parts are merged
+        console.print(f"once all {config.num_shards} parts are written: `w2s cache merge {job.out_dir}`")

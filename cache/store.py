@@ -138,12 +138,23 @@ class Cache:
         try:
             if parse is None:
                 self._require_digest(entry, self.place.sha256(entry["name"]))
-                return reader.read(self.shard_path(index, fmt), columns)
+                return self._finite(entry, reader.read(self.shard_path(index, fmt), columns))
             contents = self.place.contents(entry["name"])
         except FileNotFoundError:
             raise self._damaged(entry, "missing") from None
         self._require_digest(entry, sha256_contents(contents))
-        return parse(contents, columns)
+        return self._finite(entry, parse(contents, columns))
+
+    def _finite(self, entry: dict, data: ShardData) -> ShardData:
+        """`data`, refused when a value read is not finite: a target or reference of NaN would train as a loss of
+        NaN (blamed on the learning rate), and statistics of it mean nothing."""
+        where = data.nonfinite()
+        if where is None:
+            return data
+        raise CacheMismatch(
+            f"{self.place.join(entry['name'])}: {where}; this w2s refuses such values when it builds a cache: "
+            f"rebuild {self.path} with `w2s cache` into a new folder"
+        )
 
     def _require_digest(self, entry: dict, digest: str) -> None:
         """Refuses what was read for `entry` unless its sha256 is the manifest's."""
@@ -235,11 +246,12 @@ class Cache:
             problem = problem if digest != entry["sha256"] else None
         if problem:
             return [problem]
-        try:
-            data = reader.read(path, ["row_id"]) if contents is None else parse(contents, ["row_id"])
+        try:  # every column: the row ids against the manifest, the values for NaN and infinity
+            data = reader.read(path, None) if contents is None else parse(contents, None)
         except Exception as err:  # any reader failure is one more line of the report, not a crash
             return [f"{path}: unreadable as {fmt}: {type(err).__name__}: {err}"]
-        return self.check_row_ids(shard, path, data.row_id.tolist())
+        where = data.nonfinite()
+        return self.check_row_ids(shard, path, data.row_id.tolist()) + ([f"{path}: {where}"] if where else [])
 
     @staticmethod
     def check_row_ids(shard: dict, path: Path | str, row_ids: list[int]) -> list[str]:

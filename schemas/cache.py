@@ -326,6 +326,20 @@ class ShardData:
         start, end = self.offsets[row], self.offsets[row + 1]
         return {name: values[start:end] for name, values in self.token_values.items()}
 
+    def nonfinite(self) -> str | None:
+        """Where the first NaN or infinity among the read values is (`field F, row R`), None when there is none:
+        no w2s cache holds one (the build refuses them), so one is damage or a cache made by an older w2s."""
+        fields = {"weak_seq_reward": self.weak_seq_reward, **self.token_values}
+        for name, values in fields.items():
+            bad = np.flatnonzero(~np.isfinite(values))
+            if bad.size == 0:
+                continue
+            per_token = name != "weak_seq_reward" and len(self.offsets) > 1
+            row = int(np.searchsorted(self.offsets, bad[0], side="right") - 1) if per_token else int(bad[0])
+            where = f"row_id {int(self.row_id[row])}" if row < len(self.row_id) else f"row {row} of the shard"
+            return f"field {name}, {where}: {values[bad[0]]} ({bad.size} non-finite values in this field)"
+        return None
+
 
 def shard_arrays(shard: ShardData, layout: Layout) -> dict[str, np.ndarray | list[str]]:
     """What a format stores for `shard` under `layout`: each field as one flat array in its stored dtype, plus

@@ -12,12 +12,14 @@ with one scored before, so the weak compute grows linearly with the response len
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from w2s.logprobs import pad_right, target_logprobs, token_batches
+from w2s.models import ModelError
 from w2s.sampling import encode_prompt
 from w2s.search.weak_state import NotIncremental, StateStore, WeakState, extend, root_state
 from w2s.tokens import encode_text
@@ -89,6 +91,9 @@ class WeakScorer:
             for text, done in zip(responses, finished)
         ]
         self.tokens_scored += sum(len(ids) - len(prompt_ids) for ids in encoded)
+        return self._checked(self._scores(prompt_ids, encoded, finished))
+
+    def _scores(self, prompt_ids: list[int], encoded: list[list[int]], finished: list[bool]) -> list[float]:
         if self.incremental:
             try:
                 return self._score_incremental(prompt_ids, encoded, finished)
@@ -100,6 +105,19 @@ class WeakScorer:
         for batch in self._batches([len(ids) for ids in encoded]):
             for row, score in zip(batch, self._score_batch([encoded[r] for r in batch], len(prompt_ids))):
                 scores[row] = score
+        return scores
+
+    def _checked(self, scores: list[float]) -> list[float]:
+        """`scores`, refused when one is not finite (NaN weights, a float16 overflow): a search that ranks NaNs
+        picks at random and would publish them."""
+        bad = [score for score in scores if not math.isfinite(score)]
+        if bad:
+            pair = {"weak_aligned": self.tuned, "weak_base": self.untuned}
+            names = ", ".join(f"{role} at {model.name_or_path}" for role, model in pair.items())
+            raise ModelError(
+                f"the weak pair ({names}) gave {len(bad)} of {len(scores)} responses a non-finite score ({bad[0]}): "
+                "check the models' weights (in float16 or bfloat16, try float32)"
+            )
         return scores
 
     def _batches(self, lengths: list[int]) -> list[list[int]]:

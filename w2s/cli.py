@@ -14,6 +14,7 @@ import gc
 import sys
 import typing
 from collections.abc import Callable
+from pathlib import Path
 
 from w2s.config import describe, field_docs, load_config, save_config, shipped_or_given
 from w2s.errors import ConfigError, run_as_command
@@ -39,8 +40,9 @@ def run_cache(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     from w2s.cache.run import run
 
-    run(settings.cache)
-    save_config(settings, settings.cache.out_dir)
+    body = run(settings.cache)
+    if body.get("scored_now", 1) or not (Path(settings.cache.out_dir) / "config.yaml").exists():
+        save_config(settings, settings.cache.out_dir)  # a rerun that scored nothing keeps the config that made it
     return 0
 
 

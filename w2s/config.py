@@ -343,7 +343,9 @@ def load_config(cls: type, path: str | Path | None, overrides: list[str] = ()) -
     if path is not None:
         try:
             data = read_yaml(Path(path).read_text()) or {}
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(err)}") from err
+        except (OSError, UnicodeDecodeError) as err:
             raise ConfigError(f"{path}: cannot read config: {err}") from err
         except ConfigError as err:
             raise ConfigError(f"{path}: {err}") from None
@@ -357,10 +359,31 @@ def load_config(cls: type, path: str | Path | None, overrides: list[str] = ()) -
     try:
         return from_dict(cls, data)
     except ConfigError as err:
-        given = [override.split("=", 1)[0].strip() for override in overrides]
-        if any(str(err).startswith((f"{key}:", f"{key}.", f"{key}[")) for key in given):
+        if any(_is_about(str(err), override.split("=", 1)[0].strip()) for override in overrides):
             raise ConfigError(f"{err} (set on the command line)") from err  # not the file's value: do not blame it
         raise ConfigError(f"{path or 'config'}: {err}") from err
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: the problem and where (its own text spans several, with excerpts)."""
+    problem = getattr(err, "problem", None)
+    mark = getattr(err, "problem_mark", None)
+    if problem is None:
+        return " ".join(str(err).split())
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    context = getattr(err, "context", None)
+    return f"{where}{problem}" + (f" ({context})" if context else "")
+
+
+def _is_about(message: str, key: str) -> bool:
+    """Whether a refusal from `from_dict` is about the dotted `key` (its value, or the key itself unknown)."""
+    if message.startswith((f"{key}:", f"{key}.", f"{key}[")):
+        return True
+    parts, unknown = key.split("."), message.split(";")[0]
+    return any(
+        unknown.startswith(f"{'.'.join(parts[:depth])}: unknown key(s)") and repr(parts[depth]) in unknown
+        for depth in range(1, len(parts))
+    )
 
 
 def save_config(config: Any, out_dir: str | Path) -> Path:

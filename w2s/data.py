@@ -350,7 +350,7 @@ def encode_rows(
             first_file, first_row = locate(dataset, source, seen_ids[example_id])
             first = f"row {first_row}" if first_file == file else f"{first_file}: row {first_row}"
             raise DataError(
-                f"{where}: field '{fields['id_field']}': duplicate example_id {example_id!r} (first at {first})"
+                duplicate_id(where, first, example_id, fields["id_field"], record, dataset[seen_ids[example_id]])
             )
         seen_ids[example_id] = row_id
         try:
@@ -365,6 +365,19 @@ def encode_rows(
     if not rows:
         raise DataError(f"{source}: no rows")
     return rows
+
+
+def duplicate_id(where: str, first: str, example_id: str, field: str, record: dict, first_record: dict) -> str:
+    """The refusal of a second row with `example_id`, saying which of the two made it up (a row without an id
+    gets `row-<position>`, which a row that names its own id may already hold)."""
+    made = [not field or row.get(field) is None for row in (record, first_record)]
+    if made[0] or made[1]:
+        whose = "this row has" if made[0] else f"{first} has"
+        return (
+            f"{where}: duplicate example_id {example_id!r} (first at {first}): {whose} no '{field}' and was given "
+            "it from its position; give every row an id, or none"
+        )
+    return f"{where}: field '{field}': duplicate example_id {example_id!r} (first at {first})"
 
 
 def example_id_of(record: dict, field: str, where: str, row: int) -> str:

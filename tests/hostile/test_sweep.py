@@ -105,3 +105,34 @@ def test_a_prompt_and_budget_past_the_models_positions_are_refused(micro_world, 
     line = one_line(capsys)
     assert "prompt 0 (0-based)" in line and "positions" in line and "max_new_tokens" in line
     assert not (tmp_path / "g" / "responses.jsonl").exists()
+
+
+def test_a_rerun_that_scores_nothing_keeps_the_config_that_made_the_cache(micro_world, tmp_path, capsys):
+    out = tmp_path / "c"
+    assert main(["cache", *cache_words(micro_world, out), "cache.batch_tokens=256"]) == 0
+    assert main(["cache", *cache_words(micro_world, out), "cache.batch_tokens=512"]) == 0
+    assert "(0 scored now)" in capsys.readouterr().out
+    assert "batch_tokens: 256" in (out / "config.yaml").read_text()
+
+
+def test_a_worker_says_it_wrote_a_part_and_that_the_parts_need_merging(micro_world, tmp_path, capsys):
+    out = tmp_path / "c"
+    assert main(["cache", *cache_words(micro_world, out), "cache.num_shards=2", "cache.shard_index=0"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert f"part 0 of 2 written to {out}" in printed and f"`w2s cache merge {out}`" in printed
+
+
+@pytest.mark.parametrize("explicit_first", [True, False])
+def test_an_id_made_from_a_rows_position_that_clashes_is_blamed_on_the_row_without_one(
+    explicit_first, micro_world, tmp_path, capsys
+):
+    rows = [json.loads(line) for line in (micro_world / "data" / "cache.jsonl").read_text().splitlines()[:2]]
+    for row in rows:
+        row.pop("example_id", None)
+    named, unnamed = (0, 1) if explicit_first else (1, 0)
+    rows[named]["example_id"] = f"row-{unnamed}"  # the id the row without one is given
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    words = [*cache_words(micro_world, tmp_path / "c"), f"cache.data.path={tmp_path / 'rows.jsonl'}"]
+    assert main(["cache", *words]) == 2
+    whose = "this row has" if explicit_first else "row 0 has"
+    assert f"row 1: duplicate example_id 'row-{unnamed}' (first at row 0): {whose} no 'example_id'" in one_line(capsys)

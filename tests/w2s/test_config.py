@@ -43,6 +43,20 @@ def test_a_bad_value_is_blamed_on_where_it_was_set_in_a_users_words(tmp_path):
     with pytest.raises(ConfigError) as other_key:  # an override elsewhere does not take the file's blame
         load_config(Settings, path, ["world.seed=3"])
     assert str(other_key.value).startswith(f"{path}: cache.batch_tokens: ")
+    for typo in ("cache.batch_token=100", "cahce.out_dir=x"):  # a misspelt key typed on the command line
+        with pytest.raises(ConfigError) as unknown:
+            load_config(Settings, None, [typo if typo.startswith("cache.") else f"cache.{typo}"])
+        assert "unknown key(s)" in str(unknown.value) and str(unknown.value).endswith("(set on the command line)")
+
+
+def test_a_config_that_is_not_yaml_is_refused_in_one_line_naming_where(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("cache:\n  out_dir: [a\n  max_len: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(Settings, path)
+    assert str(err.value) == (
+        f"{path}: not valid YAML: line 3, column 10: expected ',' or ']', but got ':' (while parsing a flow sequence)"
+    )
 
 
 def test_malformed_override_is_refused():

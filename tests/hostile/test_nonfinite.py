@@ -1,0 +1,75 @@
+"""A weak model whose weights hold NaN (a broken conversion, a float16 overflow) once made `w2s cache` publish a
+cache of NaN that `w2s verify` passed, `w2s inspect` crashed on and training blamed on its learning rate, and made
+`w2s search` publish NaN scores. Each is now refused in one line, where it happens."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tests.hostile.test_folders import cache_words, generate_words
+from tests.hostile.test_sweep import one_line
+from w2s.cache.store import Cache
+from w2s.cli import main
+from w2s.errors import CacheMismatch
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def nan_model(micro_world, tmp_path_factory):
+    """The micro world's weak_aligned with its final norm's weights set to NaN."""
+    folder = tmp_path_factory.mktemp("nan") / "weak_aligned_nan"
+    shutil.copytree(micro_world / "weak_aligned", folder)
+    weights = load_file(folder / "model.safetensors")
+    name = next(key for key in weights if key.endswith("norm.weight") and "layers" not in key)
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+def test_a_weak_model_giving_nan_is_refused_naming_it_and_nothing_is_published(
+    micro_world, nan_model, tmp_path, capsys
+):
+    out = tmp_path / "c"
+    assert main(["cache", *cache_words(micro_world, out), f"cache.weak_aligned={nan_model}"]) == 2
+    line = one_line(capsys)
+    assert f"the weak_aligned model at {nan_model} gave a non-finite log-prob (nan) at response token 0" in line
+    assert "nothing of this shard was written" in line
+    assert not (out / "manifest.json").exists() and not list(out.glob("parquet/*.parquet"))
+
+
+def test_a_cache_holding_nan_is_refused_by_every_reader_and_fails_verify(
+    micro_world, nan_model, tmp_path, capsys, monkeypatch
+):
+    """A cache made before the build refused NaN (the check switched off here to make one): its hashes match."""
+    import w2s.cache.build
+
+    monkeypatch.setattr(w2s.cache.build, "check_finite", lambda *args: None)
+    out = tmp_path / "c"
+    assert main(["cache", *cache_words(micro_world, out), f"cache.weak_aligned={nan_model}"]) == 0
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["verify", str(out)]) == 1
+    report = capsys.readouterr()
+    assert "shard-00000.parquet: field weak_seq_reward, row_id 0: nan" in report.out + report.err
+    with pytest.raises(CacheMismatch, match=r"shard-00000\.parquet: field weak_log_ratio, row_id 0: nan .*rebuild"):
+        Cache.open(out).read_shard(0, columns=["row_id", "weak_log_ratio"])
+    assert main(["inspect", str(out)]) == 2
+    assert "non-finite values in this field" in one_line(capsys)
+    assert not (out / "inspect.png").exists()
+
+
+def test_search_refuses_nan_scores_instead_of_ranking_them(micro_world, nan_model, tmp_path, capsys):
+    out = tmp_path / "s"
+    words = [*generate_words(micro_world, out), f"generate.weak_aligned={nan_model}"]
+    assert main(["search", *words]) == 2
+    line = one_line(capsys)
+    assert f"the weak pair (weak_aligned at {nan_model}, weak_base at {micro_world}/weak_base) gave" in line
+    assert "a non-finite score (nan)" in line
+    published = out / "responses.jsonl"
+    assert not published.exists() or all(json.loads(row)["weak_score"] is not None for row in published.open())
