@@ -26,7 +26,7 @@ from typing import Protocol
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from w2s.sampling import sample_token, warp_scores
+from w2s.sampling import require_finite, sample_token, warp_scores
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ class LMStepper:
             self.cache, self.pending = out.past_key_values, self.pending[:, :0]
         else:
             out = self.model(input_ids=self.seqs, use_cache=False)
-        return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+        return torch.log_softmax(require_finite(out.logits[:, -1].float(), self.model), dim=-1)
 
     def append(self, tokens: torch.Tensor) -> None:
         """Appends [rows] tokens to every row."""

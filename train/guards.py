@@ -79,6 +79,11 @@ def check_reference_batch(
     )
 
 
+def kept_checkpoint(last_checkpoint: str | None) -> str:
+    """What a stopped run leaves: its last good checkpoint, or nothing."""
+    return f"the last good checkpoint, {last_checkpoint}, is kept" if last_checkpoint else "no checkpoint was saved"
+
+
 def check_finite(step: int, loss: float, grad_norm: float | None, last_checkpoint: str | None) -> None:
     """Stops the run at `step` when its loss or gradient norm is not a finite number."""
     bad = [
@@ -87,11 +92,24 @@ def check_finite(step: int, loss: float, grad_norm: float | None, last_checkpoin
         if value is not None and not math.isfinite(value)
     ]
     if bad:
-        kept = f"the last good checkpoint, {last_checkpoint}, is kept" if last_checkpoint else "no checkpoint was saved"
+        kept = kept_checkpoint(last_checkpoint)
         raise TrainingStopped(
             f"step {step}: the {' and '.join(bad)} became non-finite ({loss=}, grad_norm={grad_norm}); stopped "
             f"without publishing final/; {kept}. Lower train.lr or check the cache for extreme values"
         )
+
+
+def check_terms(step: int, terms: dict[str, tuple[torch.Tensor, str]], last_checkpoint: str | None) -> None:
+    """Stops the run at `step`, before the loss, when a term holds NaN or inf, naming where the term came from
+    (`terms`: name -> (values, source)), so that a broken model is not reported as a learning rate too high."""
+    for name, (values, source) in terms.items():
+        bad = int((~torch.isfinite(values)).sum())
+        if bad:
+            kept = kept_checkpoint(last_checkpoint)
+            raise TrainingStopped(
+                f"step {step}: {bad} of the {name} values are non-finite, from {source}; stopped without publishing "
+                f"final/; {kept}. Check that model's weights" + (", or lower train.lr" if name == "policy" else "")
+            )
 
 
 def local_grad_norm(engine) -> float | None:

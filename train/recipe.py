@@ -42,7 +42,13 @@ from w2s.train.engine import (
     model_dtype,
     read_json,
 )
-from w2s.train.guards import check_finite, check_reference_batch, check_reference_fingerprint, local_grad_norm
+from w2s.train.guards import (
+    check_finite,
+    check_reference_batch,
+    check_reference_fingerprint,
+    check_terms,
+    local_grad_norm,
+)
 from w2s.train.losses import describe_loss
 from w2s.train.metrics import MetricsLog, rewind_metrics, summarise
 from w2s.train.reader import CacheReader, Position, default_fields
@@ -265,6 +271,22 @@ def batch_terms(run: Run, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torc
     return policy, ref.float(), weak.float()
 
 
+def term_sources(run: Run, policy, ref, weak) -> dict[str, tuple[torch.Tensor, str]]:
+    """Each WSPO term with where it came from, for the refusal of a non-finite one."""
+    config = run.config
+    ref_from = f"the reference model at {config.policy}"
+    if run.ref_source == "cache":
+        ref_from = f"the cache {config.cache_dir} (logp_strong_ref)"
+    weak_from = f"the cache {config.cache_dir} (weak_log_ratio)"
+    if run.weak:
+        weak_from = "the weak pair at " + ", ".join(model.name_or_path for model in run.weak.values())
+    return {
+        "policy": (policy.detach(), f"the policy at {config.policy}"),
+        "reference": (ref, ref_from),
+        "weak log-ratio": (weak, weak_from),
+    }
+
+
 def micro_batches(run: Run):
     """Micro-batches from the saved position on, across epochs, each with the position after it."""
     position = run.position
@@ -282,6 +304,7 @@ def optimiser_step(run: Run, stream) -> dict:
         batch = {k: v.to(run.engine.device) for k, v in batch.items()}
         read_seconds += time.perf_counter() - tick
         policy, ref, weak = batch_terms(run, batch)
+        check_terms(run.step + 1, term_sources(run, policy, ref, weak), run.last_checkpoint)
         loss, metrics = run.loss(policy, ref, {**batch, "weak_log_ratio": weak})  # the train.loss component
         check_finite(run.step + 1, loss.item(), None, run.last_checkpoint)  # before backward: nothing applied yet
         run.engine.backward(loss)

@@ -6,8 +6,9 @@ after training) and evaluation (plain sampling, search, EFT), so neither imports
 from __future__ import annotations
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
+from w2s.models import ModelError
 from w2s.tokens import prompt_ids
 
 
@@ -15,6 +16,28 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict]) 
     """Token ids of the prompt as the model sees it: chat template and generation marker, no extra specials, and
     the prompt's own text tokenised as text, special-token spellings included (`w2s.tokens`)."""
     return prompt_ids(tokenizer, prompt)
+
+
+def require_finite(scores: torch.Tensor, model: PreTrainedModel) -> torch.Tensor:
+    """`scores` ([rows, vocab] next-token logits or log-probs), refused when one is NaN or +inf (NaN weights, a
+    float16 overflow): sampling would crash on them and greedy decoding would emit garbage as if it were text.
+    -inf is a token the model rules out, and stays."""
+    if torch.isnan(scores).any() or torch.isposinf(scores).any():
+        raise ModelError(
+            f"the model at {model.name_or_path} gave non-finite next-token scores (NaN or +inf): check its weights "
+            "(in float16 or bfloat16, try float32)"
+        )
+    return scores
+
+
+class FiniteScores(LogitsProcessor):
+    """`require_finite` inside transformers' `generate`, before its sampler (or argmax) sees the scores."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return require_finite(scores, self.model)
 
 
 def warp_scores(scores: torch.Tensor, temperature: float = 0.7, top_k: int = 50, top_p: float = 1.0) -> torch.Tensor:
@@ -82,6 +105,7 @@ def generate(
             max_new_tokens=max_new_tokens,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
+            logits_processor=LogitsProcessorList([FiniteScores(model)]),
             **(sampling or dict(do_sample=False)),
         )  # [batch, prompt + new]
         for row in out[:, batch["input_ids"].shape[1] :].tolist():

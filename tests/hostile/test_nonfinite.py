@@ -1,6 +1,7 @@
 """A weak model whose weights hold NaN (a broken conversion, a float16 overflow) once made `w2s cache` publish a
 cache of NaN that `w2s verify` passed, `w2s inspect` crashed on and training blamed on its learning rate, and made
-`w2s search` publish NaN scores. Each is now refused in one line, where it happens."""
+`w2s search` publish NaN scores; a strong model giving NaN crashed sampling with a traceback (and greedy decoding
+would have emitted garbage). Each is now refused in one line, where it happens."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.hostile.test_folders import cache_words, generate_words
+from tests.hostile.test_folders import cache_words, generate_words, train_words
 from tests.hostile.test_sweep import one_line
 from w2s.cache.store import Cache
 from w2s.cli import main
@@ -20,16 +21,19 @@ from w2s.errors import CacheMismatch
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def nan_model(micro_world, tmp_path_factory):
-    """The micro world's weak_aligned with its final norm's weights set to NaN."""
-    folder = tmp_path_factory.mktemp("nan") / "weak_aligned_nan"
-    shutil.copytree(micro_world / "weak_aligned", folder)
+def nan_copy(source, folder):
+    """A copy of the model at `source` with its final norm's weights set to NaN."""
+    shutil.copytree(source, folder)
     weights = load_file(folder / "model.safetensors")
     name = next(key for key in weights if key.endswith("norm.weight") and "layers" not in key)
     weights[name] = torch.full_like(weights[name], float("nan"))
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
     return folder
+
+
+@pytest.fixture(scope="module")
+def nan_model(micro_world, tmp_path_factory):
+    return nan_copy(micro_world / "weak_aligned", tmp_path_factory.mktemp("nan") / "weak_aligned_nan")
 
 
 def test_a_weak_model_giving_nan_is_refused_naming_it_and_nothing_is_published(
@@ -73,3 +77,33 @@ def test_search_refuses_nan_scores_instead_of_ranking_them(micro_world, nan_mode
     assert "a non-finite score (nan)" in line
     published = out / "responses.jsonl"
     assert not published.exists() or all(json.loads(row)["weak_score"] is not None for row in published.open())
+
+
+@pytest.mark.parametrize(
+    ("command", "extra"), [("generate", "temperature=0.7"), ("generate", "temperature=0"), ("search", "")]
+)
+def test_a_strong_model_giving_nan_is_refused_before_a_token_is_drawn(
+    command, extra, micro_world, tmp_path_factory, tmp_path, capsys
+):
+    strong = nan_copy(micro_world / "strong_base", tmp_path_factory.mktemp("nan") / "strong_nan")
+    out = tmp_path / "o"
+    words = [*generate_words(micro_world, out), f"generate.model={strong}", *([extra] if extra else [])]
+    assert main([command, *words]) == 2
+    assert f"the model at {strong} gave non-finite next-token scores" in one_line(capsys)
+    assert not (out / "responses.jsonl").exists()
+
+
+def test_training_a_policy_giving_nan_is_stopped_naming_the_policy_not_the_learning_rate(
+    micro_world, tmp_path_factory, tmp_path, capsys
+):
+    policy = nan_copy(micro_world / "strong_base", tmp_path_factory.mktemp("nan") / "policy_nan")
+    cache = tmp_path / "c"
+    assert main(["cache", *cache_words(micro_world, cache), "cache.strong_ref="]) == 0  # reference: the policy's start
+    capsys.readouterr()
+    assert main(["train", *train_words(micro_world, cache, tmp_path / "t"), f"train.policy={policy}"]) == 2
+    line = one_line(capsys)
+    assert (
+        line.startswith("w2s train: step 1: ")
+        and f"of the policy values are non-finite, from the policy at {policy}" in line
+    )
+    assert not (tmp_path / "t" / "final").exists()
