@@ -19,12 +19,14 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict]) 
 
 
 def require_finite(scores: torch.Tensor, model: PreTrainedModel) -> torch.Tensor:
-    """`scores` ([rows, vocab] next-token logits or log-probs), refused when one is NaN or +inf (NaN weights, a
-    float16 overflow): sampling would crash on them and greedy decoding would emit garbage as if it were text.
-    -inf is a token the model rules out, and stays."""
-    if torch.isnan(scores).any() or torch.isposinf(scores).any():
+    """`scores` ([rows, vocab] next-token logits or log-probs), refused when one is NaN or +inf, or a row rules out
+    every token (NaN weights, a float16 overflow): sampling would crash on them and greedy decoding would emit
+    garbage as if it were text. A -inf beside finite scores is a token the model rules out, and stays. One pass:
+    a row's max is NaN if any of its scores is (torch propagates NaN), +inf if one is, -inf if all are."""
+    if not bool(torch.isfinite(scores.amax(dim=-1)).all()):
         raise ModelError(
-            f"the model at {model.name_or_path} gave non-finite next-token scores (NaN or +inf): check its weights "
+            f"the model at {model.name_or_path} gave non-finite next-token scores (NaN, +inf, or every token ruled "
+            "out): check its weights "
             "(in float16 or bfloat16, try float32)"
         )
     return scores

@@ -107,3 +107,20 @@ def test_training_a_policy_giving_nan_is_stopped_naming_the_policy_not_the_learn
         and f"of the policy values are non-finite, from the policy at {policy}" in line
     )
     assert not (tmp_path / "t" / "final").exists()
+
+
+def test_scores_are_refused_for_nan_plus_inf_or_a_row_with_no_possible_token_but_not_for_a_ruled_out_token(micro_world):
+    from transformers import AutoModelForCausalLM
+
+    from w2s.models import ModelError
+    from w2s.sampling import require_finite
+
+    model = AutoModelForCausalLM.from_pretrained(micro_world / "strong_base")
+    scores = torch.randn(3, 7)
+    scores[0, 2] = scores[2, 0] = float("-inf")  # top-k or a model's own mask: ruled-out tokens
+    assert require_finite(scores, model) is scores
+    for row, bad in ((1, float("nan")), (2, float("inf")), (0, None)):
+        broken = scores.clone()
+        broken[row] = float("-inf") if bad is None else broken[row].index_fill(0, torch.tensor([4]), bad)
+        with pytest.raises(ModelError, match="gave non-finite next-token scores"):
+            require_finite(broken, model)
