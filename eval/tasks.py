@@ -181,13 +181,11 @@ class RewardModelTask(PromptTask):
         self.load()
         rows = [self.encode(example.prompt, response.text) for response, example in zip(responses, examples)]
         scores: list[float] = [0.0] * len(rows)
-        for group in token_batches([len(row) for row in rows], self.batch_tokens):
-            for first in range(0, len(group), self.batch_size):
-                part = group[first : first + self.batch_size]  # one row when there is no padding token: no pad
-                chunk = [rows[i] for i in part]
-                batch = self.tokenizer.pad({"input_ids": chunk}, padding=len(chunk) > 1, return_tensors="pt")
-                for i, score in zip(part, self.model(**batch.to(self.model.device)).logits[:, 0].float().tolist()):
-                    scores[i] = score
+        for part in token_batches([len(row) for row in rows], self.batch_tokens, self.batch_size):
+            chunk = [rows[i] for i in part]  # one row when there is no padding token: nothing to pad
+            batch = self.tokenizer.pad({"input_ids": chunk}, padding=len(chunk) > 1, return_tensors="pt")
+            for i, score in zip(part, self.model(**batch.to(self.model.device)).logits[:, 0].float().tolist()):
+                scores[i] = score
         return scores
 
     def score_examples(self, responses: Sequence[Response], examples: Sequence[Example]) -> list[dict[str, float]]:

@@ -122,11 +122,7 @@ class WeakScorer:
 
     def _batches(self, lengths: list[int]) -> list[list[int]]:
         """Indices into `lengths` in batches of at most `batch_size` rows and `batch_tokens` padded tokens."""
-        return [
-            batch[first : first + self.batch_size]
-            for batch in token_batches(lengths, self.batch_tokens)
-            for first in range(0, len(batch), self.batch_size)
-        ]
+        return token_batches(lengths, self.batch_tokens, self.batch_size)
 
     def _score_batch(self, encoded: list[list[int]], prompt_len: int) -> list[float]:
         """Right-padded batch of prompt + response ids -> summed log-ratio over the response tokens."""

@@ -101,8 +101,9 @@ def logprobs_of_targets(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.
     return logps.gather(-1, input_ids[:, 1:, None].to(logps.device))[..., 0]  # [batch, seq-1]
 
 
-def token_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
-    """Groups indices into batches of similar length whose padded size stays within `batch_tokens`.
+def token_batches(lengths: list[int], batch_tokens: int, max_rows: int = 0) -> list[list[int]]:
+    """Groups indices into batches of similar length whose padded size stays within `batch_tokens` (and, when
+    `max_rows` > 0, of at most `max_rows` rows); a row longer than the budget runs alone.
 
     Longest first, so the first batch shows at once whether the budget fits in memory.
     """
@@ -111,7 +112,8 @@ def token_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     current: list[int] = []
     for index in order:
         width = max(lengths[current[0]], lengths[index]) if current else lengths[index]
-        if current and width * (len(current) + 1) > batch_tokens:
+        full = width * (len(current) + 1) > batch_tokens or (max_rows and len(current) >= max_rows)
+        if current and full:
             batches.append(current)
             current = []
         current.append(index)
